@@ -76,12 +76,24 @@ impl Options {
 pub struct Staged {
     tmp: Option<PathBuf>,
     target: PathBuf,
+    mode: u32,
 }
 
 impl Staged {
     /// The file this will replace.
     pub fn target(&self) -> &Path {
         &self.target
+    }
+
+    /// Changes the owner of the staged file (the mode is set again afterwards, since a
+    /// change of owner clears setuid and setgid bits).
+    pub fn chown(&mut self, uid: Option<u32>, gid: Option<u32>) -> Result<(), Error> {
+        let Some(tmp) = &self.tmp else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(tmp, uid, gid).map_err(err(&self.target, "changing owner of"))?;
+        fs::set_permissions(tmp, fs::Permissions::from_mode(self.mode))
+            .map_err(err(&self.target, "setting mode of"))
     }
 
     /// Renames the temporary file over the target and fsyncs the directory.
@@ -155,6 +167,7 @@ pub fn stage(path: &Path, contents: &[u8], opts: &Options) -> Result<Staged, Err
     let staged = Staged {
         tmp: Some(tmp),
         target: path.to_path_buf(),
+        mode: opts.mode,
     };
     fill(&file, contents, opts).map_err(|(op, e)| err(path, op)(e))?;
     Ok(staged)
