@@ -248,7 +248,9 @@ mod tests {
             name: "web".into(),
             ..Default::default()
         };
-        assert!(a.owner_is_known("web:web", std::slice::from_ref(&new)).is_ok());
+        assert!(a
+            .owner_is_known("web:web", std::slice::from_ref(&new))
+            .is_ok());
         assert!(a.owner_is_known("web:nogroup", &[new]).is_err());
     }
 
