@@ -96,6 +96,9 @@ pub enum ApplyError {
     /// systemd refused a call.
     #[error(transparent)]
     Systemd(#[from] systemd_client::Error),
+    /// systemd refused several unit jobs (the others ran).
+    #[error("systemd refused {0} unit jobs: {1}")]
+    Jobs(usize, String),
 }
 
 /// What a file write is, for the trace.
@@ -609,6 +612,9 @@ struct Prepared {
 
 /// Executes a plan under `ctx.root`: stages every file first (a failure there changes
 /// nothing), then carries the steps out in order. Returns the trace of what was done.
+///
+/// A unit job systemd refuses to queue (unit not found, masked …) is reported at the end
+/// but does not stop the jobs after it (coreos-cloudinit stopped at the first).
 pub fn execute(
     plan: &Plan,
     ctx: &Context,
@@ -627,6 +633,7 @@ pub fn execute(
     };
     let mut prepared = prepared.into_iter();
     let mut trace = Vec::new();
+    let mut refused: Vec<systemd_client::Error> = Vec::new();
     for step in &plan.steps {
         trace.push(step.to_string());
         tracing::info!("{step}");
@@ -663,10 +670,14 @@ pub fn execute(
                 systemd.enable_unit_files(std::slice::from_ref(unit), *runtime, true)?
             }
             Step::Reload => systemd.reload()?,
-            Step::Job { kind, unit } => {
-                let result = systemd.run_job(*kind, unit, "replace")?;
-                tracing::info!(%unit, %result, "job {kind} finished");
-            }
+            Step::Job { kind, unit } => match systemd.run_job(*kind, unit, "replace") {
+                Ok(result) => tracing::info!(%unit, %result, "job {kind} finished"),
+                // A unit systemd refuses (not found, masked …) does not stop the others.
+                Err(e) => {
+                    tracing::error!("{e}");
+                    refused.push(e);
+                }
+            },
             Step::RunScript { unit, path } => {
                 let argv = vec!["/bin/bash".to_string(), path.clone()];
                 let result = systemd.start_transient_service(
@@ -678,7 +689,18 @@ pub fn execute(
             }
         }
     }
-    Ok(trace)
+    match refused.len() {
+        0 => Ok(trace),
+        1 => Err(ApplyError::Systemd(refused.remove(0))),
+        n => Err(ApplyError::Jobs(
+            n,
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
 }
 
 fn stage_all(

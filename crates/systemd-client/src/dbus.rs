@@ -1,7 +1,8 @@
 //! The systemd manager over D-Bus.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zbus::blocking::{Connection, Proxy};
 use zbus::zvariant::{OwnedObjectPath, Value};
@@ -16,9 +17,21 @@ const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 #[derive(Debug)]
 pub struct DbusSystemd {
     conn: Connection,
+    /// Job results, fed by one `JobRemoved` subscription for the connection's lifetime.
+    jobs: Option<JobWatcher>,
     /// How long to wait for a job to finish before reporting `timeout`.
     pub job_timeout: Duration,
 }
+
+/// Every `JobRemoved` signal of the connection, forwarded by one thread.
+#[derive(Debug)]
+struct JobWatcher {
+    rx: mpsc::Receiver<(OwnedObjectPath, String)>,
+    /// Results that arrived before their job was asked for (bounded).
+    early: HashMap<OwnedObjectPath, String>,
+}
+
+const EARLY_RESULTS_MAX: usize = 4096;
 
 impl DbusSystemd {
     /// Connects to the system bus.
@@ -45,54 +58,97 @@ impl DbusSystemd {
     fn on(conn: Connection) -> Self {
         Self {
             conn,
+            jobs: None,
             job_timeout: Duration::from_secs(300),
         }
     }
 
     fn manager(&self, call: &'static str, target: &str) -> Result<Proxy<'static>, Error> {
-        Proxy::new(&self.conn, DEST, PATH, MANAGER).map_err(|source| Error::Call {
+        let build = || -> zbus::Result<Proxy<'static>> {
+            zbus::blocking::proxy::Builder::<Proxy<'static>>::new(&self.conn)
+                .destination(DEST)?
+                .path(PATH)?
+                .interface(MANAGER)?
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+        };
+        build().map_err(|source| Error::Call {
             call,
             target: target.to_string(),
             source: Box::new(source),
         })
     }
 
+    /// Subscribes to the manager's signals and starts forwarding `JobRemoved`, once.
+    fn watcher(&mut self, call: &'static str, unit: &str) -> Result<&mut JobWatcher, Error> {
+        if self.jobs.is_none() {
+            let fail = |source| Error::Call {
+                call,
+                target: unit.to_string(),
+                source: Box::new(source),
+            };
+            let proxy = self.manager(call, unit)?;
+            let signals = proxy.receive_signal("JobRemoved").map_err(fail)?;
+            proxy.call_method("Subscribe", &()).map_err(fail)?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for msg in signals {
+                    let Ok((_id, path, _unit, result)) =
+                        msg.body()
+                            .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    else {
+                        continue;
+                    };
+                    if tx.send((path, result)).is_err() {
+                        return;
+                    }
+                }
+            });
+            self.jobs = Some(JobWatcher {
+                rx,
+                early: HashMap::new(),
+            });
+        }
+        self.jobs.as_mut().ok_or_else(|| Error::Call {
+            call,
+            target: unit.to_string(),
+            source: Box::new(zbus::Error::Failure("no job watcher".into())),
+        })
+    }
+
     /// Queues a job with `enqueue` and waits for its `JobRemoved` signal.
     fn wait_job(
-        &self,
+        &mut self,
         call: &'static str,
         unit: &str,
         enqueue: impl FnOnce(&Proxy<'static>) -> zbus::Result<OwnedObjectPath>,
     ) -> Result<String, Error> {
-        let fail = |source| Error::Call {
+        let timeout = self.job_timeout;
+        self.watcher(call, unit)?;
+        let proxy = self.manager(call, unit)?;
+        let job = enqueue(&proxy).map_err(|source| Error::Call {
             call,
             target: unit.to_string(),
             source: Box::new(source),
-        };
-        let proxy = self.manager(call, unit)?;
-        // Subscribe before queueing so the signal cannot be missed.
-        proxy.call_method("Subscribe", &()).map_err(fail)?;
-        let signals = proxy.receive_signal("JobRemoved").map_err(fail)?;
-        let job = enqueue(&proxy).map_err(fail)?;
-        let (tx, rx) = mpsc::channel();
-        let wanted = job.clone();
-        std::thread::spawn(move || {
-            for msg in signals {
-                let Ok((_id, path, _unit, result)) =
-                    msg.body()
-                        .deserialize::<(u32, OwnedObjectPath, String, String)>()
-                else {
-                    continue;
-                };
-                if path == wanted {
-                    let _ = tx.send(result);
-                    return;
-                }
+        })?;
+        let watcher = self.watcher(call, unit)?;
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            if let Some(r) = watcher.early.remove(&job) {
+                break r;
             }
-        });
-        let result = rx
-            .recv_timeout(self.job_timeout)
-            .unwrap_or_else(|_| "timeout".to_string());
+            let left = deadline.saturating_duration_since(Instant::now());
+            match watcher.rx.recv_timeout(left) {
+                Ok((path, result)) if path == job => break result,
+                Ok((path, result)) => {
+                    if watcher.early.len() >= EARLY_RESULTS_MAX {
+                        watcher.early.clear();
+                    }
+                    watcher.early.insert(path, result);
+                }
+                Err(_) => break "timeout".to_string(),
+            }
+        };
         tracing::debug!(unit, job = %job.as_str(), result, "job finished");
         Ok(result)
     }

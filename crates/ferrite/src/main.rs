@@ -1,0 +1,427 @@
+//! `ferrite`: what `vagrant` and coreos-vagrant were for CoreOS.
+//!
+//! ```text
+//! ferrite image build [--channel C]
+//! ferrite up [--cluster NAME] [--instances N] [--user-data FILE] [--channel C] [--memory MB]
+//! ferrite ssh [--cluster NAME] MACHINE [-- CMD ...]
+//! ferrite status [--cluster NAME]
+//! ferrite halt [--cluster NAME] [--force] MACHINE
+//! ferrite reload [--cluster NAME] MACHINE
+//! ferrite destroy [--cluster NAME]
+//! ```
+//!
+//! Settings come from flags, else from a config file (`--config FILE`, `$FERRITE_CONFIG`, or
+//! `./ferrite.toml`) with coreos-vagrant's names (`num_instances`, `instance_name_prefix`,
+//! `update_channel`, `vm_memory`, `user_data`), else coreos-vagrant's defaults. The default
+//! user-data is `./user-data` if there is one, else the chapter's.
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use machine_image::{BuildSpec, Channel};
+use machine_launcher::{ClusterState, Paths, Settings, UpOptions};
+
+/// The chapter's user-data (CoreOS Essentials, chapter 1), the default.
+const CHAPTER_USER_DATA: &str = include_str!("../../../examples/user-data");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferrite",
+    version,
+    about = "Build Ferrite images and run local clusters of Ferrite machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Args)]
+struct ClusterArg {
+    /// The cluster (several can exist side by side).
+    #[arg(long, default_value = "default")]
+    cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build (or find cached) the machine image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCmd,
+    },
+    /// Create and boot the cluster's machines.
+    Up {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Number of machines.
+        #[arg(long)]
+        instances: Option<u32>,
+        /// The cloud-config (or script) every machine gets.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// Update channel: alpha, beta or stable.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Memory per machine, MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Machine name prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// A config file with coreos-vagrant's settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// A login shell as core on a machine, or one command.
+    Ssh {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The machine, e.g. core-01.
+        machine: String,
+        /// A command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// The cluster's machines and their state.
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Stop a machine (gracefully, or with --force at once).
+    Halt {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// Cut the power.
+        #[arg(long)]
+        force: bool,
+        /// The machine.
+        machine: String,
+    },
+    /// Restart a machine.
+    Reload {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The machine.
+        machine: String,
+    },
+    /// Remove the cluster and everything it used.
+    Destroy {
+        #[command(flatten)]
+        cluster: ClusterArg,
+    },
+    /// Internal: join the machine's cgroups and exec systemd-nspawn.
+    #[command(name = "__boot", hide = true)]
+    Boot {
+        #[arg(long = "cgroup")]
+        cgroups: Vec<PathBuf>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Build the image (cached by a hash of its inputs).
+    Build {
+        /// Update channel: alpha, beta or stable.
+        #[arg(long, default_value = "alpha")]
+        channel: String,
+    },
+}
+
+/// coreos-vagrant's `config.rb` settings, as a TOML file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    num_instances: Option<u32>,
+    instance_name_prefix: Option<String>,
+    update_channel: Option<String>,
+    vm_memory: Option<u64>,
+    user_data: Option<PathBuf>,
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<(ConfigFile, PathBuf)> {
+    let path = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FERRITE_CONFIG").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from("ferrite.toml")).filter(|p| p.is_file()));
+    let Some(path) = path else {
+        return Ok((ConfigFile::default(), PathBuf::from(".")));
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: ConfigFile =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok((cfg, base))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("FERRITE_CACHE_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/ferrite"), PathBuf::from)
+}
+
+fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
+    let exe = std::env::current_exe().context("finding the ferrite executable")?;
+    let dir = exe
+        .parent()
+        .context("the ferrite executable has no directory")?;
+    let spec = BuildSpec {
+        cache_dir: cache_dir(),
+        channel,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        binaries: vec![("coreos-cloudinit".into(), dir.join("coreos-cloudinit"))],
+        mirror: std::env::var("FERRITE_DEBIAN_MIRROR")
+            .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
+    };
+    Ok(machine_image::build(&spec)?)
+}
+
+fn parse_channel(s: &str) -> Result<Channel> {
+    Channel::parse(s).with_context(|| format!("unknown channel {s:?} (alpha, beta or stable)"))
+}
+
+fn out(line: impl AsRef<str>) -> Result<()> {
+    writeln!(std::io::stdout().lock(), "{}", line.as_ref())?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_up(
+    cluster: String,
+    instances: Option<u32>,
+    user_data: Option<PathBuf>,
+    channel: Option<String>,
+    memory: Option<u64>,
+    prefix: Option<String>,
+    config: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let start = Instant::now();
+    let (cfg, base) = load_config(config.as_deref())?;
+    let d = Settings::default();
+    let settings = Settings {
+        instances: instances.or(cfg.num_instances).unwrap_or(d.instances),
+        prefix: prefix.or(cfg.instance_name_prefix).unwrap_or(d.prefix),
+        channel: channel.or(cfg.update_channel).unwrap_or(d.channel),
+        memory_mb: memory.or(cfg.vm_memory).unwrap_or(d.memory_mb),
+    };
+    let channel = parse_channel(&settings.channel)?;
+    let paths = Paths::from_env();
+    let user_data = match user_data.or_else(|| cfg.user_data.map(|p| base.join(p))) {
+        Some(p) => p,
+        None if Path::new("user-data").is_file() => PathBuf::from("user-data"),
+        None => {
+            let p = paths.state.join("chapter-user-data");
+            std::fs::create_dir_all(&paths.state)
+                .with_context(|| format!("creating {}", paths.state.display()))?;
+            std::fs::write(&p, CHAPTER_USER_DATA)
+                .with_context(|| format!("writing {}", p.display()))?;
+            p
+        }
+    };
+    let image = build_image(channel)?;
+    tracing::info!(image = %image.path.display(), cached = image.cached, seconds = image.seconds, "image ready");
+    let exe = std::env::current_exe().context("finding the ferrite executable")?;
+    let state = machine_launcher::up(
+        &paths,
+        &UpOptions {
+            cluster,
+            settings,
+            user_data,
+            image: image.path,
+            ferrite_exe: exe,
+            boot_timeout: Duration::from_secs(120),
+        },
+    )?;
+    for m in &state.machines {
+        out(format!("{}: running at {}", m.name, m.ip))?;
+    }
+    out(format!(
+        "cluster {:?} up in {:.1} s",
+        state.name,
+        start.elapsed().as_secs_f64()
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode> {
+    let paths = Paths::from_env();
+    let state = ClusterState::load(&paths, cluster)?;
+    let m = state.machine(machine)?;
+    let pid = machine_launcher::init_pid(m)
+        .ok_or_else(|| machine_launcher::Error::NotRunning(m.name.clone()))?;
+    let mut cmd = Command::new("nsenter");
+    cmd.args([
+        "-t",
+        &pid.to_string(),
+        "-m",
+        "-u",
+        "-i",
+        "-n",
+        "-p",
+        "-C",
+        "--",
+        "runuser",
+        "-l",
+        "core",
+    ]);
+    if !command.is_empty() {
+        let line: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
+        cmd.arg("-c").arg(line.join(" "));
+    }
+    let status = cmd.status().context("running nsenter")?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(255).clamp(0, 255) as u8
+    ))
+}
+
+fn cmd_status(cluster: &str) -> Result<ExitCode> {
+    let paths = Paths::from_env();
+    let state = ClusterState::load(&paths, cluster)?;
+    out(format!(
+        "{:<12} {:<9} {:<16} {}",
+        "NAME", "STATE", "ADDRESS", "USR"
+    ))?;
+    for s in machine_launcher::status(&state) {
+        out(format!(
+            "{:<12} {:<9} {:<16} {}",
+            s.name, s.state, s.ip, s.usr
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_halt(cluster: &str, machine: &str, force: bool) -> Result<ExitCode> {
+    let paths = Paths::from_env();
+    let _lock = machine_launcher::lock(&paths, cluster)?;
+    let mut state = ClusterState::load(&paths, cluster)?;
+    machine_launcher::halt(&paths, &mut state, machine, force)?;
+    out(format!("{machine}: stopped"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_reload(cluster: &str, machine: &str) -> Result<ExitCode> {
+    let paths = Paths::from_env();
+    let state = {
+        let _lock = machine_launcher::lock(&paths, cluster)?;
+        let mut state = ClusterState::load(&paths, cluster)?;
+        machine_launcher::halt(&paths, &mut state, machine, false)?;
+        state
+    };
+    let channel = parse_channel(&state.settings.channel)?;
+    let image = build_image(channel)?;
+    let ud = paths.state.join("clusters").join(cluster).join("user-data");
+    machine_launcher::up(
+        &paths,
+        &UpOptions {
+            cluster: cluster.to_string(),
+            settings: state.settings.clone(),
+            user_data: ud,
+            image: image.path,
+            ferrite_exe: std::env::current_exe()?,
+            boot_timeout: Duration::from_secs(120),
+        },
+    )?;
+    out(format!("{machine}: reloaded"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Image {
+            command: ImageCmd::Build { channel },
+        } => {
+            let image = build_image(parse_channel(&channel)?)?;
+            let size = std::fs::metadata(&image.path).map(|m| m.len()).unwrap_or(0);
+            out(format!(
+                "{} ({} MiB, key {}, {} in {:.1} s)",
+                image.path.display(),
+                size / (1024 * 1024),
+                image.key,
+                if image.cached { "cached" } else { "built" },
+                image.seconds
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Up {
+            cluster,
+            instances,
+            user_data,
+            channel,
+            memory,
+            prefix,
+            config,
+        } => cmd_up(
+            cluster.cluster,
+            instances,
+            user_data,
+            channel,
+            memory,
+            prefix,
+            config,
+        ),
+        Cmd::Ssh {
+            cluster,
+            machine,
+            command,
+        } => cmd_ssh(&cluster.cluster, &machine, &command),
+        Cmd::Status { cluster } => cmd_status(&cluster.cluster),
+        Cmd::Halt {
+            cluster,
+            force,
+            machine,
+        } => cmd_halt(&cluster.cluster, &machine, force),
+        Cmd::Reload { cluster, machine } => cmd_reload(&cluster.cluster, &machine),
+        Cmd::Destroy { cluster } => {
+            machine_launcher::destroy(&Paths::from_env(), &cluster.cluster)?;
+            out(format!("cluster {:?} destroyed", cluster.cluster))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Boot { cgroups, command } => {
+            machine_launcher::sys::join_cgroups(&cgroups)?;
+            let Some((prog, args)) = command.split_first() else {
+                bail!("__boot needs a command");
+            };
+            let err = Command::new(prog).args(args).exec();
+            Err(err).with_context(|| format!("executing {prog}"))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRITE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferrite: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1038 @@
+//! Local clusters of Ferrite machines: what `vagrant` + coreos-vagrant were for CoreOS.
+//!
+//! A cluster is a directory of state (`<state>/clusters/<name>/cluster.json`) and, while it
+//! runs, a set of kernel objects that [`destroy`] can always find again from that state:
+//!
+//! - a *switch* network namespace with a bridge (`172.20.N.1/24`), so no address or route is
+//!   ever added to the host's own namespace;
+//! - per machine, a network namespace joined to the bridge by a veth pair, its own address
+//!   `172.20.N.(100+i)` (coreos-vagrant's `172.17.8.(100+i)` scheme on a subnet clear of
+//!   Docker's `172.17.0.0/16`);
+//! - per machine, a disk image (a copy of the built image, sparse) whose ROOT partition is
+//!   loop-mounted as the machine's `/`, and the USR partition chosen by GRUB's
+//!   `gptprio.next` on that disk loop-mounted read-only — shared by every machine booting the
+//!   same filesystem, so binaries' pages are shared — and bound on `/usr`;
+//! - per machine, a cgroup in every hierarchy, delegated to the machine so Docker can manage
+//!   its own;
+//! - `systemd-nspawn --boot`, systemd as PID 1, started detached through `ferrite __boot`;
+//! - when the user-data names `https://discovery.etcd.io/<token>`, a discovery service (a
+//!   Debian etcd with the v2 API, in the switch namespace) and a fresh token on it.
+//!
+//! First boot does what CoreOS's initramfs and tmpfiles did: the ROOT skeleton, `/etc` and
+//! `/var` copied from `/usr/share/factory`, a machine ID, the disk GUID randomized,
+//! `/etc/environment` with `COREOS_PUBLIC_IPV4`/`COREOS_PRIVATE_IPV4`, and the user-data
+//! where coreos-vagrant put it (`/var/lib/coreos-vagrant/vagrantfile-user-data`), which the
+//! image's path unit hands to `coreos-cloudinit` at boot.
+//!
+//! Invariants: every resource is recorded in the state before it is created; processes are
+//! stopped only by the PIDs recorded, after checking their command line; nothing is
+//! configured in the host's network namespace.
+
+pub mod sys;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coreos_disk::{Disk, PLACEHOLDER_DISK_GUID};
+use serde::{Deserialize, Serialize};
+
+/// A launcher failure, naming the cluster, machine, path or command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// A command could not be started.
+    #[error("running {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Cluster state that does not parse.
+    #[error("{path}: invalid state: {reason}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        reason: String,
+    },
+    /// The disk image could not be read or written.
+    #[error(transparent)]
+    Disk(#[from] coreos_disk::Error),
+    /// No such cluster.
+    #[error("no cluster {0:?} (run ferrite up first)")]
+    NoCluster(String),
+    /// No such machine in the cluster.
+    #[error("cluster {cluster:?} has no machine {machine:?} (it has: {known})")]
+    NoMachine {
+        /// The cluster.
+        cluster: String,
+        /// The machine asked for.
+        machine: String,
+        /// The machines it has.
+        known: String,
+    },
+    /// The machine is not running.
+    #[error("machine {0} is not running")]
+    NotRunning(String),
+    /// The machine did not finish booting in time.
+    #[error("machine {machine} did not finish booting within {seconds} s (console: {console})")]
+    BootTimeout {
+        /// The machine.
+        machine: String,
+        /// The limit.
+        seconds: u64,
+        /// Its console log.
+        console: PathBuf,
+    },
+    /// A setting that cannot work.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+    /// No free subnet for another cluster.
+    #[error("no free 172.20.N.0/24 subnet for another cluster")]
+    NoSubnet,
+}
+
+/// `op path` errors.
+pub fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the launcher keeps state.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Cluster state (`/var/lib/ferrite`).
+    pub state: PathBuf,
+    /// Shared runtime mounts (`/run/ferrite`).
+    pub run: PathBuf,
+}
+
+impl Paths {
+    /// From `FERRITE_STATE_DIR` and `FERRITE_RUN_DIR`, or the defaults.
+    pub fn from_env() -> Self {
+        let var =
+            |k: &str, d: &str| std::env::var_os(k).map_or_else(|| PathBuf::from(d), PathBuf::from);
+        Self {
+            state: var("FERRITE_STATE_DIR", "/var/lib/ferrite"),
+            run: var("FERRITE_RUN_DIR", "/run/ferrite"),
+        }
+    }
+
+    fn cluster_dir(&self, cluster: &str) -> PathBuf {
+        self.state.join("clusters").join(cluster)
+    }
+}
+
+/// The coreos-vagrant settings of a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Settings {
+    /// Number of machines.
+    pub instances: u32,
+    /// Machine name prefix (`core` → `core-01`).
+    pub prefix: String,
+    /// Update channel of the image.
+    pub channel: String,
+    /// Memory limit per machine, MiB (0: none).
+    pub memory_mb: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            instances: 1,
+            prefix: "core".into(),
+            channel: "alpha".into(),
+            memory_mb: 1024,
+        }
+    }
+}
+
+/// A cluster's recorded state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Its name.
+    pub name: String,
+    /// N in 172.20.N.0/24.
+    pub subnet: u8,
+    /// The settings it was created with.
+    pub settings: Settings,
+    /// The image machines are created from.
+    pub image: PathBuf,
+    /// The discovery service, if the user-data uses one.
+    pub discovery: Option<Discovery>,
+    /// The machines.
+    pub machines: Vec<MachineState>,
+}
+
+/// The cluster's etcd discovery service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Discovery {
+    /// The etcd process.
+    pub pid: Option<u32>,
+    /// The URL machines use: `http://172.20.N.1:2379/v2/keys/_etcd/registry/<token>`.
+    pub url: String,
+}
+
+/// One machine's recorded state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineState {
+    /// `core-01`.
+    pub name: String,
+    /// Its 1-based index.
+    pub index: u32,
+    /// Its address.
+    pub ip: String,
+    /// `/etc/machine-id`.
+    pub machine_id: String,
+    /// The `ferrite __boot` → `systemd-nspawn` process, while running.
+    pub pid: Option<u32>,
+    /// The shared `/usr` mount it uses while running.
+    pub usr_mount: Option<PathBuf>,
+    /// The USR partition it booted (`USR-A`/`USR-B`).
+    pub usr_label: Option<String>,
+    /// Its cgroups, while running.
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl ClusterState {
+    fn path(paths: &Paths, name: &str) -> PathBuf {
+        paths.cluster_dir(name).join("cluster.json")
+    }
+
+    /// Loads a cluster's state.
+    pub fn load(paths: &Paths, name: &str) -> Result<Self, Error> {
+        let p = Self::path(paths, name);
+        let data = std::fs::read(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoCluster(name.to_string()),
+            _ => Error::Io {
+                op: "reading",
+                path: p.clone(),
+                source: e,
+            },
+        })?;
+        serde_json::from_slice(&data).map_err(|e| Error::State {
+            path: p,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Saves it atomically.
+    pub fn save(&self, paths: &Paths) -> Result<(), Error> {
+        let p = Self::path(paths, &self.name);
+        let data = serde_json::to_vec_pretty(self).map_err(|e| Error::State {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        atomic_file::write(&p, &data, &atomic_file::Options::mode(0o600)).map_err(|e| Error::Io {
+            op: "writing",
+            path: p.clone(),
+            source: e.source,
+        })
+    }
+
+    /// The names of every cluster.
+    pub fn list(paths: &Paths) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(paths.state.join("clusters"))
+            .map(|it| {
+                it.flatten()
+                    .filter(|e| e.path().join("cluster.json").is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn switch_ns(&self) -> String {
+        format!("ferrite-{}-sw", self.name)
+    }
+
+    fn gateway(&self) -> String {
+        format!("172.20.{}.1", self.subnet)
+    }
+
+    fn machine_ns(&self, m: &MachineState) -> String {
+        format!("ferrite-{}-{}", self.name, m.name)
+    }
+
+    fn machine_dir(&self, paths: &Paths, m: &str) -> PathBuf {
+        paths.cluster_dir(&self.name).join("machines").join(m)
+    }
+
+    /// The machine called `name`.
+    pub fn machine(&self, name: &str) -> Result<&MachineState, Error> {
+        self.machines
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::NoMachine {
+                cluster: self.name.clone(),
+                machine: name.to_string(),
+                known: self
+                    .machines
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// Holds the cluster lock while alive (the lock is released when the file is closed).
+#[derive(Debug)]
+pub struct Lock {
+    _file: std::fs::File,
+}
+
+/// Takes the exclusive lock of a cluster (so two commands never change it at once).
+pub fn lock(paths: &Paths, cluster: &str) -> Result<Lock, Error> {
+    let dir = paths.cluster_dir(cluster);
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let p = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io_err("opening", &p))?;
+    f.lock().map_err(io_err("locking", &p))?;
+    Ok(Lock { _file: f })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Replaces every `https://discovery.etcd.io/<token>` in user-data with `url` (textually,
+/// so comments and formatting survive — unlike coreos-vagrant's YAML round trip).
+pub fn replace_discovery(user_data: &str, url: &str) -> Option<String> {
+    let needle = "https://discovery.etcd.io/";
+    if !user_data.contains(needle) && !user_data.contains("http://discovery.etcd.io/") {
+        return None;
+    }
+    let mut out = String::new();
+    let mut rest = user_data;
+    while let Some(pos) = rest.find("://discovery.etcd.io/") {
+        let scheme_start = rest[..pos]
+            .rfind(|c: char| !c.is_ascii_alphabetic())
+            .map_or(0, |i| i + 1);
+        out.push_str(&rest[..scheme_start]);
+        let after = &rest[pos + "://discovery.etcd.io/".len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(after.len());
+        out.push_str(url);
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn random_hex(bytes: usize) -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..bytes * 2].to_string()
+}
+
+/// Options for [`up`].
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The cluster name.
+    pub cluster: String,
+    /// The settings.
+    pub settings: Settings,
+    /// The user-data file.
+    pub user_data: PathBuf,
+    /// The disk image to create machines from.
+    pub image: PathBuf,
+    /// The `ferrite` executable (for `__boot`).
+    pub ferrite_exe: PathBuf,
+    /// How long to wait for each machine to boot.
+    pub boot_timeout: Duration,
+}
+
+fn free_subnet(paths: &Paths, own: &str) -> Result<u8, Error> {
+    let used: Vec<u8> = ClusterState::list(paths)
+        .iter()
+        .filter(|n| *n != own)
+        .filter_map(|n| ClusterState::load(paths, n).ok())
+        .map(|c| c.subnet)
+        .collect();
+    (0..=255u8)
+        .find(|n| !used.contains(n))
+        .ok_or(Error::NoSubnet)
+}
+
+/// `ferrite up`: creates the cluster (or the machines it lacks) and boots every machine
+/// that is not running. Returns the cluster's state.
+pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
+    if !valid_name(&opts.cluster) {
+        return Err(Error::Invalid(format!(
+            "cluster name {:?}: use up to 20 letters, digits and dashes",
+            opts.cluster
+        )));
+    }
+    if !valid_name(&opts.settings.prefix) {
+        return Err(Error::Invalid(format!(
+            "name prefix {:?}",
+            opts.settings.prefix
+        )));
+    }
+    if opts.settings.instances == 0 || opts.settings.instances > 99 {
+        return Err(Error::Invalid(format!(
+            "{} instances (1 to 99)",
+            opts.settings.instances
+        )));
+    }
+    let user_data = std::fs::read_to_string(&opts.user_data)
+        .map_err(io_err("reading user-data", &opts.user_data))?;
+    let _lock = lock(paths, &opts.cluster)?;
+    let mut cluster = match ClusterState::load(paths, &opts.cluster) {
+        Ok(c) => c,
+        Err(Error::NoCluster(_)) => ClusterState {
+            name: opts.cluster.clone(),
+            subnet: free_subnet(paths, &opts.cluster)?,
+            settings: opts.settings.clone(),
+            image: opts.image.clone(),
+            discovery: None,
+            machines: Vec::new(),
+        },
+        Err(e) => return Err(e),
+    };
+    cluster.settings.instances = opts.settings.instances.max(cluster.machines.len() as u32);
+    cluster.image = opts.image.clone();
+    for i in 1..=opts.settings.instances {
+        let name = format!("{}-{i:02}", cluster.settings.prefix);
+        if cluster.machines.iter().all(|m| m.name != name) {
+            cluster.machines.push(MachineState {
+                name,
+                index: i,
+                ip: format!("172.20.{}.{}", cluster.subnet, 100 + i),
+                machine_id: uuid::Uuid::new_v4().simple().to_string(),
+                pid: None,
+                usr_mount: None,
+                usr_label: None,
+                cgroups: Vec::new(),
+            });
+        }
+    }
+    cluster.save(paths)?;
+
+    // The cluster's switch.
+    let sw = cluster.switch_ns();
+    sys::netns_add(&sw)?;
+    sys::bridge(&sw, "br0", &format!("{}/24", cluster.gateway()))?;
+
+    // Discovery: a fresh token on the cluster's own service.
+    let mut effective = user_data.clone();
+    if user_data.contains("discovery.etcd.io/") {
+        let discovery = ensure_discovery(paths, &mut cluster, opts.settings.instances)?;
+        if let Some(replaced) = replace_discovery(&user_data, &discovery) {
+            effective = replaced;
+        }
+    }
+    let ud_path = paths.cluster_dir(&cluster.name).join("user-data");
+    atomic_file::write(
+        &ud_path,
+        effective.as_bytes(),
+        &atomic_file::Options::mode(0o600),
+    )
+    .map_err(|e| Error::Io {
+        op: "writing",
+        path: ud_path.clone(),
+        source: e.source,
+    })?;
+    cluster.save(paths)?;
+
+    // Create and boot the machines, in parallel.
+    let names: Vec<String> = cluster.machines.iter().map(|m| m.name.clone()).collect();
+    let results: Vec<Result<MachineState, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let cluster = &cluster;
+                let ud = &ud_path;
+                s.spawn(move || boot_machine(paths, cluster, name, ud, &opts.ferrite_exe))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a boot thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(m) => {
+                if let Some(slot) = cluster.machines.iter_mut().find(|x| x.name == m.name) {
+                    *slot = m;
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    cluster.save(paths)?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    for m in &cluster.machines {
+        wait_booted(paths, &cluster, m, opts.boot_timeout)?;
+    }
+    Ok(cluster)
+}
+
+fn ensure_discovery(paths: &Paths, cluster: &mut ClusterState, size: u32) -> Result<String, Error> {
+    let gw = cluster.gateway();
+    let endpoint = format!("http://{gw}:2379");
+    let running = cluster
+        .discovery
+        .as_ref()
+        .and_then(|d| d.pid)
+        .is_some_and(|p| sys::process_matches(p, "discovery"));
+    if !running {
+        let dir = paths.cluster_dir(&cluster.name).join("discovery");
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let log = std::fs::File::create(dir.join("etcd.log")).map_err(io_err("creating", &dir))?;
+        let log2 = log.try_clone().map_err(io_err("opening", &dir))?;
+        let child = Command::new("setsid")
+            .args([
+                "ip",
+                "netns",
+                "exec",
+                &cluster.switch_ns(),
+                "etcd",
+                "--name",
+                "discovery",
+                "--enable-v2",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+            ])
+            .args(["--initial-cluster", "discovery=http://127.0.0.1:2380"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: "etcd (discovery)".into(),
+                source,
+            })?;
+        cluster.discovery = Some(Discovery {
+            pid: Some(child.id()),
+            url: String::new(),
+        });
+        cluster.save(paths)?;
+    }
+    let token = random_hex(16);
+    let key = format!("/_etcd/registry/{token}/_config/size");
+    let ok = sys::wait_until(Duration::from_secs(15), || {
+        sys::run(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &cluster.switch_ns(),
+                    "etcdctl",
+                    "--endpoints",
+                    &endpoint,
+                    "set",
+                    &key,
+                    &size.to_string(),
+                ])
+                .env("ETCDCTL_API", "2"),
+        )
+        .is_ok()
+    });
+    if !ok {
+        return Err(Error::Invalid(format!(
+            "the discovery service at {endpoint} did not start"
+        )));
+    }
+    let url = format!("{endpoint}/v2/keys/_etcd/registry/{token}");
+    if let Some(d) = cluster.discovery.as_mut() {
+        d.url = url.clone();
+    }
+    Ok(url)
+}
+
+/// Copies the image to a machine's disk (sparse) if it has none.
+fn ensure_disk(image: &Path, disk: &Path) -> Result<(), Error> {
+    if disk.is_file() {
+        return Ok(());
+    }
+    let tmp = disk.with_extension("img.tmp");
+    sys::run(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image)
+            .arg(&tmp),
+    )?;
+    std::fs::rename(&tmp, disk).map_err(io_err("renaming", disk))
+}
+
+fn machine_running(m: &MachineState) -> bool {
+    m.pid
+        .is_some_and(|p| sys::process_matches(p, &format!("--machine={}", m.name)))
+}
+
+/// The machine's init process (PID 1 inside it), while it runs.
+pub fn init_pid(m: &MachineState) -> Option<u32> {
+    let pid = m.pid.filter(|_| machine_running(m))?;
+    sys::children(pid).into_iter().next()
+}
+
+fn boot_machine(
+    paths: &Paths,
+    cluster: &ClusterState,
+    name: &str,
+    user_data: &Path,
+    exe: &Path,
+) -> Result<MachineState, Error> {
+    let mut m = cluster.machine(name)?.clone();
+    if machine_running(&m) {
+        return Ok(m);
+    }
+    let dir = cluster.machine_dir(paths, name);
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let disk_path = dir.join("disk.img");
+    ensure_disk(&cluster.image, &disk_path)?;
+    let disk = Disk::open(&disk_path);
+    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
+        disk.set_disk_guid(uuid::Uuid::new_v4())?;
+    }
+    // GRUB's choice of /usr, on this machine's own disk.
+    let usr = disk.gptprio_next()?;
+    let usr_uuid = disk.ext_uuid(&usr)?;
+    let usr_mount = paths.run.join("usr").join(usr_uuid.to_string());
+    if !sys::is_mountpoint(&usr_mount) {
+        sys::mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
+    }
+    m.usr_mount = Some(usr_mount.clone());
+    m.usr_label = Some(usr.label.clone());
+    let root = dir.join("root");
+    if !sys::is_mountpoint(&root) {
+        let p = disk.partition("ROOT")?;
+        sys::mount_partition(&disk_path, p.offset(), p.bytes(), &root, false)?;
+    }
+    first_boot(&root, &usr_mount, &m, user_data)?;
+    sys::bind_ro(&usr_mount, &root.join("usr"))?;
+
+    // Network.
+    let mns = cluster.machine_ns(&m);
+    sys::netns_add(&mns)?;
+    sys::machine_link(
+        &cluster.switch_ns(),
+        "br0",
+        &format!("vm{}", m.index),
+        &mns,
+        &format!("{}/24", m.ip),
+        &cluster.gateway(),
+    )?;
+
+    // cgroups delegated to the machine.
+    let leaf = format!("ferrite-{}-{}", cluster.name, m.name);
+    m.cgroups = sys::make_cgroups(&leaf)?;
+    if cluster.settings.memory_mb > 0 {
+        if let Some(mem) = m
+            .cgroups
+            .iter()
+            .find(|d| d.to_string_lossy().contains("/memory/"))
+        {
+            let f = mem.join("memory.limit_in_bytes");
+            std::fs::write(&f, (cluster.settings.memory_mb * 1024 * 1024).to_string())
+                .map_err(io_err("writing", &f))?;
+        }
+    }
+
+    let console =
+        std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
+    let console2 = console.try_clone().map_err(io_err("opening", &dir))?;
+    let mut cmd = Command::new("setsid");
+    cmd.arg(exe).arg("__boot");
+    for cg in &m.cgroups {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    cmd.arg("--")
+        .arg("systemd-nspawn")
+        .args([
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--link-journal=no",
+            "--resolv-conf=off",
+            "--timezone=off",
+        ])
+        .arg(format!("--directory={}", root.display()))
+        .arg(format!("--machine={}", m.name))
+        .arg(format!("--hostname={}", m.name))
+        .arg(format!("--uuid={}", m.machine_id))
+        .arg(format!("--network-namespace-path=/run/netns/{mns}"))
+        .args([
+            "--capability=CAP_NET_ADMIN",
+            "--system-call-filter=@keyring",
+            "--console=read-only",
+        ])
+        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console2);
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        command: "systemd-nspawn".into(),
+        source,
+    })?;
+    m.pid = Some(child.id());
+    Ok(m)
+}
+
+/// The initramfs's and tmpfiles' work on a fresh ROOT, and the Vagrant provisioning.
+fn first_boot(root: &Path, usr: &Path, m: &MachineState, user_data: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    if !root.join("etc").is_dir() {
+        for d in [
+            "usr", "var", "home", "root", "tmp", "run", "srv", "opt", "mnt", "media", "proc",
+            "sys", "dev", "boot",
+        ] {
+            std::fs::create_dir_all(root.join(d)).map_err(io_err("creating", &root.join(d)))?;
+        }
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .map_err(io_err("setting mode of", &root.join("tmp")))?;
+        std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("setting mode of", &root.join("root")))?;
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            let l = root.join(link);
+            if l.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(target, &l).map_err(io_err("linking", &l))?;
+            }
+        }
+        for d in ["etc", "var"] {
+            sys::run(
+                Command::new("cp")
+                    .arg("-a")
+                    .arg(usr.join("share/factory").join(d))
+                    .arg(root),
+            )?;
+        }
+        std::fs::write(root.join("etc/machine-id"), format!("{}\n", m.machine_id))
+            .map_err(io_err("writing", &root.join("etc/machine-id")))?;
+        let home = root.join("home/core");
+        sys::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(root.join("etc/skel"))
+                .arg(&home),
+        )?;
+        sys::run(Command::new("chown").args(["-R", "500:500"]).arg(&home))?;
+    }
+    // coreos-vagrant's provisioning: the addresses, then the user-data.
+    let env_path = root.join("etc/environment");
+    let old = std::fs::read(&env_path).unwrap_or_default();
+    let vars = [
+        ("COREOS_PUBLIC_IPV4", m.ip.as_str()),
+        ("COREOS_PRIVATE_IPV4", m.ip.as_str()),
+    ];
+    if let Some(new) = merge_env(&old, &vars) {
+        atomic_file::write(&env_path, &new, &atomic_file::Options::mode(0o644)).map_err(|e| {
+            Error::Io {
+                op: "writing",
+                path: env_path.clone(),
+                source: e.source,
+            }
+        })?;
+    }
+    let dst = root.join("var/lib/coreos-vagrant/vagrantfile-user-data");
+    atomic_file::create_dirs(dst.parent().unwrap_or(root)).map_err(|e| Error::Io {
+        op: "creating",
+        path: dst.clone(),
+        source: e.source,
+    })?;
+    let data = std::fs::read(user_data).map_err(io_err("reading", user_data))?;
+    atomic_file::write(&dst, &data, &atomic_file::Options::mode(0o600)).map_err(|e| Error::Io {
+        op: "writing",
+        path: dst.clone(),
+        source: e.source,
+    })
+}
+
+fn merge_env(old: &[u8], vars: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(old);
+    let mut out = String::new();
+    let mut pending: Vec<(&str, &str)> = vars.to_vec();
+    for line in text.lines() {
+        let key = line.split_once('=').map(|(k, _)| k);
+        match key.and_then(|k| pending.iter().position(|(p, _)| *p == k)) {
+            Some(i) => {
+                let (k, v) = pending.remove(i);
+                out.push_str(&format!("{k}={v}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    for (k, v) in pending {
+        out.push_str(&format!("{k}={v}\n"));
+    }
+    (out.as_bytes() != old).then(|| out.into_bytes())
+}
+
+/// Runs a command inside a running machine as root: (exit code, stdout, stderr).
+pub fn exec_in(m: &MachineState, argv: &[&str]) -> Result<(i32, String, String), Error> {
+    let pid = init_pid(m).ok_or_else(|| Error::NotRunning(m.name.clone()))?;
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-C",
+            "--",
+        ])
+        .args(argv)
+        .output()
+        .map_err(|source| Error::Spawn {
+            command: "nsenter".into(),
+            source,
+        })?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn wait_booted(
+    paths: &Paths,
+    cluster: &ClusterState,
+    m: &MachineState,
+    limit: Duration,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    let ok = sys::wait_until(limit, || {
+        init_pid(m).is_some()
+            && exec_in(m, &["systemctl", "is-system-running"])
+                .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"))
+    });
+    if !ok {
+        return Err(Error::BootTimeout {
+            machine: m.name.clone(),
+            seconds: limit.as_secs(),
+            console: cluster.machine_dir(paths, &m.name).join("console.log"),
+        });
+    }
+    tracing::info!(machine = %m.name, seconds = start.elapsed().as_secs_f64(), "booted");
+    Ok(())
+}
+
+/// Stops a machine: gracefully (systemd powers off), or `force` at once. Then releases its
+/// mounts and cgroups. Its disk, address and network namespace stay.
+pub fn halt(
+    paths: &Paths,
+    cluster: &mut ClusterState,
+    name: &str,
+    force: bool,
+) -> Result<(), Error> {
+    let idx = cluster
+        .machines
+        .iter()
+        .position(|m| m.name == name)
+        .ok_or_else(|| Error::NoMachine {
+            cluster: cluster.name.clone(),
+            machine: name.to_string(),
+            known: cluster
+                .machines
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let m = cluster.machines[idx].clone();
+    if machine_running(&m) {
+        let pid = m.pid.unwrap_or(0);
+        let init = init_pid(&m);
+        if !force {
+            if let Some(i) = init {
+                let _ = sys::signal(i, "RTMIN+4");
+            }
+            sys::wait_until(Duration::from_secs(30), || !machine_running(&m));
+        }
+        if machine_running(&m) {
+            if let Some(i) = init_pid(&m) {
+                let _ = sys::signal(i, "KILL");
+            }
+            sys::wait_until(Duration::from_secs(5), || !machine_running(&m));
+            if machine_running(&m) {
+                let _ = sys::signal(pid, "KILL");
+                sys::wait_until(Duration::from_secs(5), || !machine_running(&m));
+            }
+        }
+    }
+    release(paths, cluster, idx)?;
+    cluster.save(paths)
+}
+
+/// Releases what a stopped machine held: mounts, shared `/usr` if unused, cgroups.
+fn release(paths: &Paths, cluster: &mut ClusterState, idx: usize) -> Result<(), Error> {
+    let root = cluster
+        .machine_dir(paths, &cluster.machines[idx].name)
+        .join("root");
+    sys::unmount(&root.join("usr"))?;
+    sys::unmount(&root)?;
+    let usr = cluster.machines[idx].usr_mount.take();
+    sys::remove_cgroups(&cluster.machines[idx].cgroups);
+    cluster.machines[idx].cgroups.clear();
+    cluster.machines[idx].pid = None;
+    if let Some(usr) = usr {
+        let in_use = all_machines(paths).iter().any(|(c, m)| {
+            !(c == &cluster.name && m.name == cluster.machines[idx].name)
+                && m.usr_mount.as_ref() == Some(&usr)
+                && machine_running(m)
+        });
+        if !in_use {
+            sys::unmount(&usr)?;
+            let _ = std::fs::remove_dir(&usr);
+        }
+    }
+    Ok(())
+}
+
+fn all_machines(paths: &Paths) -> Vec<(String, MachineState)> {
+    ClusterState::list(paths)
+        .into_iter()
+        .filter_map(|n| ClusterState::load(paths, &n).ok())
+        .flat_map(|c| c.machines.into_iter().map(move |m| (c.name.clone(), m)))
+        .collect()
+}
+
+/// Removes a cluster entirely: machines stopped at once, discovery stopped, mounts,
+/// namespaces, cgroups and files removed.
+pub fn destroy(paths: &Paths, name: &str) -> Result<(), Error> {
+    let _lock = lock(paths, name)?;
+    let mut cluster = ClusterState::load(paths, name)?;
+    let names: Vec<String> = cluster.machines.iter().map(|m| m.name.clone()).collect();
+    for n in &names {
+        halt(paths, &mut cluster, n, true)?;
+        let m = cluster.machine(n)?.clone();
+        sys::netns_del(&cluster.machine_ns(&m))?;
+    }
+    if let Some(pid) = cluster.discovery.as_ref().and_then(|d| d.pid) {
+        if sys::process_matches(pid, "discovery") {
+            let _ = sys::signal(pid, "KILL");
+            sys::wait_until(Duration::from_secs(5), || {
+                !sys::process_matches(pid, "discovery")
+            });
+        }
+    }
+    sys::netns_del(&cluster.switch_ns())?;
+    let dir = paths.cluster_dir(name);
+    drop(_lock);
+    std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))
+}
+
+/// One row of `ferrite status`.
+#[derive(Debug, Clone)]
+pub struct MachineStatus {
+    /// Machine name.
+    pub name: String,
+    /// `running` or `stopped`.
+    pub state: String,
+    /// Its address.
+    pub ip: String,
+    /// The USR partition it runs from.
+    pub usr: String,
+}
+
+/// The machines of a cluster and whether they run.
+pub fn status(cluster: &ClusterState) -> Vec<MachineStatus> {
+    cluster
+        .machines
+        .iter()
+        .map(|m| MachineStatus {
+            name: m.name.clone(),
+            state: if machine_running(m) {
+                "running"
+            } else {
+                "stopped"
+            }
+            .to_string(),
+            ip: m.ip.clone(),
+            usr: m.usr_label.clone().unwrap_or_else(|| "-".into()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovery_urls_are_replaced_in_place() {
+        let ud = "#cloud-config\ncoreos:\n  etcd2:\n    # keep me\n    discovery: https://discovery.etcd.io/614a2cd12096d7de6b577f0a95748027\n    name: x\n";
+        let out =
+            replace_discovery(ud, "http://172.20.0.1:2379/v2/keys/_etcd/registry/abc").unwrap();
+        assert_eq!(out, "#cloud-config\ncoreos:\n  etcd2:\n    # keep me\n    discovery: http://172.20.0.1:2379/v2/keys/_etcd/registry/abc\n    name: x\n");
+        assert_eq!(replace_discovery("#cloud-config\n", "x"), None);
+    }
+
+    #[test]
+    fn environment_merge() {
+        let vars = [("COREOS_PUBLIC_IPV4", "1.1.1.1")];
+        assert_eq!(
+            merge_env(b"A=b\n", &vars).unwrap(),
+            b"A=b\nCOREOS_PUBLIC_IPV4=1.1.1.1\n"
+        );
+        assert_eq!(merge_env(b"COREOS_PUBLIC_IPV4=1.1.1.1\n", &vars), None);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("default") && valid_name("c-2"));
+        assert!(!valid_name("") && !valid_name("a/b") && !valid_name(&"x".repeat(21)));
+    }
+}
