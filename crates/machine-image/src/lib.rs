@@ -319,6 +319,24 @@ pub fn build(spec: &BuildSpec) -> Result<BuiltImage, Error> {
             seconds: start.elapsed().as_secs_f64(),
         });
     }
+    // One build at a time per cache (concurrent `ferrite up`s wait for each other).
+    std::fs::create_dir_all(&spec.cache_dir).map_err(io_err("creating", &spec.cache_dir))?;
+    let lock_path = spec.cache_dir.join(".build.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("opening", &lock_path))?;
+    lock.lock().map_err(io_err("locking", &lock_path))?;
+    if image.is_file() && image_dir.join("image.json").is_file() {
+        return Ok(BuiltImage {
+            path: image,
+            key: ikey,
+            cached: true,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
     let rootfs = ensure_rootfs(spec, &rkey)?;
     let tmp = spec.cache_dir.join("images").join(format!(".{ikey}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);

@@ -308,6 +308,20 @@ pub struct Lock {
     _file: std::fs::File,
 }
 
+/// The lock for the shared mounts under the run directory.
+fn run_lock(paths: &Paths) -> Result<Lock, Error> {
+    std::fs::create_dir_all(&paths.run).map_err(io_err("creating", &paths.run))?;
+    let p = paths.run.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io_err("opening", &p))?;
+    f.lock().map_err(io_err("locking", &p))?;
+    Ok(Lock { _file: f })
+}
+
 /// Takes the exclusive lock of a cluster (so two commands never change it at once).
 pub fn lock(paths: &Paths, cluster: &str) -> Result<Lock, Error> {
     let dir = paths.cluster_dir(cluster);
@@ -642,8 +656,12 @@ fn boot_machine(
     let usr = disk.gptprio_next()?;
     let usr_uuid = disk.ext_uuid(&usr)?;
     let usr_mount = paths.run.join("usr").join(usr_uuid.to_string());
-    if !sys::is_mountpoint(&usr_mount) {
-        sys::mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
+    {
+        // Machines boot in parallel: one mount per filesystem, taken under a lock.
+        let _usr_lock = run_lock(paths)?;
+        if !sys::is_mountpoint(&usr_mount) {
+            sys::mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
+        }
     }
     m.usr_mount = Some(usr_mount.clone());
     m.usr_label = Some(usr.label.clone());
@@ -929,6 +947,7 @@ fn release(paths: &Paths, cluster: &mut ClusterState, idx: usize) -> Result<(), 
     cluster.machines[idx].cgroups.clear();
     cluster.machines[idx].pid = None;
     if let Some(usr) = usr {
+        let _usr_lock = run_lock(paths)?;
         let in_use = all_machines(paths).iter().any(|(c, m)| {
             !(c == &cluster.name && m.name == cluster.machines[idx].name)
                 && m.usr_mount.as_ref() == Some(&usr)

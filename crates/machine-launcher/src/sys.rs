@@ -147,11 +147,14 @@ pub fn bind_ro(src: &Path, dst: &Path) -> Result<(), Error> {
 
 /// Unmounts `dir` if it is a mount point (lazily if busy).
 pub fn unmount(dir: &Path) -> Result<(), Error> {
-    if !is_mountpoint(dir) {
-        return Ok(());
-    }
-    if run(Command::new("umount").arg(dir)).is_err() {
-        run(Command::new("umount").arg("-l").arg(dir))?;
+    // Stacked mounts are unmounted one by one (bounded).
+    for _ in 0..16 {
+        if !is_mountpoint(dir) {
+            return Ok(());
+        }
+        if run(Command::new("umount").arg(dir)).is_err() {
+            run(Command::new("umount").arg("-l").arg(dir))?;
+        }
     }
     Ok(())
 }

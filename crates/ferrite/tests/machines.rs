@@ -1,0 +1,413 @@
+//! Real Ferrite machines: `ferrite up` boots systemd-nspawn machines from the built image,
+//! with the chapter's user-data and with the book's three-machine cluster, and `destroy`
+//! leaves nothing behind. Needs root (CI runs as root) and the packages
+//! `scripts/install-deps.sh` installs.
+//!
+//! Each test uses its own state and run directories and a unique cluster name; the image
+//! cache is shared (`FERRITE_CACHE_DIR`, default `/var/cache/ferrite`). A guard destroys the
+//! cluster even when an assertion fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Cluster {
+    name: String,
+    state: tempfile::TempDir,
+    run: tempfile::TempDir,
+    destroyed: bool,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Self {
+        let out = Command::new("id").arg("-u").output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "these tests boot real machines and need root (run scripts/test.sh as root)"
+        );
+        assert!(
+            Path::new(FERRITE)
+                .with_file_name("coreos-cloudinit")
+                .is_file(),
+            "coreos-cloudinit must be built beside ferrite (cargo build --workspace)"
+        );
+        Self {
+            name: format!("t{tag}{}", std::process::id() % 100_000),
+            state: tempfile::Builder::new()
+                .prefix("ferrite-state")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+            run: tempfile::Builder::new()
+                .prefix("ferrite-run")
+                .tempdir_in("/run")
+                .unwrap(),
+            destroyed: false,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FERRITE);
+        c.args(args)
+            .env("FERRITE_STATE_DIR", self.state.path())
+            .env("FERRITE_RUN_DIR", self.run.path());
+        c
+    }
+
+    fn ferrite(&self, args: &[&str]) -> Output {
+        let mut a = vec![args[0], "--cluster", &self.name];
+        a.extend_from_slice(&args[1..]);
+        self.cmd(&a).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.ferrite(args);
+        assert!(
+            o.status.success(),
+            "ferrite {args:?} failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `ferrite ssh MACHINE -- sh -c SCRIPT`: (exit code, stdout).
+    fn sh(&self, machine: &str, script: &str) -> (i32, String) {
+        let o = self.ferrite(&["ssh", machine, "--", "sh", "-c", script]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// Retries `script` until its output contains `want` (bounded: `tries` × 1 s).
+    fn sh_until(&self, machine: &str, script: &str, want: &str, tries: u32) -> String {
+        let mut last = String::new();
+        for _ in 0..tries {
+            let (_, out) = self.sh(machine, script);
+            if out.contains(want) {
+                return out;
+            }
+            last = out;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("{machine}: {script:?} never printed {want:?}; last output:\n{last}");
+    }
+
+    fn machine_dir(&self, m: &str) -> PathBuf {
+        self.state
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("machines")
+            .join(m)
+    }
+
+    fn cluster_json(&self) -> serde_json::Value {
+        let p = self
+            .state
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("cluster.json");
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    fn destroy_and_check(&mut self) {
+        let json = self.cluster_json();
+        self.ok(&["destroy"]);
+        self.destroyed = true;
+        // Nothing left: processes, namespaces, mounts, cgroups, files.
+        for m in json["machines"].as_array().unwrap() {
+            if let Some(pid) = m["pid"].as_u64() {
+                let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nspawn"));
+                assert!(!alive, "machine process {pid} survived destroy");
+            }
+            for cg in m["cgroups"].as_array().unwrap() {
+                assert!(
+                    !Path::new(cg.as_str().unwrap()).exists(),
+                    "cgroup {cg} survived destroy"
+                );
+            }
+        }
+        let netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !netns
+                .iter()
+                .any(|n| n.starts_with(&format!("ferrite-{}-", self.name))),
+            "namespaces survived destroy: {netns:?}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for dir in [self.state.path(), self.run.path()] {
+            assert!(
+                !mounts.contains(&dir.display().to_string()),
+                "mounts under {} survived destroy",
+                dir.display()
+            );
+        }
+        assert!(!self.state.path().join("clusters").join(&self.name).exists());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            let _ = self.ferrite(&["destroy"]);
+        }
+    }
+}
+
+fn ip_of(status: &str, machine: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(machine))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap()
+        .to_string()
+}
+
+/// A tiny busybox image, imported into a machine's Docker (no registry is reachable).
+fn busybox_tar() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("bin/busybox")).unwrap();
+    for a in ["sh", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", dir.path().join("bin").join(a)).unwrap();
+    }
+    let out = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn chapter_user_data_on_one_machine() {
+    let mut c = Cluster::new("one");
+    let ud = repo().join("examples/user-data");
+    let start = Instant::now();
+    c.ok(&["up", "--user-data", ud.to_str().unwrap()]);
+    eprintln!(
+        "ferrite up (1 machine): {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let status = c.ok(&["status"]);
+    assert!(
+        status.contains("core-01") && status.contains("running"),
+        "{status}"
+    );
+    let ip = ip_of(&status, "core-01");
+
+    // The chapter's checks.
+    let (_, etcd2) = c.sh("core-01", "systemctl status etcd2 --no-pager");
+    assert!(etcd2.contains("Active: active (running)"), "{etcd2}");
+    c.sh_until(
+        "core-01",
+        &format!("etcdctl --endpoints http://{ip}:2379 endpoint health 2>&1"),
+        "is healthy",
+        30,
+    );
+    let (code, docker) = c.sh("core-01", "docker version --format '{{.Server.Version}}'");
+    assert_eq!(code, 0, "docker version: {docker}");
+    assert!(!docker.trim().is_empty());
+    let (_, sock) = c.sh("core-01", "systemctl is-active docker-tcp.socket; ss -ltnH");
+    assert!(sock.starts_with("active"), "{sock}");
+    assert!(sock.contains(":2375"), "{sock}");
+
+    // The user-data was applied by coreos-cloudinit at boot.
+    let (_, dropin) = c.sh(
+        "core-01",
+        "cat /run/systemd/system/etcd2.service.d/20-cloudinit.conf",
+    );
+    assert!(
+        dropin.contains(&format!("ETCD_ADVERTISE_CLIENT_URLS=http://{ip}:2379")),
+        "{dropin}"
+    );
+    let (_, env) = c.sh("core-01", "cat /etc/environment");
+    assert!(env.contains(&format!("COREOS_PUBLIC_IPV4={ip}")), "{env}");
+
+    // docker run of a locally imported image.
+    let mut import = c.cmd(&[
+        "ssh",
+        "--cluster",
+        &c.name,
+        "core-01",
+        "--",
+        "docker",
+        "import",
+        "-",
+        "busybox:local",
+    ]);
+    let mut child = import
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&busybox_tar())
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let (code, hello) = c.sh(
+        "core-01",
+        "docker run --rm --pull=never busybox:local echo hello from docker",
+    );
+    assert_eq!((code, hello.trim()), (0, "hello from docker"));
+
+    // ssh: exit status, and the login banner and prompt.
+    assert_eq!(
+        c.ferrite(&["ssh", "core-01", "--", "false"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(c.sh("core-01", "exit 7").0, 7);
+    let shell = format!(
+        "FERRITE_STATE_DIR={} FERRITE_RUN_DIR={} {FERRITE} ssh --cluster {} core-01",
+        c.state.path().display(),
+        c.run.path().display(),
+        c.name
+    );
+    let mut tty = Command::new("script")
+        .args(["-qc", &shell, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = tty.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        stdin.write_all(b"exit\n").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let login = String::from_utf8_lossy(&tty.wait_with_output().unwrap().stdout).into_owned();
+    assert!(login.contains("Ferrite alpha ("), "banner: {login:?}");
+    assert!(
+        login.contains("core@core-01") && login.contains(" ~ $"),
+        "prompt: {login:?}"
+    );
+
+    // The machine runs the image's /usr, read-only, from USR-A.
+    let (_, usr) = c.sh("core-01", "findmnt -no OPTIONS /usr; cat /usr/share/coreos/update.conf; test -e /usr/bin/apt || echo no-apt");
+    assert!(usr.starts_with("ro"), "{usr}");
+    assert!(
+        usr.contains("GROUP=alpha") && usr.contains("no-apt"),
+        "{usr}"
+    );
+    assert!(status.contains("USR-A"), "{status}");
+
+    // halt, then up again: state on ROOT survives.
+    c.sh("core-01", "echo kept > /home/core/note");
+    c.ok(&["halt", "core-01"]);
+    assert!(c.ok(&["status"]).contains("stopped"));
+    assert!(
+        !c.machine_dir("core-01").join("root/usr/bin").exists(),
+        "ROOT unmounted after halt"
+    );
+    c.ok(&["up", "--user-data", ud.to_str().unwrap()]);
+    assert_eq!(c.sh("core-01", "cat /home/core/note").1.trim(), "kept");
+
+    c.destroy_and_check();
+}
+
+#[test]
+fn book_cluster_of_three() {
+    let mut c = Cluster::new("three");
+    let ud = repo().join("fixtures/cloud-config/book-ch4-user-data.yaml");
+    let start = Instant::now();
+    c.ok(&[
+        "up",
+        "--instances",
+        "3",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
+    eprintln!(
+        "ferrite up (3 machines): {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let status = c.ok(&["status"]);
+    let ips: Vec<String> = ["core-01", "core-02", "core-03"]
+        .iter()
+        .map(|m| ip_of(&status, m))
+        .collect();
+
+    // The discovery URL was replaced by the cluster's own service.
+    let (_, dropin) = c.sh(
+        "core-01",
+        "cat /run/systemd/system/etcd2.service.d/20-cloudinit.conf",
+    );
+    assert!(dropin.contains("ETCD_DISCOVERY=http://172.20."), "{dropin}");
+    assert!(!dropin.contains("discovery.etcd.io"), "{dropin}");
+
+    for m in ["core-01", "core-02", "core-03"] {
+        let health = c.sh_until(
+            m,
+            "etcdctl endpoint health --cluster 2>&1",
+            "is healthy",
+            60,
+        );
+        let healthy = c.sh_until(
+            m,
+            "etcdctl endpoint health --cluster 2>&1 | grep -c 'is healthy'",
+            "3",
+            60,
+        );
+        assert_eq!(healthy.trim(), "3", "{health}");
+    }
+    let (_, members) = c.sh("core-01", "etcdctl member list");
+    assert_eq!(members.lines().count(), 3, "{members}");
+    for ip in &ips {
+        assert!(members.contains(&format!("http://{ip}:2379")), "{members}");
+    }
+
+    // docker-tcp.socket on 2375 answers from another machine.
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/2375 && printf 'GET /version HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+        ips[1]
+    );
+    let (_, api) = c.sh("core-01", &format!("bash -c \"{script}\""));
+    assert!(api.contains("Api-Version"), "{api}");
+
+    // Cut the power of one machine: the other two keep serving.
+    let t = Instant::now();
+    c.ok(&["halt", "--force", "core-02"]);
+    eprintln!("halt --force: {:.2} s", t.elapsed().as_secs_f64());
+    assert!(c
+        .ok(&["status"])
+        .lines()
+        .any(|l| l.starts_with("core-02") && l.contains("stopped")));
+    c.sh_until(
+        "core-01",
+        "etcdctl --command-timeout=2s put after-halt yes 2>&1",
+        "OK",
+        30,
+    );
+    c.sh_until(
+        "core-03",
+        "etcdctl --command-timeout=2s get after-halt 2>&1",
+        "yes",
+        30,
+    );
+
+    c.destroy_and_check();
+}
