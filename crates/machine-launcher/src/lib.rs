@@ -176,6 +176,9 @@ impl Default for Settings {
 pub struct ClusterState {
     /// Its name.
     pub name: String,
+    /// A random identifier naming its kernel objects (namespaces, cgroups), so clusters of
+    /// the same name under different state directories never meet.
+    pub id: String,
     /// N in 172.20.N.0/24.
     pub subnet: u8,
     /// The settings it was created with.
@@ -268,8 +271,13 @@ impl ClusterState {
         out
     }
 
+    /// The prefix of every namespace and cgroup of this cluster.
+    pub fn object_prefix(&self) -> String {
+        format!("ferrite-{}", self.id)
+    }
+
     fn switch_ns(&self) -> String {
-        format!("ferrite-{}-sw", self.name)
+        format!("{}-sw", self.object_prefix())
     }
 
     fn gateway(&self) -> String {
@@ -277,7 +285,7 @@ impl ClusterState {
     }
 
     fn machine_ns(&self, m: &MachineState) -> String {
-        format!("ferrite-{}-{}", self.name, m.name)
+        format!("{}-{}", self.object_prefix(), m.name)
     }
 
     fn machine_dir(&self, paths: &Paths, m: &str) -> PathBuf {
@@ -427,6 +435,7 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
         Ok(c) => c,
         Err(Error::NoCluster(_)) => ClusterState {
             name: opts.cluster.clone(),
+            id: random_hex(4),
             subnet: free_subnet(paths, &opts.cluster)?,
             settings: opts.settings.clone(),
             image: opts.image.clone(),
@@ -686,7 +695,7 @@ fn boot_machine(
     )?;
 
     // cgroups delegated to the machine.
-    let leaf = format!("ferrite-{}-{}", cluster.name, m.name);
+    let leaf = format!("{}-{}", cluster.object_prefix(), m.name);
     m.cgroups = sys::make_cgroups(&leaf)?;
     if cluster.settings.memory_mb > 0 {
         if let Some(mem) = m
@@ -1054,4 +1063,105 @@ mod tests {
         assert!(valid_name("default") && valid_name("c-2"));
         assert!(!valid_name("") && !valid_name("a/b") && !valid_name(&"x".repeat(21)));
     }
+}
+
+/// A machine's memory: the PSS of its processes (by systemd unit) and its memory cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryReport {
+    /// Sum of the processes' proportional set sizes, KiB.
+    pub pss_kib: u64,
+    /// Sum of their resident set sizes, KiB.
+    pub rss_kib: u64,
+    /// The memory cgroup's usage, KiB (anonymous memory plus page cache).
+    pub cgroup_usage_kib: u64,
+    /// The cgroup's anonymous memory, KiB.
+    pub cgroup_rss_kib: u64,
+    /// The cgroup's page cache, KiB.
+    pub cgroup_cache_kib: u64,
+    /// PSS per systemd unit inside the machine (the launcher's own `supervisor` included),
+    /// largest first.
+    pub by_unit: Vec<(String, u64)>,
+}
+
+fn kib_field(text: &str, field: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Measures a running machine's memory.
+pub fn memory(m: &MachineState) -> Result<MemoryReport, Error> {
+    if !machine_running(m) {
+        return Err(Error::NotRunning(m.name.clone()));
+    }
+    let mut report = MemoryReport::default();
+    let systemd = m
+        .cgroups
+        .iter()
+        .find(|d| d.to_string_lossy().contains("/systemd/"));
+    let mut pids = Vec::new();
+    if let Some(root) = systemd {
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                pids.extend(
+                    procs
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+    }
+    let mut by_unit: std::collections::BTreeMap<String, u64> = Default::default();
+    for pid in pids {
+        let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue;
+        };
+        let pss = kib_field(&smaps, "Pss:");
+        report.pss_kib += pss;
+        report.rss_kib += kib_field(&smaps, "Rss:");
+        let unit = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.contains(":name=systemd:"))
+                    .and_then(|l| l.rsplit('/').next().map(str::to_string))
+            })
+            .unwrap_or_else(|| "?".into());
+        *by_unit.entry(unit).or_default() += pss;
+    }
+    let mut units: Vec<(String, u64)> = by_unit.into_iter().collect();
+    units.sort_by_key(|(_, v)| std::cmp::Reverse(*v));
+    report.by_unit = units;
+    if let Some(mem) = m
+        .cgroups
+        .iter()
+        .find(|d| d.to_string_lossy().contains("/memory/"))
+    {
+        let read = |f: &str| std::fs::read_to_string(mem.join(f)).unwrap_or_default();
+        report.cgroup_usage_kib = read("memory.usage_in_bytes")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            / 1024;
+        let stat = read("memory.stat");
+        let field = |k: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                / 1024
+        };
+        report.cgroup_rss_kib = field("total_rss ");
+        report.cgroup_cache_kib = field("total_cache ");
+    }
+    Ok(report)
 }
