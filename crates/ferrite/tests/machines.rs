@@ -162,6 +162,16 @@ impl Cluster {
             );
         }
         assert!(!self.state.path().join("clusters").join(&self.name).exists());
+        let needle = self.state.path().display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                assert!(
+                    !c.contains(&needle) || c.contains("cargo") || c.contains("machines-"),
+                    "process survived destroy: {c}"
+                );
+            }
+        }
     }
 }
 
@@ -409,5 +419,46 @@ fn book_cluster_of_three() {
         30,
     );
 
+    c.destroy_and_check();
+}
+
+#[test]
+fn destroy_cleans_up_after_a_launcher_crash() {
+    let mut c = Cluster::new("crash");
+    let ud = repo().join("examples/user-data");
+    let mut up = c
+        .cmd(&[
+            "up",
+            "--cluster",
+            &c.name,
+            "--instances",
+            "2",
+            "--user-data",
+            ud.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the launcher part-way through bringing the machines up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let booting = std::fs::read_dir(
+            c.state
+                .path()
+                .join("clusters")
+                .join(&c.name)
+                .join("machines"),
+        )
+        .map(|d| d.count() >= 1)
+        .unwrap_or(false);
+        if booting {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    up.kill().unwrap();
+    up.wait().unwrap();
     c.destroy_and_check();
 }

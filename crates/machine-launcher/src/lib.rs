@@ -378,6 +378,33 @@ fn random_hex(bytes: usize) -> String {
     uuid::Uuid::new_v4().simple().to_string()[..bytes * 2].to_string()
 }
 
+/// The cluster state shared by the boot threads; every change is saved at once, so the
+/// state on disk always names what exists.
+struct Recorder<'a> {
+    paths: &'a Paths,
+    state: std::sync::Mutex<ClusterState>,
+}
+
+impl Recorder<'_> {
+    fn update(&self, machine: &str, f: impl FnOnce(&mut MachineState)) -> Result<(), Error> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| Error::Invalid("cluster state lock poisoned".into()))?;
+        if let Some(m) = state.machines.iter_mut().find(|m| m.name == machine) {
+            f(m);
+        }
+        state.save(self.paths)
+    }
+
+    fn snapshot(&self) -> Result<ClusterState, Error> {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| Error::Invalid("cluster state lock poisoned".into()))
+    }
+}
+
 /// Options for [`up`].
 #[derive(Debug, Clone)]
 pub struct UpOptions {
@@ -491,13 +518,19 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
 
     // Create and boot the machines, in parallel.
     let names: Vec<String> = cluster.machines.iter().map(|m| m.name.clone()).collect();
-    let results: Vec<Result<MachineState, Error>> = std::thread::scope(|s| {
+    let snapshot = cluster.clone();
+    let recorder = Recorder {
+        paths,
+        state: std::sync::Mutex::new(cluster),
+    };
+    let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = names
             .iter()
             .map(|name| {
-                let cluster = &cluster;
-                let ud = &ud_path;
-                s.spawn(move || boot_machine(paths, cluster, name, ud, &opts.ferrite_exe))
+                let (snapshot, recorder, ud) = (&snapshot, &recorder, &ud_path);
+                s.spawn(move || {
+                    boot_machine(paths, snapshot, recorder, name, ud, &opts.ferrite_exe)
+                })
             })
             .collect();
         handles
@@ -508,21 +541,8 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
             })
             .collect()
     });
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Ok(m) => {
-                if let Some(slot) = cluster.machines.iter_mut().find(|x| x.name == m.name) {
-                    *slot = m;
-                }
-            }
-            Err(e) => {
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    cluster.save(paths)?;
-    if let Some(e) = first_err {
+    let cluster = recorder.snapshot()?;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
         return Err(e);
     }
     for m in &cluster.machines {
@@ -645,13 +665,14 @@ pub fn init_pid(m: &MachineState) -> Option<u32> {
 fn boot_machine(
     paths: &Paths,
     cluster: &ClusterState,
+    record: &Recorder<'_>,
     name: &str,
     user_data: &Path,
     exe: &Path,
-) -> Result<MachineState, Error> {
-    let mut m = cluster.machine(name)?.clone();
+) -> Result<(), Error> {
+    let m = cluster.machine(name)?.clone();
     if machine_running(&m) {
-        return Ok(m);
+        return Ok(());
     }
     let dir = cluster.machine_dir(paths, name);
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
@@ -665,6 +686,10 @@ fn boot_machine(
     let usr = disk.gptprio_next()?;
     let usr_uuid = disk.ext_uuid(&usr)?;
     let usr_mount = paths.run.join("usr").join(usr_uuid.to_string());
+    record.update(name, |m| {
+        m.usr_mount = Some(usr_mount.clone());
+        m.usr_label = Some(usr.label.clone());
+    })?;
     {
         // Machines boot in parallel: one mount per filesystem, taken under a lock.
         let _usr_lock = run_lock(paths)?;
@@ -672,8 +697,6 @@ fn boot_machine(
             sys::mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
         }
     }
-    m.usr_mount = Some(usr_mount.clone());
-    m.usr_label = Some(usr.label.clone());
     let root = dir.join("root");
     if !sys::is_mountpoint(&root) {
         let p = disk.partition("ROOT")?;
@@ -694,12 +717,12 @@ fn boot_machine(
         &cluster.gateway(),
     )?;
 
-    // cgroups delegated to the machine.
-    let leaf = format!("{}-{}", cluster.object_prefix(), m.name);
-    m.cgroups = sys::make_cgroups(&leaf)?;
+    // cgroups delegated to the machine: recorded, then created.
+    let cgroups = sys::cgroup_paths(&format!("{}-{}", cluster.object_prefix(), m.name));
+    record.update(name, |m| m.cgroups = cgroups.clone())?;
+    sys::make_cgroups(&cgroups)?;
     if cluster.settings.memory_mb > 0 {
-        if let Some(mem) = m
-            .cgroups
+        if let Some(mem) = cgroups
             .iter()
             .find(|d| d.to_string_lossy().contains("/memory/"))
         {
@@ -714,7 +737,7 @@ fn boot_machine(
     let console2 = console.try_clone().map_err(io_err("opening", &dir))?;
     let mut cmd = Command::new("setsid");
     cmd.arg(exe).arg("__boot");
-    for cg in &m.cgroups {
+    for cg in &cgroups {
         cmd.arg("--cgroup").arg(cg);
     }
     cmd.arg("--")
@@ -745,8 +768,7 @@ fn boot_machine(
         command: "systemd-nspawn".into(),
         source,
     })?;
-    m.pid = Some(child.id());
-    Ok(m)
+    record.update(name, |m| m.pid = Some(child.id()))
 }
 
 /// The initramfs's and tmpfiles' work on a fresh ROOT, and the Vagrant provisioning.
@@ -983,11 +1005,13 @@ fn all_machines(paths: &Paths) -> Vec<(String, MachineState)> {
 pub fn destroy(paths: &Paths, name: &str) -> Result<(), Error> {
     let _lock = lock(paths, name)?;
     let mut cluster = ClusterState::load(paths, name)?;
+    let dir = paths.cluster_dir(name);
+    // Whatever a crashed launcher started but did not record: every process whose command
+    // line names this cluster's directory (the machines' nspawn, the discovery etcd) is ours.
+    sweep_processes(&dir);
     let names: Vec<String> = cluster.machines.iter().map(|m| m.name.clone()).collect();
     for n in &names {
         halt(paths, &mut cluster, n, true)?;
-        let m = cluster.machine(n)?.clone();
-        sys::netns_del(&cluster.machine_ns(&m))?;
     }
     if let Some(pid) = cluster.discovery.as_ref().and_then(|d| d.pid) {
         if sys::process_matches(pid, "discovery") {
@@ -997,10 +1021,44 @@ pub fn destroy(paths: &Paths, name: &str) -> Result<(), Error> {
             });
         }
     }
-    sys::netns_del(&cluster.switch_ns())?;
-    let dir = paths.cluster_dir(name);
+    // Every namespace named from the cluster's id, recorded or not.
+    let prefix = format!("{}-", cluster.object_prefix());
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) {
+                sys::netns_del(&n)?;
+            }
+        }
+    }
+    // Mounts under the cluster's directory, deepest first.
+    for mount in sys::mounts_under(&dir).into_iter().rev() {
+        sys::unmount(&mount)?;
+    }
     drop(_lock);
     std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))
+}
+
+/// Kills (by PID) every process whose command line contains `dir`, children first.
+fn sweep_processes(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| *p != std::process::id() && sys::process_matches(*p, &needle))
+        .collect();
+    for pid in pids {
+        for child in sys::children(pid) {
+            let _ = sys::signal(child, "KILL");
+        }
+        let _ = sys::signal(pid, "KILL");
+        sys::wait_until(Duration::from_secs(5), || {
+            !sys::process_matches(pid, &needle)
+        });
+    }
 }
 
 /// One row of `ferrite status`.

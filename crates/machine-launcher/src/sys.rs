@@ -243,24 +243,43 @@ pub fn cgroup_hierarchies() -> Vec<(PathBuf, String)> {
     out
 }
 
-/// Creates `leaf` under this process's cgroup in every hierarchy (copying cpuset settings
-/// down, as a new cpuset cgroup starts empty) and returns the created directories.
-pub fn make_cgroups(leaf: &str) -> Result<Vec<PathBuf>, Error> {
-    let mut out = Vec::new();
-    for (mount, own) in cgroup_hierarchies() {
-        let parent = mount.join(own.trim_start_matches('/'));
-        let dir = parent.join(leaf);
-        std::fs::create_dir_all(&dir).map_err(crate::io_err("creating cgroup", &dir))?;
-        if mount.ends_with("cpuset") {
+/// The cgroup directory `leaf` under this process's cgroup in every hierarchy.
+pub fn cgroup_paths(leaf: &str) -> Vec<PathBuf> {
+    cgroup_hierarchies()
+        .into_iter()
+        .map(|(mount, own)| mount.join(own.trim_start_matches('/')).join(leaf))
+        .collect()
+}
+
+/// Creates cgroup directories (copying cpuset settings down, as a new cpuset cgroup starts
+/// empty).
+pub fn make_cgroups(dirs: &[PathBuf]) -> Result<(), Error> {
+    for dir in dirs {
+        std::fs::create_dir_all(dir).map_err(crate::io_err("creating cgroup", dir))?;
+        if dir.to_string_lossy().contains("/cpuset/") {
+            let parent = dir.parent().unwrap_or(dir);
             for f in ["cpuset.cpus", "cpuset.mems"] {
                 let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
                 std::fs::write(dir.join(f), v.trim())
                     .map_err(crate::io_err("writing", &dir.join(f)))?;
             }
         }
-        out.push(dir);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Mount points at or below `dir`, in mount order.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let base = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mount(m)))
+        .filter(|m| m.starts_with(&base))
+        .collect()
 }
 
 /// Moves the calling process into each cgroup.
