@@ -348,6 +348,10 @@ fn book_cluster_of_three() {
         "up",
         "--instances",
         "3",
+        "--channel",
+        "beta",
+        "--memory",
+        "512",
         "--user-data",
         ud.to_str().unwrap(),
     ]);
@@ -355,6 +359,26 @@ fn book_cluster_of_three() {
         "ferrite up (3 machines): {:.1} s",
         start.elapsed().as_secs_f64()
     );
+    // The channel is the image's: update.conf and os-release say beta.
+    let (_, release) = c.sh(
+        "core-02",
+        "cat /usr/share/coreos/update.conf /usr/lib/os-release",
+    );
+    assert!(
+        release.contains("GROUP=beta") && release.contains("PRETTY_NAME=\"Ferrite beta ("),
+        "{release}"
+    );
+    // The memory setting is each machine's cgroup limit.
+    let json = c.cluster_json();
+    let mem = json["machines"][0]["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .find(|p| p.to_string_lossy().contains("/memory/"))
+        .unwrap();
+    let limit = std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (512u64 << 20).to_string());
     let status = c.ok(&["status"]);
     let ips: Vec<String> = ["core-01", "core-02", "core-03"]
         .iter()
