@@ -486,3 +486,22 @@ fn destroy_cleans_up_after_a_launcher_crash() {
     up.wait().unwrap();
     c.destroy_and_check();
 }
+
+#[test]
+fn invalid_user_data_is_refused_before_anything_is_created() {
+    let c = Cluster::new("bad");
+    let ud = c.state.path().join("bad-user-data");
+    std::fs::write(
+        &ud,
+        "#cloud-config\ncoreos:\n  units:\n    - name: etcd2.service\n      command: begin\n",
+    )
+    .unwrap();
+    let o = c.ferrite(&["up", "--user-data", ud.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 5: error: invalid value begin"), "{err}");
+    assert!(
+        !c.state.path().join("clusters").join(&c.name).exists(),
+        "nothing was created"
+    );
+}

@@ -96,24 +96,9 @@ impl Channel {
 /// A build failure, naming the command or path.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A command failed.
-    #[error("{command} failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: String,
-        /// The end of its standard error.
-        stderr: String,
-    },
-    /// A command could not be started.
-    #[error("running {command}: {source}")]
-    Spawn {
-        /// The command line.
-        command: String,
-        /// The error.
-        source: std::io::Error,
-    },
+    /// A build tool failed.
+    #[error(transparent)]
+    Command(#[from] host_command::CommandError),
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -140,24 +125,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Runs a command, failing with its stderr.
 fn run(cmd: &mut Command) -> Result<String, Error> {
-    let command = format!("{cmd:?}");
-    tracing::debug!("{command}");
-    let out = cmd.output().map_err(|source| Error::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-        return Err(Error::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(host_command::run(cmd)?)
 }
 
 /// A file Ferrite adds to the image: (path in the image, content, mode).

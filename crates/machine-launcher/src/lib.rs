@@ -40,20 +40,13 @@ use serde::{Deserialize, Serialize};
 /// A launcher failure, naming the cluster, machine, path or command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A command failed.
-    #[error("{command} failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its exit status.
-        status: String,
-        /// Its standard error.
-        stderr: String,
-    },
-    /// A command could not be started.
-    #[error("running {command}: {source}")]
+    /// A host tool failed.
+    #[error(transparent)]
+    Command(#[from] host_command::CommandError),
+    /// A process could not be started.
+    #[error("starting {command}: {source}")]
     Spawn {
-        /// The command line.
+        /// What was being started.
         command: String,
         /// The error.
         source: std::io::Error,
@@ -108,6 +101,14 @@ pub enum Error {
     /// A setting that cannot work.
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// User-data the validator finds errors in (coreos-cloudinit would refuse it at boot).
+    #[error("{path}: the user-data has errors:\n{report}")]
+    InvalidUserData {
+        /// The file.
+        path: PathBuf,
+        /// The validator's report.
+        report: String,
+    },
     /// No free subnet for another cluster.
     #[error("no free 172.20.N.0/24 subnet for another cluster")]
     NoSubnet,
@@ -316,33 +317,29 @@ pub struct Lock {
     _file: std::fs::File,
 }
 
-/// The lock for the shared mounts under the run directory.
-fn run_lock(paths: &Paths) -> Result<Lock, Error> {
-    std::fs::create_dir_all(&paths.run).map_err(io_err("creating", &paths.run))?;
-    let p = paths.run.join(".lock");
+/// Holds an exclusive `flock` on `path` (created if missing) until dropped.
+fn lock_file(path: &Path) -> Result<Lock, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&p)
-        .map_err(io_err("opening", &p))?;
-    f.lock().map_err(io_err("locking", &p))?;
+        .open(path)
+        .map_err(io_err("opening", path))?;
+    f.lock().map_err(io_err("locking", path))?;
     Ok(Lock { _file: f })
+}
+
+/// The lock for the shared mounts under the run directory.
+fn run_lock(paths: &Paths) -> Result<Lock, Error> {
+    lock_file(&paths.run.join(".lock"))
 }
 
 /// Takes the exclusive lock of a cluster (so two commands never change it at once).
 pub fn lock(paths: &Paths, cluster: &str) -> Result<Lock, Error> {
-    let dir = paths.cluster_dir(cluster);
-    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-    let p = dir.join(".lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(io_err("opening", &p))?;
-    f.lock().map_err(io_err("locking", &p))?;
-    Ok(Lock { _file: f })
+    lock_file(&paths.cluster_dir(cluster).join(".lock"))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -457,6 +454,17 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
     }
     let user_data = std::fs::read_to_string(&opts.user_data)
         .map_err(io_err("reading user-data", &opts.user_data))?;
+    // Checked before anything is created: coreos-cloudinit would refuse it at boot.
+    let report = cloud_config::validate(user_data.as_bytes());
+    for e in report.entries() {
+        tracing::warn!("{}: {e}", opts.user_data.display());
+    }
+    if report.has_errors() {
+        return Err(Error::InvalidUserData {
+            path: opts.user_data.clone(),
+            report: report.to_string(),
+        });
+    }
     let _lock = lock(paths, &opts.cluster)?;
     let mut cluster = match ClusterState::load(paths, &opts.cluster) {
         Ok(c) => c,
@@ -822,7 +830,7 @@ fn first_boot(root: &Path, usr: &Path, m: &MachineState, user_data: &Path) -> Re
         ("COREOS_PUBLIC_IPV4", m.ip.as_str()),
         ("COREOS_PRIVATE_IPV4", m.ip.as_str()),
     ];
-    if let Some(new) = merge_env(&old, &vars) {
+    if let Some(new) = cloud_config::files::merge_environment(&old, &vars) {
         atomic_file::write(&env_path, &new, &atomic_file::Options::mode(0o644)).map_err(|e| {
             Error::Io {
                 op: "writing",
@@ -843,29 +851,6 @@ fn first_boot(root: &Path, usr: &Path, m: &MachineState, user_data: &Path) -> Re
         path: dst.clone(),
         source: e.source,
     })
-}
-
-fn merge_env(old: &[u8], vars: &[(&str, &str)]) -> Option<Vec<u8>> {
-    let text = String::from_utf8_lossy(old);
-    let mut out = String::new();
-    let mut pending: Vec<(&str, &str)> = vars.to_vec();
-    for line in text.lines() {
-        let key = line.split_once('=').map(|(k, _)| k);
-        match key.and_then(|k| pending.iter().position(|(p, _)| *p == k)) {
-            Some(i) => {
-                let (k, v) = pending.remove(i);
-                out.push_str(&format!("{k}={v}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    for (k, v) in pending {
-        out.push_str(&format!("{k}={v}\n"));
-    }
-    (out.as_bytes() != old).then(|| out.into_bytes())
 }
 
 /// Runs a command inside a running machine as root: (exit code, stdout, stderr).
@@ -1104,16 +1089,6 @@ mod tests {
             replace_discovery(ud, "http://172.20.0.1:2379/v2/keys/_etcd/registry/abc").unwrap();
         assert_eq!(out, "#cloud-config\ncoreos:\n  etcd2:\n    # keep me\n    discovery: http://172.20.0.1:2379/v2/keys/_etcd/registry/abc\n    name: x\n");
         assert_eq!(replace_discovery("#cloud-config\n", "x"), None);
-    }
-
-    #[test]
-    fn environment_merge() {
-        let vars = [("COREOS_PUBLIC_IPV4", "1.1.1.1")];
-        assert_eq!(
-            merge_env(b"A=b\n", &vars).unwrap(),
-            b"A=b\nCOREOS_PUBLIC_IPV4=1.1.1.1\n"
-        );
-        assert_eq!(merge_env(b"COREOS_PUBLIC_IPV4=1.1.1.1\n", &vars), None);
     }
 
     #[test]

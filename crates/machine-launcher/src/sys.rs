@@ -8,22 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::Error;
 
-/// Runs a command, failing with its standard error.
+/// Runs a host tool.
 pub fn run(cmd: &mut Command) -> Result<String, Error> {
-    let command = format!("{cmd:?}");
-    tracing::debug!("{command}");
-    let out = cmd.output().map_err(|source| Error::Spawn {
-        command: command.clone(),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(host_command::run(cmd)?)
 }
 
 fn ip(args: &[&str]) -> Result<String, Error> {
