@@ -1,0 +1,554 @@
+//! The key-value interface fleet needs, and its two implementations: etcd's v3 API and an
+//! in-memory store with the same semantics (revisions, leases that expire, prefix watches,
+//! create-only and compare-and-swap writes) for unit tests and simulations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::sync::mpsc;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// etcd answered with an error or could not be reached.
+    #[error("etcd {op} {key}: {source}")]
+    Etcd {
+        /// The operation.
+        op: &'static str,
+        /// The key or prefix.
+        key: String,
+        /// The client error.
+        source: Box<etcd_client::Error>,
+    },
+    /// The in-memory store's lock was poisoned by a panic elsewhere.
+    #[error("in-memory store is poisoned")]
+    Poisoned,
+}
+
+/// A stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision of its last change.
+    pub mod_revision: i64,
+    /// The lease it is attached to (0: none).
+    pub lease: i64,
+}
+
+/// A change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Created or changed.
+    Put(KeyValue),
+    /// Deleted (or expired with its lease).
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the deletion.
+        revision: i64,
+    },
+}
+
+impl Event {
+    /// The key concerned.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put(kv) => &kv.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+}
+
+type R<T> = Result<T, StoreError>;
+
+/// What fleet asks of its store. Every method is one request (counted by [`KvStore::requests`]).
+pub trait KvStore: Clone + Send + Sync + 'static {
+    /// One key.
+    fn get(&self, key: &str) -> impl Future<Output = R<Option<KeyValue>>> + Send;
+    /// Every key under `prefix`, and the store's revision at that moment.
+    fn get_prefix(&self, prefix: &str) -> impl Future<Output = R<(Vec<KeyValue>, i64)>> + Send;
+    /// Sets a key (attached to `lease` if given).
+    fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    ) -> impl Future<Output = R<()>> + Send;
+    /// Sets a key only if it does not exist; returns whether it did so.
+    fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    ) -> impl Future<Output = R<bool>> + Send;
+    /// Sets a key only if `guard` exists; returns whether it did so.
+    fn put_if_exists(
+        &self,
+        guard: &str,
+        key: &str,
+        value: Vec<u8>,
+    ) -> impl Future<Output = R<bool>> + Send;
+    /// Deletes a key.
+    fn delete(&self, key: &str) -> impl Future<Output = R<()>> + Send;
+    /// Deletes a key only if its value is `expected`; returns whether it did so.
+    fn delete_if_value(&self, key: &str, expected: &[u8]) -> impl Future<Output = R<bool>> + Send;
+    /// Deletes every key under `prefix`.
+    fn delete_prefix(&self, prefix: &str) -> impl Future<Output = R<()>> + Send;
+    /// A new lease of `ttl` seconds.
+    fn grant_lease(&self, ttl: i64) -> impl Future<Output = R<i64>> + Send;
+    /// Renews a lease; `false` if it has already expired.
+    fn keep_alive(&self, lease: i64) -> impl Future<Output = R<bool>> + Send;
+    /// Ends a lease, deleting its keys.
+    fn revoke(&self, lease: i64) -> impl Future<Output = R<()>> + Send;
+    /// Changes under `prefix` after `revision`, until the receiver is dropped.
+    fn watch_prefix(
+        &self,
+        prefix: &str,
+        revision: i64,
+    ) -> impl Future<Output = R<mpsc::Receiver<Event>>> + Send;
+    /// How many requests this store (and its clones) has made.
+    fn requests(&self) -> u64;
+}
+
+// --- etcd -------------------------------------------------------------------------------
+
+/// etcd through its v3 API.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    requests: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").finish_non_exhaustive()
+    }
+}
+
+fn etcd_err<'a>(
+    op: &'static str,
+    key: &'a str,
+) -> impl FnOnce(etcd_client::Error) -> StoreError + 'a {
+    move |e| StoreError::Etcd {
+        op,
+        key: key.to_string(),
+        source: Box::new(e),
+    }
+}
+
+fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }
+}
+
+impl EtcdStore {
+    /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`).
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> R<Self> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(etcd_err("connect", &endpoints.join(",")))?;
+        Ok(Self {
+            client,
+            requests: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn c(&self) -> Client {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.client.clone()
+    }
+}
+
+impl KvStore for EtcdStore {
+    async fn get(&self, key: &str) -> R<Option<KeyValue>> {
+        let r = self
+            .c()
+            .get(key, None)
+            .await
+            .map_err(etcd_err("get", key))?;
+        Ok(r.kvs().first().map(kv_of))
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> R<(Vec<KeyValue>, i64)> {
+        let r = self
+            .c()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("get", prefix))?;
+        let rev = r.header().map_or(0, |h| h.revision());
+        Ok((r.kvs().iter().map(kv_of).collect(), rev))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<()> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        self.c()
+            .put(key, value, opts)
+            .await
+            .map_err(etcd_err("put", key))?;
+        Ok(())
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<bool> {
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, opts)]);
+        let r = self.c().txn(txn).await.map_err(etcd_err("create", key))?;
+        Ok(r.succeeded())
+    }
+
+    async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(guard, CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let r = self.c().txn(txn).await.map_err(etcd_err("put", key))?;
+        Ok(r.succeeded())
+    }
+
+    async fn delete(&self, key: &str) -> R<()> {
+        self.c()
+            .delete(key, None)
+            .await
+            .map_err(etcd_err("delete", key))?;
+        Ok(())
+    }
+
+    async fn delete_if_value(&self, key: &str, expected: &[u8]) -> R<bool> {
+        let txn = Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, expected.to_vec())])
+            .and_then([TxnOp::delete(key, None)]);
+        let r = self.c().txn(txn).await.map_err(etcd_err("delete", key))?;
+        Ok(r.succeeded())
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> R<()> {
+        self.c()
+            .delete(prefix, Some(DeleteOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("delete", prefix))?;
+        Ok(())
+    }
+
+    async fn grant_lease(&self, ttl: i64) -> R<i64> {
+        let r = self
+            .c()
+            .lease_grant(ttl, None)
+            .await
+            .map_err(etcd_err("lease grant", ""))?;
+        Ok(r.id())
+    }
+
+    async fn keep_alive(&self, lease: i64) -> R<bool> {
+        let once = async {
+            let (mut keeper, mut stream) = self.c().lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match once.await {
+            Ok(resp) => Ok(resp.is_some_and(|r| r.ttl() > 0)),
+            // etcd reports an expired lease as an error of the keep-alive stream.
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(false),
+            Err(e) => Err(etcd_err("lease keep-alive", &lease.to_string())(e)),
+        }
+    }
+
+    async fn revoke(&self, lease: i64) -> R<()> {
+        self.c()
+            .lease_revoke(lease)
+            .await
+            .map_err(etcd_err("lease revoke", &lease.to_string()))?;
+        Ok(())
+    }
+
+    async fn watch_prefix(&self, prefix: &str, revision: i64) -> R<mpsc::Receiver<Event>> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = self
+            .c()
+            .watch(prefix, Some(opts))
+            .await
+            .map_err(etcd_err("watch", prefix))?;
+        let (tx, rx) = mpsc::channel(1024);
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(%prefix, "watch ended: {e}");
+                        return;
+                    }
+                };
+                for ev in msg.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let event = match ev.event_type() {
+                        etcd_client::EventType::Put => Event::Put(kv_of(kv)),
+                        etcd_client::EventType::Delete => Event::Delete {
+                            key: String::from_utf8_lossy(kv.key()).into_owned(),
+                            revision: kv.mod_revision(),
+                        },
+                    };
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+// --- in memory --------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Inner {
+    data: BTreeMap<String, KeyValue>,
+    revision: i64,
+    next_lease: i64,
+    leases: HashMap<i64, (Duration, Instant)>,
+    watchers: Vec<(String, mpsc::UnboundedSender<Event>)>,
+}
+
+impl Inner {
+    fn notify(&mut self, event: Event) {
+        self.watchers.retain(|(prefix, tx)| {
+            !event.key().starts_with(prefix.as_str()) || tx.send(event.clone()).is_ok()
+        });
+    }
+
+    fn set(&mut self, key: &str, value: Vec<u8>, lease: i64) {
+        self.revision += 1;
+        let kv = KeyValue {
+            key: key.to_string(),
+            value,
+            mod_revision: self.revision,
+            lease,
+        };
+        self.data.insert(key.to_string(), kv.clone());
+        self.notify(Event::Put(kv));
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.data.remove(key).is_some() {
+            self.revision += 1;
+            let revision = self.revision;
+            self.notify(Event::Delete {
+                key: key.to_string(),
+                revision,
+            });
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let dead: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.drop_lease(id);
+        }
+    }
+
+    fn drop_lease(&mut self, id: i64) {
+        self.leases.remove(&id);
+        let keys: Vec<String> = self
+            .data
+            .values()
+            .filter(|kv| kv.lease == id)
+            .map(|kv| kv.key.clone())
+            .collect();
+        for k in keys {
+            self.remove(&k);
+        }
+    }
+}
+
+/// An in-memory store with etcd's semantics, shared by its clones. Leases expire on a
+/// 50 ms tick (a Tokio task that ends when the last clone is dropped).
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    requests: Arc<AtomicU64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store. Needs a Tokio runtime for lease expiry.
+    pub fn new() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let weak = Arc::downgrade(&inner);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if let Ok(mut i) = inner.lock() {
+                        i.expire(Instant::now());
+                    };
+                }
+            });
+        }
+        Self {
+            inner,
+            requests: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> R<T> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
+        inner.expire(Instant::now());
+        Ok(f(&mut inner))
+    }
+}
+
+impl KvStore for MemoryStore {
+    async fn get(&self, key: &str) -> R<Option<KeyValue>> {
+        self.with(|i| i.data.get(key).cloned())
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> R<(Vec<KeyValue>, i64)> {
+        self.with(|i| {
+            let kvs = i
+                .data
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect();
+            (kvs, i.revision)
+        })
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<()> {
+        self.with(|i| i.set(key, value, lease.unwrap_or(0)))
+    }
+
+    async fn create(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<bool> {
+        self.with(|i| {
+            if i.data.contains_key(key) {
+                return false;
+            }
+            i.set(key, value, lease.unwrap_or(0));
+            true
+        })
+    }
+
+    async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
+        self.with(|i| {
+            if !i.data.contains_key(guard) {
+                return false;
+            }
+            i.set(key, value, 0);
+            true
+        })
+    }
+
+    async fn delete(&self, key: &str) -> R<()> {
+        self.with(|i| i.remove(key))
+    }
+
+    async fn delete_if_value(&self, key: &str, expected: &[u8]) -> R<bool> {
+        self.with(|i| {
+            if i.data.get(key).is_some_and(|kv| kv.value == expected) {
+                i.remove(key);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> R<()> {
+        self.with(|i| {
+            let keys: Vec<String> = i
+                .data
+                .keys()
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect();
+            for k in keys {
+                i.remove(&k);
+            }
+        })
+    }
+
+    async fn grant_lease(&self, ttl: i64) -> R<i64> {
+        self.with(|i| {
+            i.next_lease += 1;
+            let ttl = Duration::from_secs(ttl.max(1) as u64);
+            i.leases.insert(i.next_lease, (ttl, Instant::now() + ttl));
+            i.next_lease
+        })
+    }
+
+    async fn keep_alive(&self, lease: i64) -> R<bool> {
+        self.with(|i| match i.leases.get_mut(&lease) {
+            Some((ttl, deadline)) => {
+                *deadline = Instant::now() + *ttl;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn revoke(&self, lease: i64) -> R<()> {
+        self.with(|i| i.drop_lease(lease))
+    }
+
+    async fn watch_prefix(&self, prefix: &str, revision: i64) -> R<mpsc::Receiver<Event>> {
+        let (utx, mut urx) = mpsc::unbounded_channel();
+        self.with(|i| {
+            // Changes after `revision` that are still visible are replayed as puts.
+            for kv in i
+                .data
+                .values()
+                .filter(|kv| kv.key.starts_with(prefix) && kv.mod_revision > revision)
+            {
+                let _ = utx.send(Event::Put(kv.clone()));
+            }
+            i.watchers.push((prefix.to_string(), utx));
+        })?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            while let Some(e) = urx.recv().await {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}

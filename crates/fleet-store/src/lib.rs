@@ -1,0 +1,16 @@
+//! fleet's cluster state.
+//!
+//! [`kv::KvStore`] is the small interface fleet needs from etcd — gets, prefix reads,
+//! create-only and compare-and-delete writes as transactions, leases, prefix watches — with
+//! two implementations: [`kv::EtcdStore`] (etcd's v3 API through `etcd-client`) and
+//! [`kv::MemoryStore`] (the same semantics in memory, for unit tests and simulated
+//! clusters). [`registry::Registry`] lays fleet's keyspace on top of either.
+//!
+//! Invariant: this is the only crate in Ferrite that talks to etcd for fleet; everything
+//! else goes through `Registry`.
+
+pub mod kv;
+pub mod registry;
+
+pub use kv::{EtcdStore, Event, KeyValue, KvStore, MemoryStore, StoreError};
+pub use registry::{JobRecord, Registry, RegistryError, UnitState, DEFAULT_PREFIX};

@@ -1,0 +1,498 @@
+//! fleet's keyspace on a [`KvStore`], with fleet's key names and JSON values:
+//!
+//! | key (under the prefix, default `/_coreos.com/fleet/`) | value | lifetime |
+//! |---|---|---|
+//! | `machines/<id>/object` | `{"ID","PublicIP","Metadata","Version"}` | the machine's lease |
+//! | `job/<unit>/object` | `{"Name","UnitHash":[20 numbers]}` | until destroyed |
+//! | `job/<unit>/target-state` | `inactive` / `loaded` / `launched` | until destroyed |
+//! | `job/<unit>/target` | machine ID (created only if absent, deleted only if unchanged) | engine |
+//! | `job/<unit>/job-state` | machine ID ("launched here") | the agent's lease |
+//! | `unit/<sha1>` | `{"Raw":"<canonical unit>"}` | content-addressed, immutable |
+//! | `states/<unit>/<machine>` | fleet's unit-state JSON | the agent's lease |
+//! | `lease/engine-leader` | `{"MachineID","Version"}` | the leader's lease |
+//!
+//! Where fleet's etcd v2 code used TTLs refreshed by writes, this uses v3 leases kept alive
+//! by the owner; where it used compare-and-swap, transactions. Removing a unit's state
+//! removes only this machine's row (fleet wiped every machine's rows of that unit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use fleet_model::{JobState, Machine};
+use serde::{Deserialize, Serialize};
+use systemd_unit::fleet::{self, UnitHash};
+use tokio::sync::mpsc;
+
+use crate::kv::{Event, KvStore, StoreError};
+
+/// fleet's default key prefix.
+pub const DEFAULT_PREFIX: &str = "/_coreos.com/fleet/";
+
+/// A registry operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Creating a unit that exists.
+    #[error("job already exists")]
+    JobExists(String),
+    /// Acting on a unit that does not exist.
+    #[error("unable to find unit {0}")]
+    NoSuchUnit(String),
+    /// Unit text fleet's reader rejects.
+    #[error("unit {name}: {source}")]
+    BadUnit {
+        /// The unit.
+        name: String,
+        /// The parse error.
+        source: fleet::FleetParseError,
+    },
+}
+
+type R<T> = Result<T, RegistryError>;
+
+#[derive(Serialize, Deserialize)]
+#[allow(non_snake_case)]
+struct MachineJson {
+    ID: String,
+    PublicIP: String,
+    Metadata: Option<BTreeMap<String, String>>,
+    Version: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[allow(non_snake_case)]
+struct JobJson {
+    Name: String,
+    UnitHash: [u8; 20],
+}
+
+#[derive(Serialize, Deserialize)]
+#[allow(non_snake_case)]
+struct UnitJson {
+    Raw: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[allow(non_snake_case)]
+struct LeaderJson {
+    MachineID: String,
+    Version: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateJson {
+    load_state: String,
+    active_state: String,
+    sub_state: String,
+    machine_state: MachineJson,
+    unit_hash: String,
+}
+
+/// A unit in the registry, joined with its desired and current placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    /// The unit name.
+    pub name: String,
+    /// Its content hash.
+    pub hash: UnitHash,
+    /// Its canonical text.
+    pub unit: String,
+    /// Desired state.
+    pub target_state: JobState,
+    /// The machine the engine placed it on.
+    pub target: Option<String>,
+    /// The machine that reports it launched.
+    pub job_state: Option<String>,
+}
+
+/// One machine's report of one unit's systemd state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    /// The unit.
+    pub unit: String,
+    /// The reporting machine.
+    pub machine_id: String,
+    /// systemd's LoadState.
+    pub load_state: String,
+    /// systemd's ActiveState.
+    pub active_state: String,
+    /// systemd's SubState.
+    pub sub_state: String,
+    /// The hash of the unit the agent loaded.
+    pub hash: String,
+}
+
+/// fleet's registry on a store.
+#[derive(Debug)]
+pub struct Registry<S> {
+    store: S,
+    prefix: String,
+    /// Unit texts by hash (immutable, so cached forever).
+    units: Mutex<HashMap<UnitHash, String>>,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl<S: KvStore> Registry<S> {
+    /// A registry under `prefix` (with a trailing `/`).
+    pub fn new(store: S, prefix: &str) -> Self {
+        let mut prefix = prefix.to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Self {
+            store,
+            prefix,
+            units: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    // --- machines ---------------------------------------------------------------------
+
+    /// Registers a machine under its lease; `false` if another holder of the same ID is
+    /// registered (fleet 1.0: a duplicate machine ID never registers).
+    pub async fn register_machine(&self, m: &Machine, lease: i64) -> R<bool> {
+        let key = self.key(&format!("machines/{}/object", m.id));
+        let value = json(&MachineJson {
+            ID: m.id.clone(),
+            PublicIP: m.public_ip.clone(),
+            Metadata: Some(m.metadata.clone()),
+            Version: m.version.clone(),
+        });
+        Ok(self.store.create(&key, value, Some(lease)).await?)
+    }
+
+    /// Removes a machine's presence (graceful shutdown).
+    pub async fn unregister_machine(&self, id: &str) -> R<()> {
+        Ok(self
+            .store
+            .delete(&self.key(&format!("machines/{id}/object")))
+            .await?)
+    }
+
+    /// Every live machine.
+    pub async fn machines(&self) -> R<Vec<Machine>> {
+        let (kvs, _) = self.store.get_prefix(&self.key("machines/")).await?;
+        Ok(kvs
+            .iter()
+            .filter(|kv| kv.key.ends_with("/object"))
+            .filter_map(
+                |kv| match serde_json::from_slice::<MachineJson>(&kv.value) {
+                    Ok(m) => Some(Machine {
+                        id: m.ID,
+                        public_ip: m.PublicIP,
+                        metadata: m.Metadata.unwrap_or_default(),
+                        version: m.Version,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(key = %kv.key, "ignoring a machine record: {e}");
+                        None
+                    }
+                },
+            )
+            .collect())
+    }
+
+    // --- units and jobs ---------------------------------------------------------------
+
+    /// Creates a unit from its text with a desired state; fails if the unit exists.
+    pub async fn create_unit(&self, name: &str, text: &str, state: JobState) -> R<UnitHash> {
+        let options = fleet::deserialize(text).map_err(|source| RegistryError::BadUnit {
+            name: name.to_string(),
+            source,
+        })?;
+        let canonical = fleet::serialize(&options);
+        let hash = UnitHash::of_options(&options);
+        self.store
+            .create(
+                &self.key(&format!("unit/{hash}")),
+                json(&UnitJson {
+                    Raw: canonical.clone(),
+                }),
+                None,
+            )
+            .await?;
+        let object = json(&JobJson {
+            Name: name.to_string(),
+            UnitHash: hash.0,
+        });
+        if !self
+            .store
+            .create(&self.key(&format!("job/{name}/object")), object, None)
+            .await?
+        {
+            return Err(RegistryError::JobExists(name.to_string()));
+        }
+        self.store
+            .put(
+                &self.key(&format!("job/{name}/target-state")),
+                state.as_str().as_bytes().to_vec(),
+                None,
+            )
+            .await?;
+        if let Ok(mut cache) = self.units.lock() {
+            cache.insert(hash, canonical);
+        }
+        Ok(hash)
+    }
+
+    /// Sets a unit's desired state.
+    pub async fn set_target_state(&self, name: &str, state: JobState) -> R<()> {
+        let guard = self.key(&format!("job/{name}/object"));
+        let key = self.key(&format!("job/{name}/target-state"));
+        if !self
+            .store
+            .put_if_exists(&guard, &key, state.as_str().as_bytes().to_vec())
+            .await?
+        {
+            return Err(RegistryError::NoSuchUnit(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Removes a unit (its content blob stays, shared by identical units).
+    pub async fn destroy_unit(&self, name: &str) -> R<bool> {
+        let exists = self
+            .store
+            .get(&self.key(&format!("job/{name}/object")))
+            .await?
+            .is_some();
+        self.store
+            .delete_prefix(&self.key(&format!("job/{name}/")))
+            .await?;
+        Ok(exists)
+    }
+
+    async fn unit_text(&self, hash: UnitHash) -> R<Option<String>> {
+        if let Some(t) = self.units.lock().ok().and_then(|c| c.get(&hash).cloned()) {
+            return Ok(Some(t));
+        }
+        let Some(kv) = self.store.get(&self.key(&format!("unit/{hash}"))).await? else {
+            return Ok(None);
+        };
+        let Ok(u) = serde_json::from_slice::<UnitJson>(&kv.value) else {
+            tracing::warn!(key = %kv.key, "ignoring a corrupt unit blob");
+            return Ok(None);
+        };
+        if let Ok(mut cache) = self.units.lock() {
+            cache.insert(hash, u.Raw.clone());
+        }
+        Ok(Some(u.Raw))
+    }
+
+    /// Every unit with its placement, and the store revision the snapshot is from.
+    pub async fn jobs(&self) -> R<(Vec<JobRecord>, i64)> {
+        let base = self.key("job/");
+        let (kvs, revision) = self.store.get_prefix(&base).await?;
+        let mut parts: BTreeMap<String, HashMap<String, Vec<u8>>> = BTreeMap::new();
+        for kv in kvs {
+            let rest = &kv.key[base.len()..];
+            if let Some((name, field)) = rest.split_once('/') {
+                parts
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(field.to_string(), kv.value);
+            }
+        }
+        let mut out = Vec::new();
+        for (name, fields) in parts {
+            let Some(object) = fields.get("object") else {
+                continue;
+            };
+            let Ok(job) = serde_json::from_slice::<JobJson>(object) else {
+                tracing::warn!(unit = %name, "ignoring a corrupt job record");
+                continue;
+            };
+            let hash = UnitHash(job.UnitHash);
+            let Some(unit) = self.unit_text(hash).await? else {
+                tracing::warn!(unit = %name, %hash, "unit content missing");
+                continue;
+            };
+            let text = |f: &str| {
+                fields
+                    .get(f)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            out.push(JobRecord {
+                name,
+                hash,
+                unit,
+                target_state: text("target-state")
+                    .and_then(|s| JobState::parse(&s))
+                    .unwrap_or_default(),
+                target: text("target"),
+                job_state: text("job-state"),
+            });
+        }
+        Ok((out, revision))
+    }
+
+    /// Places a job; `false` if it already has a target.
+    pub async fn schedule(&self, name: &str, machine: &str) -> R<bool> {
+        Ok(self
+            .store
+            .create(
+                &self.key(&format!("job/{name}/target")),
+                machine.as_bytes().to_vec(),
+                None,
+            )
+            .await?)
+    }
+
+    /// Takes a job off `machine`; `false` if its target was something else.
+    pub async fn unschedule(&self, name: &str, machine: &str) -> R<bool> {
+        Ok(self
+            .store
+            .delete_if_value(&self.key(&format!("job/{name}/target")), machine.as_bytes())
+            .await?)
+    }
+
+    /// The agent's "launched here" mark, under its lease.
+    pub async fn set_job_state(&self, name: &str, machine: &str, lease: i64) -> R<()> {
+        Ok(self
+            .store
+            .put(
+                &self.key(&format!("job/{name}/job-state")),
+                machine.as_bytes().to_vec(),
+                Some(lease),
+            )
+            .await?)
+    }
+
+    /// Clears the "launched" mark.
+    pub async fn clear_job_state(&self, name: &str) -> R<()> {
+        Ok(self
+            .store
+            .delete(&self.key(&format!("job/{name}/job-state")))
+            .await?)
+    }
+
+    // --- unit states -----------------------------------------------------------------------
+
+    /// Publishes this machine's view of a unit, under the agent's lease.
+    pub async fn publish_state(&self, s: &UnitState, machine: &Machine, lease: i64) -> R<()> {
+        let value = json(&StateJson {
+            load_state: s.load_state.clone(),
+            active_state: s.active_state.clone(),
+            sub_state: s.sub_state.clone(),
+            machine_state: MachineJson {
+                ID: machine.id.clone(),
+                PublicIP: machine.public_ip.clone(),
+                Metadata: None,
+                Version: String::new(),
+            },
+            unit_hash: s.hash.clone(),
+        });
+        Ok(self
+            .store
+            .put(
+                &self.key(&format!("states/{}/{}", s.unit, s.machine_id)),
+                value,
+                Some(lease),
+            )
+            .await?)
+    }
+
+    /// Removes this machine's row for a unit.
+    pub async fn remove_state(&self, unit: &str, machine: &str) -> R<()> {
+        Ok(self
+            .store
+            .delete(&self.key(&format!("states/{unit}/{machine}")))
+            .await?)
+    }
+
+    /// Every published unit state.
+    pub async fn states(&self) -> R<Vec<UnitState>> {
+        let base = self.key("states/");
+        let (kvs, _) = self.store.get_prefix(&base).await?;
+        let mut out = Vec::new();
+        for kv in kvs {
+            let Some((unit, machine)) = kv.key[base.len()..].split_once('/') else {
+                continue;
+            };
+            let Ok(s) = serde_json::from_slice::<StateJson>(&kv.value) else {
+                tracing::warn!(key = %kv.key, "ignoring a corrupt unit state");
+                continue;
+            };
+            out.push(UnitState {
+                unit: unit.to_string(),
+                machine_id: machine.to_string(),
+                load_state: s.load_state,
+                active_state: s.active_state,
+                sub_state: s.sub_state,
+                hash: s.unit_hash,
+            });
+        }
+        Ok(out)
+    }
+
+    // --- engine leadership ------------------------------------------------------------------
+
+    /// Tries to become the engine leader under `lease`; `true` if this machine leads now.
+    pub async fn try_lead(&self, machine: &str, lease: i64) -> R<bool> {
+        let key = self.key("lease/engine-leader");
+        let value = json(&LeaderJson {
+            MachineID: machine.to_string(),
+            Version: 1,
+        });
+        if self.store.create(&key, value, Some(lease)).await? {
+            return Ok(true);
+        }
+        Ok(self.leader().await?.as_deref() == Some(machine))
+    }
+
+    /// The current engine leader.
+    pub async fn leader(&self) -> R<Option<String>> {
+        let Some(kv) = self.store.get(&self.key("lease/engine-leader")).await? else {
+            return Ok(None);
+        };
+        // A bare machine ID (fleet before versioned leases) is accepted too.
+        Ok(Some(
+            match serde_json::from_slice::<LeaderJson>(&kv.value) {
+                Ok(l) => l.MachineID,
+                Err(_) => String::from_utf8_lossy(&kv.value).into_owned(),
+            },
+        ))
+    }
+
+    /// Gives up leadership (graceful shutdown).
+    pub async fn resign(&self, machine: &str) -> R<()> {
+        let key = self.key("lease/engine-leader");
+        if let Some(kv) = self.store.get(&key).await? {
+            let holder = serde_json::from_slice::<LeaderJson>(&kv.value).map(|l| l.MachineID);
+            if holder.is_ok_and(|h| h == machine) {
+                self.store.delete_if_value(&key, &kv.value).await?;
+            }
+        }
+        Ok(())
+    }
+
+    // --- watches ----------------------------------------------------------------------------
+
+    /// Changes to jobs (targets, desired states …) after `revision`.
+    pub async fn watch_jobs(&self, revision: i64) -> R<mpsc::Receiver<Event>> {
+        Ok(self.store.watch_prefix(&self.key("job/"), revision).await?)
+    }
+
+    /// Machines joining and leaving after `revision`.
+    pub async fn watch_machines(&self, revision: i64) -> R<mpsc::Receiver<Event>> {
+        Ok(self
+            .store
+            .watch_prefix(&self.key("machines/"), revision)
+            .await?)
+    }
+}

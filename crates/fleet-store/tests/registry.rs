@@ -1,0 +1,268 @@
+//! The registry on both stores: in memory, and a real etcd started on loopback ports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fleet_model::{machine::parse_metadata, JobState, Machine};
+use fleet_store::{EtcdStore, Event, KvStore, MemoryStore, Registry, UnitState};
+
+const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/bash -c \"while true; do echo \\\"Hello, world\\\"; sleep 1; done\"\n";
+
+/// An etcd on 127.0.0.1, killed (by PID) and its data removed when dropped.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = Command::new("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("test=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian etcd-server) must be installed: scripts/install-deps.sh");
+        Self {
+            child,
+            endpoint,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn etcd_store(e: &Etcd) -> EtcdStore {
+    for _ in 0..100 {
+        if let Ok(s) =
+            EtcdStore::connect(std::slice::from_ref(&e.endpoint), Duration::from_secs(2)).await
+        {
+            if s.get("/probe").await.is_ok() {
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd at {} did not come up", e.endpoint);
+}
+
+fn machine(id: &str) -> Machine {
+    Machine {
+        id: id.into(),
+        public_ip: "172.20.0.101".into(),
+        metadata: parse_metadata("role=web"),
+        version: "0.1.0".into(),
+    }
+}
+
+async fn registry_flows<S: KvStore>(store: S) {
+    let reg = Registry::new(store.clone(), "/_coreos.com/fleet/");
+
+    // Units: content-addressed, create-only.
+    let hash = reg
+        .create_unit("hello.service", HELLO, JobState::Inactive)
+        .await
+        .unwrap();
+    assert_eq!(hash.to_string(), "e55c0aeb44ba0b68004ceb8a200e685194448b45");
+    assert!(matches!(
+        reg.create_unit("hello.service", HELLO, JobState::Launched)
+            .await,
+        Err(fleet_store::RegistryError::JobExists(_))
+    ));
+    reg.set_target_state("hello.service", JobState::Launched)
+        .await
+        .unwrap();
+    assert!(matches!(
+        reg.set_target_state("nope.service", JobState::Launched)
+            .await,
+        Err(fleet_store::RegistryError::NoSuchUnit(_))
+    ));
+    let raw = store
+        .get("/_coreos.com/fleet/job/hello.service/object")
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw.value).unwrap();
+    assert_eq!(v["Name"], "hello.service");
+    assert_eq!(
+        v["UnitHash"].as_array().unwrap().len(),
+        20,
+        "UnitHash is an array of 20 numbers, as in fleet"
+    );
+
+    // Machines live on leases.
+    let lease = store.grant_lease(2).await.unwrap();
+    assert!(reg.register_machine(&machine("m1"), lease).await.unwrap());
+    assert!(
+        !reg.register_machine(&machine("m1"), lease).await.unwrap(),
+        "a duplicate ID does not register"
+    );
+    let ms = reg.machines().await.unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].metadata.get("role").map(String::as_str), Some("web"));
+
+    // Scheduling: create-only target, compare-and-delete unschedule.
+    let (_, rev) = reg.jobs().await.unwrap();
+    let mut watch = reg.watch_jobs(rev).await.unwrap();
+    assert!(reg.schedule("hello.service", "m1").await.unwrap());
+    assert!(!reg.schedule("hello.service", "m2").await.unwrap());
+    let ev = tokio::time::timeout(Duration::from_secs(5), watch.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.key(), "/_coreos.com/fleet/job/hello.service/target");
+    reg.set_job_state("hello.service", "m1", lease)
+        .await
+        .unwrap();
+    let (jobs, _) = reg.jobs().await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].target.as_deref(), Some("m1"));
+    assert_eq!(jobs[0].job_state.as_deref(), Some("m1"));
+    assert_eq!(jobs[0].target_state, JobState::Launched);
+    assert!(jobs[0]
+        .unit
+        .starts_with("[Unit]\nDescription=Hello World\n"));
+    assert!(!reg.unschedule("hello.service", "m2").await.unwrap());
+    assert!(reg.unschedule("hello.service", "m1").await.unwrap());
+
+    // Unit states.
+    let st = UnitState {
+        unit: "hello.service".into(),
+        machine_id: "m1".into(),
+        load_state: "loaded".into(),
+        active_state: "active".into(),
+        sub_state: "running".into(),
+        hash: hash.to_string(),
+    };
+    reg.publish_state(&st, &machine("m1"), lease).await.unwrap();
+    assert_eq!(reg.states().await.unwrap(), vec![st]);
+
+    // Leadership.
+    let lease2 = store.grant_lease(2).await.unwrap();
+    assert!(reg.try_lead("m1", lease).await.unwrap());
+    assert!(!reg.try_lead("m2", lease2).await.unwrap());
+    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("m1"));
+
+    // The lease lapses: machine, job-state, state and leadership go with it.
+    let mut machines_watch = reg.watch_machines(0).await.unwrap();
+    let mut gone = false;
+    for _ in 0..80 {
+        assert!(store.keep_alive(lease2).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if reg.machines().await.unwrap().is_empty() {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "machine record did not expire with its lease");
+    assert!(!store.keep_alive(lease).await.unwrap());
+    let mut saw_delete = false;
+    while let Ok(Some(ev)) =
+        tokio::time::timeout(Duration::from_secs(2), machines_watch.recv()).await
+    {
+        if matches!(ev, Event::Delete { .. }) {
+            saw_delete = true;
+            break;
+        }
+    }
+    assert!(saw_delete);
+    assert!(reg.states().await.unwrap().is_empty());
+    let (jobs, _) = reg.jobs().await.unwrap();
+    assert_eq!(jobs[0].job_state, None);
+    assert!(
+        reg.try_lead("m2", lease2).await.unwrap(),
+        "m2 takes over the lapsed leadership"
+    );
+    reg.resign("m2").await.unwrap();
+    assert_eq!(reg.leader().await.unwrap(), None);
+
+    // Destroy.
+    assert!(reg.destroy_unit("hello.service").await.unwrap());
+    assert!(!reg.destroy_unit("hello.service").await.unwrap());
+    assert!(reg.jobs().await.unwrap().0.is_empty());
+    assert!(store.requests() > 20);
+}
+
+#[tokio::test]
+async fn registry_in_memory() {
+    registry_flows(MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn registry_on_etcd() {
+    let etcd = Etcd::start();
+    let store = etcd_store(&etcd).await;
+    registry_flows(store).await;
+}
+
+#[tokio::test]
+async fn corrupt_records_are_skipped_not_fatal() {
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p");
+    store
+        .put("/p/machines/x/object", b"{not json".to_vec(), None)
+        .await
+        .unwrap();
+    store
+        .put("/p/job/bad.service/object", b"[]".to_vec(), None)
+        .await
+        .unwrap();
+    store
+        .put("/p/states/u/m", b"nope".to_vec(), None)
+        .await
+        .unwrap();
+    reg.create_unit(
+        "ok.service",
+        "[Service]\nExecStart=/bin/true\n",
+        JobState::Loaded,
+    )
+    .await
+    .unwrap();
+    assert!(reg.machines().await.unwrap().is_empty());
+    let (jobs, _) = reg.jobs().await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+        vec!["ok.service"]
+    );
+    assert!(reg.states().await.unwrap().is_empty());
+    assert!(matches!(
+        reg.create_unit("bad.unit", "[Service\n", JobState::Loaded)
+            .await,
+        Err(fleet_store::RegistryError::BadUnit { .. })
+    ));
+}
