@@ -4,13 +4,16 @@
 //! create-only and compare-and-delete writes as transactions, leases, prefix watches — with
 //! two implementations: [`kv::EtcdStore`] (etcd's v3 API through `etcd-client`) and
 //! [`kv::MemoryStore`] (the same semantics in memory, for unit tests and simulated
-//! clusters). [`registry::Registry`] lays fleet's keyspace on top of either.
+//! clusters). [`registry::Registry`] lays fleet's keyspace on top of either, and
+//! [`cache::ClusterCache`] keeps a watch-driven copy of jobs and machines.
 //!
 //! Invariant: this is the only crate in Ferrite that talks to etcd for fleet; everything
 //! else goes through `Registry`.
 
+pub mod cache;
 pub mod kv;
 pub mod registry;
 
+pub use cache::{Change, ClusterCache};
 pub use kv::{EtcdStore, Event, KeyValue, KvStore, MemoryStore, StoreError};
-pub use registry::{JobRecord, Registry, RegistryError, UnitState, DEFAULT_PREFIX};
+pub use registry::{JobFields, JobRecord, Registry, RegistryError, UnitState, DEFAULT_PREFIX};

@@ -66,6 +66,9 @@ struct MachineJson {
 struct JobJson {
     Name: String,
     UnitHash: [u8; 20],
+    /// Ferrite's addition: agents learn which units are global without reading every unit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    Global: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,8 +101,10 @@ pub struct JobRecord {
     pub name: String,
     /// Its content hash.
     pub hash: UnitHash,
-    /// Its canonical text.
-    pub unit: String,
+    /// Its canonical text (when asked for).
+    pub unit: Option<String>,
+    /// Whether it is a global unit.
+    pub global: bool,
     /// Desired state.
     pub target_state: JobState,
     /// The machine the engine placed it on.
@@ -123,6 +128,46 @@ pub struct UnitState {
     pub sub_state: String,
     /// The hash of the unit the agent loaded.
     pub hash: String,
+}
+
+/// The raw fields of every job: unit name → field (`object`, `target`, …) → value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFields(pub BTreeMap<String, HashMap<String, Vec<u8>>>);
+
+impl JobFields {
+    /// Sets a field from a key relative to the jobs prefix (`<unit>/<field>`).
+    pub fn set(&mut self, rel: &str, value: Vec<u8>) {
+        if let Some((name, field)) = rel.split_once('/') {
+            self.0
+                .entry(name.to_string())
+                .or_default()
+                .insert(field.to_string(), value);
+        }
+    }
+
+    /// Removes a field; a unit whose fields are all gone is forgotten.
+    pub fn remove(&mut self, rel: &str) {
+        if let Some((name, field)) = rel.split_once('/') {
+            if let Some(f) = self.0.get_mut(name) {
+                f.remove(field);
+                if f.is_empty() {
+                    self.0.remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// Parses a machine record.
+pub fn parse_machine(value: &[u8]) -> Option<Machine> {
+    serde_json::from_slice::<MachineJson>(value)
+        .ok()
+        .map(|m| Machine {
+            id: m.ID,
+            public_ip: m.PublicIP,
+            metadata: m.Metadata.unwrap_or_default(),
+            version: m.Version,
+        })
 }
 
 /// fleet's registry on a store.
@@ -226,9 +271,11 @@ impl<S: KvStore> Registry<S> {
                 None,
             )
             .await?;
+        let global = fleet_model::Requirements::from_options(name, &options).global;
         let object = json(&JobJson {
             Name: name.to_string(),
             UnitHash: hash.0,
+            Global: global,
         });
         if !self
             .store
@@ -298,18 +345,22 @@ impl<S: KvStore> Registry<S> {
     pub async fn jobs(&self) -> R<(Vec<JobRecord>, i64)> {
         let base = self.key("job/");
         let (kvs, revision) = self.store.get_prefix(&base).await?;
-        let mut parts: BTreeMap<String, HashMap<String, Vec<u8>>> = BTreeMap::new();
+        let mut parts = JobFields::default();
         for kv in kvs {
-            let rest = &kv.key[base.len()..];
-            if let Some((name, field)) = rest.split_once('/') {
-                parts
-                    .entry(name.to_string())
-                    .or_default()
-                    .insert(field.to_string(), kv.value);
-            }
+            parts.set(&kv.key[base.len()..], kv.value);
         }
+        Ok((self.job_records(&parts, |_| true).await?, revision))
+    }
+
+    /// Joins raw job fields with their unit texts — for the jobs `want_text` selects — and
+    /// fetches each new content once.
+    pub async fn job_records(
+        &self,
+        parts: &JobFields,
+        want_text: impl Fn(&JobRecord) -> bool,
+    ) -> R<Vec<JobRecord>> {
         let mut out = Vec::new();
-        for (name, fields) in parts {
+        for (name, fields) in &parts.0 {
             let Some(object) = fields.get("object") else {
                 continue;
             };
@@ -318,27 +369,42 @@ impl<S: KvStore> Registry<S> {
                 continue;
             };
             let hash = UnitHash(job.UnitHash);
-            let Some(unit) = self.unit_text(hash).await? else {
-                tracing::warn!(unit = %name, %hash, "unit content missing");
-                continue;
-            };
             let text = |f: &str| {
                 fields
                     .get(f)
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             };
-            out.push(JobRecord {
-                name,
+            let mut record = JobRecord {
+                name: name.clone(),
                 hash,
-                unit,
+                unit: None,
+                global: job.Global,
                 target_state: text("target-state")
                     .and_then(|s| JobState::parse(&s))
                     .unwrap_or_default(),
                 target: text("target"),
                 job_state: text("job-state"),
-            });
+            };
+            if want_text(&record) {
+                record.unit = self.unit_text(hash).await?;
+                if record.unit.is_none() {
+                    tracing::warn!(unit = %name, %hash, "unit content missing");
+                    continue;
+                }
+            }
+            out.push(record);
         }
-        Ok((out, revision))
+        Ok(out)
+    }
+
+    /// The key prefix of jobs, for interpreting watch events.
+    pub fn jobs_prefix(&self) -> String {
+        self.key("job/")
+    }
+
+    /// The key prefix of machines, for interpreting watch events.
+    pub fn machines_prefix(&self) -> String {
+        self.key("machines/")
     }
 
     /// Places a job; `false` if it already has a target.

@@ -156,7 +156,10 @@ async fn registry_flows<S: KvStore>(store: S) {
     assert_eq!(jobs[0].target_state, JobState::Launched);
     assert!(jobs[0]
         .unit
+        .as_deref()
+        .unwrap()
         .starts_with("[Unit]\nDescription=Hello World\n"));
+    assert!(!jobs[0].global);
     assert!(!reg.unschedule("hello.service", "m2").await.unwrap());
     assert!(reg.unschedule("hello.service", "m1").await.unwrap());
 

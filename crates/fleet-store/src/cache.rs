@@ -1,0 +1,133 @@
+//! A watch-driven copy of the cluster's jobs and machines: one read at start, then only the
+//! changes, so an engine or agent reacting to every event does not re-read the keyspace.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use fleet_model::Machine;
+use tokio::sync::mpsc;
+
+use crate::kv::{Event, KvStore};
+use crate::registry::{parse_machine, JobFields, JobRecord, Registry, RegistryError};
+
+/// The cluster as last seen.
+#[derive(Debug)]
+pub struct ClusterCache<S> {
+    reg: Arc<Registry<S>>,
+    jobs: JobFields,
+    machines: BTreeMap<String, Machine>,
+    job_events: mpsc::Receiver<Event>,
+    machine_events: mpsc::Receiver<Event>,
+}
+
+/// What [`ClusterCache::next`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Jobs changed (targets, desired states, job-states, units).
+    Jobs,
+    /// Machines joined or left.
+    Machines,
+    /// A watch ended (the store went away); the cache must be restarted.
+    Closed,
+}
+
+impl<S: KvStore> ClusterCache<S> {
+    /// Reads jobs and machines and starts watching both.
+    pub async fn start(reg: Arc<Registry<S>>) -> Result<Self, RegistryError> {
+        let jp = reg.jobs_prefix();
+        let mp = reg.machines_prefix();
+        let (kvs, jrev) = reg.store().get_prefix(&jp).await?;
+        let mut jobs = JobFields::default();
+        for kv in kvs {
+            jobs.set(&kv.key[jp.len()..], kv.value);
+        }
+        let (kvs, mrev) = reg.store().get_prefix(&mp).await?;
+        let machines = kvs
+            .iter()
+            .filter(|kv| kv.key.ends_with("/object"))
+            .filter_map(|kv| parse_machine(&kv.value))
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        let job_events = reg.watch_jobs(jrev).await?;
+        let machine_events = reg.watch_machines(mrev).await?;
+        Ok(Self {
+            reg,
+            jobs,
+            machines,
+            job_events,
+            machine_events,
+        })
+    }
+
+    fn apply_job(&mut self, e: Event) {
+        let jp = self.reg.jobs_prefix();
+        match e {
+            Event::Put(kv) => {
+                if let Some(rel) = kv.key.strip_prefix(&jp) {
+                    self.jobs.set(rel, kv.value);
+                }
+            }
+            Event::Delete { key, .. } => {
+                if let Some(rel) = key.strip_prefix(&jp) {
+                    self.jobs.remove(rel);
+                }
+            }
+        }
+    }
+
+    fn apply_machine(&mut self, e: Event) {
+        let mp = self.reg.machines_prefix();
+        let id_of = |key: &str| {
+            key.strip_prefix(&mp)
+                .and_then(|r| r.strip_suffix("/object"))
+                .map(str::to_string)
+        };
+        match e {
+            Event::Put(kv) => {
+                if let (Some(id), Some(m)) = (id_of(&kv.key), parse_machine(&kv.value)) {
+                    self.machines.insert(id, m);
+                }
+            }
+            Event::Delete { key, .. } => {
+                if let Some(id) = id_of(&key) {
+                    self.machines.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Waits for the next change, applies it and everything already queued behind it.
+    pub async fn next(&mut self) -> Change {
+        let change = tokio::select! {
+            e = self.job_events.recv() => match e {
+                Some(e) => { self.apply_job(e); Change::Jobs }
+                None => return Change::Closed,
+            },
+            e = self.machine_events.recv() => match e {
+                Some(e) => { self.apply_machine(e); Change::Machines }
+                None => return Change::Closed,
+            },
+        };
+        while let Ok(e) = self.job_events.try_recv() {
+            self.apply_job(e);
+        }
+        while let Ok(e) = self.machine_events.try_recv() {
+            self.apply_machine(e);
+        }
+        change
+    }
+
+    /// The live machines.
+    pub fn machines(&self) -> Vec<Machine> {
+        self.machines.values().cloned().collect()
+    }
+
+    /// The jobs, with the unit texts of those `want_text` selects (each new content is
+    /// fetched once).
+    pub async fn jobs(
+        &self,
+        want_text: impl Fn(&JobRecord) -> bool,
+    ) -> Result<Vec<JobRecord>, RegistryError> {
+        self.reg.job_records(&self.jobs, want_text).await
+    }
+}
