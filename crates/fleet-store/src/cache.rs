@@ -1,7 +1,7 @@
 //! A watch-driven copy of the cluster's jobs and machines: one read at start, then only the
 //! changes, so an engine or agent reacting to every event does not re-read the keyspace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fleet_model::Machine;
@@ -16,6 +16,8 @@ pub struct ClusterCache<S> {
     reg: Arc<Registry<S>>,
     jobs: JobFields,
     machines: BTreeMap<String, Machine>,
+    /// Units touched by job events since [`ClusterCache::take_changed`].
+    changed: BTreeSet<String>,
     job_events: mpsc::Receiver<Event>,
     machine_events: mpsc::Receiver<Event>,
 }
@@ -54,6 +56,7 @@ impl<S: KvStore> ClusterCache<S> {
             reg,
             jobs,
             machines,
+            changed: BTreeSet::new(),
             job_events,
             machine_events,
         })
@@ -61,6 +64,9 @@ impl<S: KvStore> ClusterCache<S> {
 
     fn apply_job(&mut self, e: Event) {
         let jp = self.reg.jobs_prefix();
+        if let Some(name) = e.key().strip_prefix(&jp).and_then(|r| r.split('/').next()) {
+            self.changed.insert(name.to_string());
+        }
         match e {
             Event::Put(kv) => {
                 if let Some(rel) = kv.key.strip_prefix(&jp) {
@@ -115,6 +121,29 @@ impl<S: KvStore> ClusterCache<S> {
             self.apply_machine(e);
         }
         change
+    }
+
+    /// The units whose records changed since the last call.
+    pub fn take_changed(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// A unit's current target, from the cache.
+    pub fn target_of(&self, unit: &str) -> Option<String> {
+        self.jobs
+            .0
+            .get(unit)
+            .and_then(|f| f.get("target"))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Whether a unit is global (from its job record's flag).
+    pub fn is_global(&self, unit: &str) -> bool {
+        self.jobs
+            .0
+            .get(unit)
+            .and_then(|f| f.get("object"))
+            .is_some_and(|o| crate::registry::object_is_global(o))
     }
 
     /// The live machines.

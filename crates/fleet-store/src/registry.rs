@@ -158,6 +158,11 @@ impl JobFields {
     }
 }
 
+/// Whether a job object carries the `Global` flag.
+pub fn object_is_global(object: &[u8]) -> bool {
+    serde_json::from_slice::<JobJson>(object).is_ok_and(|j| j.Global)
+}
+
 /// Parses a machine record.
 pub fn parse_machine(value: &[u8]) -> Option<Machine> {
     serde_json::from_slice::<MachineJson>(value)
@@ -519,6 +524,11 @@ impl<S: KvStore> Registry<S> {
             return Ok(true);
         }
         Ok(self.leader().await?.as_deref() == Some(machine))
+    }
+
+    /// The key of the engine leader lease.
+    pub fn leader_key(&self) -> String {
+        self.key("lease/engine-leader")
     }
 
     /// The current engine leader.

@@ -1,0 +1,36 @@
+//! fleetd's two roles, as long-running tasks on a [`fleet_store::Registry`]:
+//!
+//! - [`engine::run_engine`]: leader election through a lease on `lease/engine-leader`
+//!   (a dead leader is replaced as soon as its lease lapses: the key's deletion is watched),
+//!   and while leading, one `fleet-engine` pass per batch of changes seen by a watch-driven
+//!   cache — no polling of the keyspace.
+//! - [`agent::run_agent`]: the machine's presence under a lease, and its units made to match
+//!   the schedule in fleet's task order (unload, load, daemon-reload, stop, start), through a
+//!   [`agent::UnitManager`]; a graceful stop purges, as fleet did.
+//!
+//! Each loop is one `tokio::select!` over its event sources.
+//!
+//! Current state of the work: the roles run against etcd or the in-memory store with the
+//! simulated unit manager ([`agent::SimManager`]); the systemd unit manager (units written
+//! under `/run/fleet/units`, linked, started over D-Bus), the `fleetd` binary, its HTTP API
+//! and `fleetctl` come next.
+
+pub mod agent;
+pub mod engine;
+
+/// A fleetd failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The registry or its store failed.
+    #[error(transparent)]
+    Registry(#[from] fleet_store::RegistryError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] fleet_store::StoreError),
+    /// Another machine with this ID is registered.
+    #[error("machine {0} is already registered (duplicate /etc/machine-id?)")]
+    DuplicateMachine(String),
+    /// The unit manager failed.
+    #[error("unit {0}: {1}")]
+    Unit(String, String),
+}

@@ -1,0 +1,229 @@
+//! fleetd's roles together: engines and agents of several machines on one store, with the
+//! simulated unit manager. Placement, failover when a machine dies (its lease lapses, no
+//! purge), graceful stop (purge, immediate), engine leader failover.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_model::{JobState, Machine};
+use fleet_store::{KvStore, MemoryStore, Registry};
+use fleetd::agent::{run_agent, AgentConfig, SimManager};
+use fleetd::engine::{run_engine, EngineConfig};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct Node {
+    id: String,
+    stop: watch::Sender<bool>,
+    agent: JoinHandle<()>,
+    engine: JoinHandle<()>,
+}
+
+fn start_node<S: KvStore>(reg: &Arc<Registry<S>>, id: &str, ttl: i64) -> Node {
+    let (tx, rx) = watch::channel(false);
+    let machine = Machine {
+        id: id.into(),
+        public_ip: format!("172.20.0.{}", 100 + id.len()),
+        metadata: Default::default(),
+        version: "0.1.0".into(),
+    };
+    let agent = tokio::spawn({
+        let (reg, rx) = (reg.clone(), rx.clone());
+        async move {
+            let cfg = AgentConfig {
+                machine,
+                ttl,
+                resync: Duration::from_secs(30),
+            };
+            run_agent(reg, cfg, SimManager::default(), rx)
+                .await
+                .unwrap();
+        }
+    });
+    let engine = tokio::spawn({
+        let (reg, id) = (reg.clone(), id.to_string());
+        async move {
+            let cfg = EngineConfig {
+                machine_id: id,
+                lease_ttl: ttl,
+                resync: Duration::from_secs(30),
+            };
+            run_engine(reg, cfg, rx).await.unwrap();
+        }
+    });
+    Node {
+        id: id.into(),
+        stop: tx,
+        agent,
+        engine,
+    }
+}
+
+/// Polls (every 20 ms, for at most 30 s) until `f` holds.
+async fn eventually<S: KvStore>(
+    reg: &Registry<S>,
+    what: &str,
+    f: impl Fn(&[fleet_store::JobRecord]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let (jobs, _) = reg.jobs().await.unwrap();
+        if f(&jobs) {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never: {what}");
+}
+
+fn launched_everywhere(jobs: &[fleet_store::JobRecord], n: usize) -> bool {
+    jobs.len() == n
+        && jobs
+            .iter()
+            .all(|j| j.target.is_some() && j.job_state == j.target)
+}
+
+const UNIT: &str = "[Service]\nExecStart=/bin/sleep 1000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_are_placed_and_move_when_a_machine_dies() {
+    let store = MemoryStore::new();
+    let reg = Arc::new(Registry::new(store.clone(), "/_coreos.com/fleet/"));
+    let nodes: Vec<Node> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|id| start_node(&reg, id, 1))
+        .collect();
+    let start = Instant::now();
+    while reg.machines().await.unwrap().len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "machines did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for n in 0..3 {
+        reg.create_unit(&format!("hello.{n}.service"), UNIT, JobState::Launched)
+            .await
+            .unwrap();
+    }
+    let t = eventually(&reg, "3 units launched", |j| launched_everywhere(j, 3)).await;
+    eprintln!("3 units launched in {:.0} ms", t.as_secs_f64() * 1e3);
+    let (jobs, _) = reg.jobs().await.unwrap();
+    let targets: std::collections::BTreeSet<_> =
+        jobs.iter().map(|j| j.target.clone().unwrap()).collect();
+    assert_eq!(targets.len(), 3, "least loaded: one unit per machine");
+    let states = reg.states().await.unwrap();
+    assert_eq!(states.len(), 3);
+    assert!(states
+        .iter()
+        .all(|s| s.active_state == "active" && s.sub_state == "running"));
+
+    // The machine of hello.0 dies: no purge, its lease lapses, the unit moves.
+    let victim = jobs
+        .iter()
+        .find(|j| j.name == "hello.0.service")
+        .unwrap()
+        .target
+        .clone()
+        .unwrap();
+    let node = nodes.iter().find(|n| n.id == victim).unwrap();
+    node.agent.abort();
+    node.engine.abort();
+    let t = eventually(&reg, "hello.0 relaunched elsewhere", |jobs| {
+        jobs.iter().any(|j| {
+            j.name == "hello.0.service"
+                && j.target.as_deref().is_some_and(|t| t != victim)
+                && j.job_state == j.target
+        })
+    })
+    .await;
+    eprintln!(
+        "failover after a machine died (TTL 1 s): {:.0} ms",
+        t.as_secs_f64() * 1e3
+    );
+    assert_eq!(reg.machines().await.unwrap().len(), 2);
+    // No rebalancing: the other two units stayed.
+    let (after, _) = reg.jobs().await.unwrap();
+    for j in jobs.iter().filter(|j| j.name != "hello.0.service") {
+        assert_eq!(
+            after.iter().find(|a| a.name == j.name).unwrap().target,
+            j.target
+        );
+    }
+
+    // A graceful stop purges at once: machine gone, its units unloaded and moved.
+    let survivor = nodes.iter().find(|n| n.id != victim).unwrap();
+    let moved: Vec<String> = after
+        .iter()
+        .filter(|j| j.target.as_deref() == Some(survivor.id.as_str()))
+        .map(|j| j.name.clone())
+        .collect();
+    survivor.stop.send(true).unwrap();
+    let start = Instant::now();
+    while reg.machines().await.unwrap().len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "purge did not remove the machine"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(&reg, "purged units launched on the last machine", |jobs| {
+        moved.iter().all(|m| {
+            jobs.iter().any(|j| {
+                &j.name == m
+                    && j.job_state.is_some()
+                    && j.target.as_deref() != Some(survivor.id.as_str())
+            })
+        })
+    })
+    .await;
+    for n in &nodes {
+        let _ = n.stop.send(true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_when_the_engine_leader_dies() {
+    let store = MemoryStore::new();
+    let reg = Arc::new(Registry::new(store.clone(), "/p/"));
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|id| start_node(&reg, id, 1))
+        .collect();
+    reg.create_unit("one.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    eventually(&reg, "one launched", |j| launched_everywhere(j, 1)).await;
+    let leader = reg.leader().await.unwrap().unwrap();
+    let node = nodes.iter().find(|n| n.id == leader).unwrap();
+    node.engine.abort();
+    // The dead engine's lease lapses; the other engine schedules new work.
+    reg.create_unit("two.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    let t = eventually(&reg, "two launched under the new leader", |j| {
+        launched_everywhere(j, 2)
+    })
+    .await;
+    eprintln!(
+        "engine leader failover (TTL 1 s): {:.0} ms",
+        t.as_secs_f64() * 1e3
+    );
+    assert_ne!(
+        reg.leader().await.unwrap().as_deref(),
+        Some(leader.as_str())
+    );
+    // Desired-state changes propagate: unload takes the unit off its machine.
+    reg.set_target_state("two.service", JobState::Inactive)
+        .await
+        .unwrap();
+    eventually(&reg, "two unscheduled", |jobs| {
+        jobs.iter()
+            .any(|j| j.name == "two.service" && j.target.is_none() && j.job_state.is_none())
+    })
+    .await;
+    for n in &nodes {
+        let _ = n.stop.send(true);
+    }
+}
