@@ -178,7 +178,10 @@ fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
         cache_dir: cache_dir(),
         channel,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        binaries: vec![("coreos-cloudinit".into(), dir.join("coreos-cloudinit"))],
+        binaries: ["coreos-cloudinit", "fleetd", "fleetctl"]
+            .iter()
+            .map(|b| (b.to_string(), dir.join(b)))
+            .collect(),
         mirror: std::env::var("FERRITE_DEBIAN_MIRROR")
             .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
     };

@@ -230,6 +230,15 @@ fn chapter_user_data_on_one_machine() {
     // The chapter's checks.
     let (_, etcd2) = c.sh("core-01", "systemctl status etcd2 --no-pager");
     assert!(etcd2.contains("Active: active (running)"), "{etcd2}");
+    // fleet: active, and it knows this machine by its public IP; nothing failed at boot.
+    let (_, fleet) = c.sh("core-01", "systemctl status fleet --no-pager");
+    assert!(fleet.contains("Active: active (running)"), "{fleet}");
+    let machines = c.sh_until("core-01", "fleetctl list-machines", &ip, 30);
+    assert!(
+        machines.starts_with("MACHINE\t\tIP\t\tMETADATA\n"),
+        "{machines:?}"
+    );
+    c.sh_until("core-01", "systemctl is-system-running", "running", 30);
     c.sh_until(
         "core-01",
         &format!("etcdctl --endpoints http://{ip}:2379 endpoint health 2>&1"),
@@ -421,6 +430,81 @@ fn book_cluster_of_three() {
     );
     let (_, api) = c.sh("core-01", &format!("bash -c \"{script}\""));
     assert!(api.contains("Api-Version"), "{api}");
+
+    // fleet: three machines with the config's metadata; a unit started with fleetctl runs.
+    let machines = c.sh_until(
+        "core-01",
+        "fleetctl list-machines | grep -c cluster=vagrant",
+        "3",
+        30,
+    );
+    assert_eq!(machines.trim(), "3");
+    let hello = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/bash -c \"while true; do echo \\\"Hello, world\\\"; sleep 1; done\"\n";
+    let (code, started) = c.sh(
+        "core-01",
+        &format!(
+            "printf '{}' > /home/core/hello.service && fleetctl start /home/core/hello.service",
+            hello.replace('\'', "'\\''")
+        ),
+    );
+    assert_eq!(code, 0, "{started}");
+    assert!(
+        started.contains("Unit hello.service launched on "),
+        "{started}"
+    );
+    let units = c.sh_until(
+        "core-01",
+        "fleetctl list-units --no-legend",
+        "active\trunning",
+        30,
+    );
+    assert!(units.starts_with("hello.service\t"), "{units:?}");
+    let files = c.sh("core-01", "fleetctl list-unit-files --no-legend").1;
+    assert!(
+        files.starts_with("hello.service\te55c0ae\tlaunched\tlaunched\t"),
+        "{files:?}"
+    );
+    // Its machine loses power: hello.service runs elsewhere, nothing else moves.
+    let host_ip = units
+        .split('\t')
+        .nth(1)
+        .and_then(|m| m.split('/').nth(1))
+        .unwrap()
+        .to_string();
+    let victim = ["core-01", "core-02", "core-03"][ips.iter().position(|i| *i == host_ip).unwrap()];
+    let witness = ["core-01", "core-02", "core-03"]
+        .into_iter()
+        .find(|m| *m != victim)
+        .unwrap();
+    let t = Instant::now();
+    c.ok(&["halt", "--force", victim]);
+    let mut moved = String::new();
+    for _ in 0..120 {
+        moved = c.sh(witness, "fleetctl list-units --no-legend").1;
+        if moved.contains("active\trunning") && !moved.contains(&host_ip) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        moved.contains("active\trunning") && !moved.contains(&host_ip),
+        "hello.service did not move off {host_ip}: {moved}"
+    );
+    eprintln!(
+        "fleet failover after halt --force: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    c.ok(&[
+        "up",
+        "--instances",
+        "3",
+        "--channel",
+        "beta",
+        "--memory",
+        "512",
+        "--user-data",
+        ud.to_str().unwrap(),
+    ]);
 
     // Cut the power of one machine: the other two keep serving.
     let t = Instant::now();

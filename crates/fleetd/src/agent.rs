@@ -28,6 +28,9 @@ pub trait UnitManager: Send {
     fn stop(&mut self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// The unit's systemd (load, active, sub) state.
     fn state(&mut self, name: &str) -> impl Future<Output = (String, String, String)> + Send;
+    /// Units left loaded by a previous run (name, text), so the agent can take them over
+    /// or unload them.
+    fn existing(&mut self) -> impl Future<Output = Vec<(String, String)>> + Send;
 }
 
 /// Agent settings.
@@ -103,11 +106,33 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     let store = reg.store().clone();
     let me = cfg.machine.clone();
     let mut lease = store.grant_lease(cfg.ttl).await?;
-    if !reg.register_machine(&me, lease).await? {
-        return Err(Error::DuplicateMachine(me.id.clone()));
+    // A previous run that crashed may still hold the presence key until its lease lapses.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.ttl.max(1) as u64 + 2);
+    while !reg.register_machine(&me, lease).await? {
+        if tokio::time::Instant::now() >= deadline {
+            store.revoke(lease).await?;
+            return Err(Error::DuplicateMachine(me.id.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut cache = ClusterCache::start(reg.clone()).await?;
-    let mut current: BTreeMap<String, Local> = BTreeMap::new();
+    // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
+    // state): desired ones are loaded again (a no-op for running units), others unloaded.
+    let mut current: BTreeMap<String, Local> = manager
+        .existing()
+        .await
+        .into_iter()
+        .filter_map(|(name, text)| {
+            let hash = UnitHash::of_text(&text).ok()?;
+            Some((
+                name,
+                Local {
+                    state: JobState::Inactive,
+                    hash,
+                },
+            ))
+        })
+        .collect();
     let mut globals: BTreeMap<(String, UnitHash), Requirements> = BTreeMap::new();
     let mut dirty = true;
     let mut republish = false;
@@ -304,6 +329,10 @@ impl UnitManager for SimManager {
             u.1 = false;
         }
         Ok(())
+    }
+
+    async fn existing(&mut self) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     async fn state(&mut self, name: &str) -> (String, String, String) {

@@ -116,7 +116,7 @@ pub async fn run_engine<S: KvStore>(
     let mut leading = false;
     let mut want_lead = true;
     let mut dirty = true;
-    let renew_every = Duration::from_millis((cfg.lease_ttl.max(1) as u64 * 1000) / 3);
+    let renew_every = Duration::from_millis((cfg.lease_ttl.max(1) as u64 * 1000) / 2);
     let mut renew = tokio::time::interval(renew_every);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(cfg.resync);

@@ -16,7 +16,9 @@
 //! and `fleetctl` come next.
 
 pub mod agent;
+pub mod config;
 pub mod engine;
+pub mod systemd;
 
 /// A fleetd failure.
 #[derive(Debug, thiserror::Error)]

@@ -145,6 +145,7 @@ pub fn dist_files() -> Vec<DistFile> {
     }
     vec![
         unit!("etcd2.service"),
+        unit!("fleet.service"),
         unit!("system-config.target"),
         unit!("user-config.target"),
         unit!("system-cloudinit@.service"),

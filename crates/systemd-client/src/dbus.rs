@@ -154,6 +154,101 @@ impl DbusSystemd {
     }
 }
 
+/// A unit's state as `ListUnitsByNames` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitStatus {
+    /// The unit name.
+    pub name: String,
+    /// LoadState (`loaded`, `not-found`, …).
+    pub load: String,
+    /// ActiveState (`active`, `inactive`, `failed`, …).
+    pub active: String,
+    /// SubState (`running`, `dead`, …).
+    pub sub: String,
+}
+
+impl DbusSystemd {
+    fn call_unit(
+        &self,
+        method: &'static str,
+        target: &str,
+        body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+    ) -> Result<(), Error> {
+        let proxy = self.manager(method, target)?;
+        proxy
+            .call_method(method, body)
+            .map(drop)
+            .map_err(|source| Error::Call {
+                call: method,
+                target: target.to_string(),
+                source: Box::new(source),
+            })
+    }
+
+    /// `LinkUnitFiles(paths, runtime, force)`: links unit files from outside the search path.
+    pub fn link_unit_files(
+        &mut self,
+        paths: &[String],
+        runtime: bool,
+        force: bool,
+    ) -> Result<(), Error> {
+        self.call_unit("LinkUnitFiles", &paths.join(" "), &(paths, runtime, force))
+    }
+
+    /// `DisableUnitFiles(names, runtime)`.
+    pub fn disable_unit_files(&mut self, names: &[String], runtime: bool) -> Result<(), Error> {
+        self.call_unit("DisableUnitFiles", &names.join(" "), &(names, runtime))
+    }
+
+    /// `ResetFailedUnit(name)`; a unit systemd does not know is not an error.
+    pub fn reset_failed(&mut self, name: &str) -> Result<(), Error> {
+        match self.call_unit("ResetFailedUnit", name, &(name,)) {
+            Err(Error::Call { source, .. }) if source.to_string().contains("NoSuchUnit") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Queues a job without waiting for it (fleet's asynchronous start and stop).
+    pub fn enqueue(&mut self, kind: JobKind, unit: &str) -> Result<(), Error> {
+        self.call_unit(kind.method(), unit, &(unit, "replace"))
+    }
+
+    /// The states of the named units (`ListUnitsByNames`; unknown units come back
+    /// `not-found`).
+    pub fn unit_statuses(&mut self, names: &[String]) -> Result<Vec<UnitStatus>, Error> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        );
+        let target = names.join(" ");
+        let proxy = self.manager("ListUnitsByNames", &target)?;
+        let rows: Vec<Row> = proxy
+            .call("ListUnitsByNames", &(names,))
+            .map_err(|source| Error::Call {
+                call: "ListUnitsByNames",
+                target,
+                source: Box::new(source),
+            })?;
+        Ok(rows
+            .into_iter()
+            .map(|r| UnitStatus {
+                name: r.0,
+                load: r.2,
+                active: r.3,
+                sub: r.4,
+            })
+            .collect())
+    }
+}
+
 impl Systemd for DbusSystemd {
     fn enable_unit_files(
         &mut self,

@@ -18,7 +18,7 @@ mod dbus;
 
 use std::fmt;
 
-pub use dbus::DbusSystemd;
+pub use dbus::{DbusSystemd, UnitStatus};
 
 /// A failure talking to systemd, naming the unit or call involved.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,701 @@
+//! `fleetctl`: fleet's command-line client.
+//!
+//! Commands, flags, table layouts, messages and exit codes follow fleet v0.11: `list-machines`,
+//! `list-units`, `list-unit-files` (`--fields`, `--full`/`-l`, `--no-legend`), `submit`,
+//! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`), `destroy`, `cat`,
+//! `version`, `help`. Global flags go before the command and can come from `FLEETCTL_*`.
+//!
+//! Current state: fleetctl speaks to etcd directly (fleet's `--driver=etcd`, endpoint
+//! `http://127.0.0.1:2379` by default); fleetd's HTTP API, `status`, `journal` and `ssh` come
+//! next.
+
+mod table;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fleet_model::name::{mangle, validate_name, NameInfo};
+use fleet_model::{JobState, Machine, Requirements};
+use fleet_store::{EtcdStore, JobRecord, Registry, RegistryError, UnitState};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const COMMANDS: &[(&str, &str)] = &[
+    ("cat", "Output the contents of a submitted unit"),
+    ("destroy", "Destroy one or more units in the cluster"),
+    ("help", "Show a list of commands or help for one command"),
+    ("list-machines", "Enumerate the current hosts in the cluster"),
+    ("list-unit-files", "List the units that exist in the cluster."),
+    ("list-units", "List the current state of units in the cluster"),
+    ("load", "Schedule one or more units in the cluster, first submitting them if necessary."),
+    ("start", "Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary."),
+    ("stop", "Instruct systemd to stop one or more units in the cluster."),
+    ("submit", "Upload one or more units to the cluster without starting them"),
+    ("unload", "Unschedule one or more units in the cluster."),
+    ("version", "Print the version and exit"),
+];
+
+fn out(line: impl Into<String>) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", line.into());
+}
+
+fn err(line: impl AsRef<str>) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", line.as_ref());
+}
+
+struct Global {
+    endpoint: String,
+    prefix: String,
+    timeout: f64,
+}
+
+/// Splits `--flag=value`, `--flag value`, `-flag`; returns (flags, rest).
+fn parse_flags(
+    args: &[String],
+    with_value: &[&str],
+) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    let mut flags = BTreeMap::new();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            rest.extend(args[i + 1..].iter().cloned());
+            break;
+        }
+        if a.starts_with('-') && a.len() > 1 && rest.is_empty() {
+            let body = a.trim_start_matches('-');
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (body.to_string(), None),
+            };
+            let value = match value {
+                Some(v) => v,
+                None if with_value.contains(&name.as_str()) => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or(format!("flag needs an argument: -{name}"))?
+                }
+                None => "true".to_string(),
+            };
+            flags.insert(name, value);
+        } else {
+            rest.push(a.clone());
+        }
+        i += 1;
+    }
+    Ok((flags, rest))
+}
+
+fn short(id: &str) -> String {
+    format!("{}...", id.get(..8).unwrap_or(id))
+}
+
+fn machine_cell(id: &str, machines: &BTreeMap<String, Machine>, full: bool) -> String {
+    let name = if full { id.to_string() } else { short(id) };
+    match machines
+        .get(id)
+        .map(|m| m.public_ip.as_str())
+        .filter(|ip| !ip.is_empty())
+    {
+        Some(ip) => format!("{name}/{ip}"),
+        None => name,
+    }
+}
+
+/// fleet's derived current state: no target or no report from it → inactive; job-state
+/// equal to the target → launched; else loaded.
+fn current_state(j: &JobRecord, states: &[UnitState]) -> JobState {
+    let Some(t) = &j.target else {
+        return JobState::Inactive;
+    };
+    if !states
+        .iter()
+        .any(|s| s.unit == j.name && &s.machine_id == t)
+    {
+        return JobState::Inactive;
+    }
+    if j.job_state.as_deref() == Some(t.as_str()) {
+        JobState::Launched
+    } else {
+        JobState::Loaded
+    }
+}
+
+fn fields_of(
+    flags: &BTreeMap<String, String>,
+    default: &str,
+    valid: &[&str],
+) -> Result<Vec<String>, String> {
+    let f = flags
+        .get("fields")
+        .cloned()
+        .unwrap_or_else(|| default.to_string());
+    if f.is_empty() {
+        return Err("Must define output format".into());
+    }
+    let fields: Vec<String> = f.split(',').map(str::to_string).collect();
+    if let Some(bad) = fields.iter().find(|x| !valid.contains(&x.as_str())) {
+        return Err(format!("Invalid key in output format: {bad:?}"));
+    }
+    Ok(fields)
+}
+
+fn print_table(flags: &BTreeMap<String, String>, fields: &[String], rows: Vec<Vec<String>>) {
+    let mut all = Vec::new();
+    if !flags.contains_key("no-legend") {
+        all.push(fields.iter().map(|f| f.to_uppercase()).collect());
+    }
+    all.extend(rows);
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(table::render(&all).as_bytes());
+}
+
+async fn registry(g: &Global) -> Result<Registry<EtcdStore>, String> {
+    let endpoints: Vec<String> = g.endpoint.split(',').map(str::to_string).collect();
+    let store = EtcdStore::connect(&endpoints, Duration::from_secs_f64(g.timeout.max(0.5)))
+        .await
+        .map_err(|e| format!("Unable to initialize client: {e}"))?;
+    Ok(Registry::new(store, &g.prefix))
+}
+
+/// Finds or creates a unit for a command-line argument (fleet's lazy creation order).
+async fn ensure_unit(
+    reg: &Registry<EtcdStore>,
+    arg: &str,
+    jobs: &[JobRecord],
+    created: &mut Vec<String>,
+) -> Result<String, String> {
+    let name = mangle(arg);
+    validate_name(&name).map_err(|e| e.to_string())?;
+    if jobs.iter().any(|j| j.name == name) {
+        return Ok(name);
+    }
+    let info = NameInfo::parse(&name).ok_or_else(|| format!("invalid unit name {name}"))?;
+    let dir = std::path::Path::new(arg)
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let local = if std::path::Path::new(arg).is_file() {
+        Some(std::path::PathBuf::from(arg))
+    } else {
+        None
+    };
+    let text = if let Some(p) = local {
+        std::fs::read_to_string(&p)
+            .map_err(|e| format!("failed getting Unit({arg}) from file: {e}"))?
+    } else if let Some(tmpl) = info.template.as_ref().filter(|_| info.is_instance()) {
+        if let Some(t) = jobs
+            .iter()
+            .find(|j| &j.name == tmpl)
+            .and_then(|j| j.unit.clone())
+        {
+            t
+        } else {
+            let p = dir.join(tmpl);
+            std::fs::read_to_string(&p).map_err(|_| {
+                format!("unable to find Unit({name}) or template Unit({tmpl}) in Registry or on filesystem")
+            })?
+        }
+    } else {
+        return Err(format!(
+            "unable to find Unit({name}) in Registry or on filesystem"
+        ));
+    };
+    let options = systemd_unit::fleet::deserialize(&text)
+        .map_err(|e| format!("failed getting Unit({arg}) from file: {e}"))?;
+    let req = Requirements::from_options(&name, &options);
+    for k in &req.unknown {
+        err(format!(
+            "Unit {name}: unrecognized requirement in [X-Fleet] section: {k:?}"
+        ));
+    }
+    req.validate().map_err(|e| e.to_string())?;
+    match reg.create_unit(&name, &text, JobState::Inactive).await {
+        Ok(_) => created.push(name.clone()),
+        Err(RegistryError::JobExists(_)) => {}
+        Err(e) => return Err(format!("failed creating unit {name}: {e}")),
+    }
+    Ok(name)
+}
+
+async fn wait_for(
+    reg: &Registry<EtcdStore>,
+    names: &[String],
+    want: JobState,
+    attempts: u32,
+) -> Result<(), String> {
+    let mut tries = 0u32;
+    let mut pending: Vec<String> = names.to_vec();
+    loop {
+        let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
+        let states = reg.states().await.map_err(|e| e.to_string())?;
+        let machines: BTreeMap<String, Machine> = reg
+            .machines()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        pending.retain(|n| {
+            let Some(j) = jobs.iter().find(|j| &j.name == n) else {
+                return true;
+            };
+            if current_state(j, &states) != want {
+                return true;
+            }
+            match (want, &j.target) {
+                (JobState::Inactive, _) | (_, None) => out(format!("Unit {n} {want}")),
+                (_, Some(t)) => out(format!(
+                    "Unit {n} {want} on {}",
+                    machine_cell(t, &machines, false)
+                )),
+            }
+            false
+        });
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tries += 1;
+        if attempts > 0 && tries >= attempts {
+            return Err(format!(
+                "timed out waiting for unit {} to report state {want}",
+                pending[0]
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCode, String> {
+    let (flags, units) = parse_flags(args, &["block-attempts"])?;
+    let reg = registry(g).await?;
+    let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
+    let states = reg.states().await.map_err(|e| e.to_string())?;
+    let verb = match want {
+        JobState::Inactive => "unload",
+        JobState::Loaded => "load",
+        JobState::Launched => "start",
+    };
+    let stop = flags.contains_key("__stop");
+    let mut names = Vec::new();
+    let mut created = Vec::new();
+    for u in &units {
+        let name = if want == JobState::Inactive || stop {
+            let n = mangle(u);
+            match jobs.iter().find(|j| j.name == n) {
+                Some(j) => {
+                    if stop && current_state(j, &states) == JobState::Inactive {
+                        err(format!("Unable to stop unit {n} in state inactive"));
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    n
+                }
+                None => continue, // unknown units are silently skipped
+            }
+        } else {
+            match ensure_unit(&reg, u, &jobs, &mut created).await {
+                Ok(n) => n,
+                Err(e) => {
+                    err(format!("Error creating units: {e}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        };
+        let existing = jobs.iter().find(|j| j.name == name);
+        if existing.is_some_and(|j| j.target_state == want) {
+            continue;
+        }
+        if existing.is_some_and(|j| j.global)
+            || (existing.is_none() && is_global_text(&reg, &name).await)
+        {
+            reg.set_target_state(&name, want)
+                .await
+                .map_err(|e| e.to_string())?;
+            out(format!(
+                "Triggered global unit {name} {}",
+                if stop { "stop" } else { verb }
+            ));
+            continue;
+        }
+        reg.set_target_state(&name, want)
+            .await
+            .map_err(|e| e.to_string())?;
+        names.push(name);
+    }
+    if flags.contains_key("no-block") {
+        for n in &names {
+            out(format!(
+                "Triggered unit {n} {}",
+                if stop { "stop" } else { verb }
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let attempts: u32 = flags
+        .get("block-attempts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for n in &created {
+        out(format!("Unit {n} inactive"));
+    }
+    if let Err(e) = wait_for(&reg, &names, want, attempts).await {
+        err(format!("Error waiting for units: {e}"));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn is_global_text(reg: &Registry<EtcdStore>, name: &str) -> bool {
+    reg.jobs()
+        .await
+        .is_ok_and(|(jobs, _)| jobs.iter().any(|j| j.name == name && j.global))
+}
+
+async fn run(args: Vec<String>) -> Result<ExitCode, String> {
+    let env = |k: &str| std::env::var(format!("FLEETCTL_{k}")).ok();
+    const VALUE_FLAGS: &[&str] = &[
+        "endpoint",
+        "etcd-key-prefix",
+        "request-timeout",
+        "driver",
+        "tunnel",
+        "ssh-username",
+        "known-hosts-file",
+        "ssh-timeout",
+        "key-file",
+        "cert-file",
+        "ca-file",
+    ];
+    // Global flags come before the command; a value flag may take the next argument.
+    let mut pos = 0;
+    while pos < args.len() && args[pos].starts_with('-') {
+        let name = args[pos].trim_start_matches('-');
+        pos += if !name.contains('=') && VALUE_FLAGS.contains(&name) {
+            2
+        } else {
+            1
+        };
+    }
+    let pos = pos.min(args.len());
+    let (gflags, _) = parse_flags(&args[..pos], VALUE_FLAGS)?;
+    let rest = args[pos..].to_vec();
+    let g = Global {
+        endpoint: gflags
+            .get("endpoint")
+            .cloned()
+            .or_else(|| env("ENDPOINT"))
+            .filter(|e| !e.starts_with("unix://"))
+            .unwrap_or_else(|| "http://127.0.0.1:2379".into()),
+        prefix: gflags
+            .get("etcd-key-prefix")
+            .cloned()
+            .or_else(|| env("ETCD_KEY_PREFIX"))
+            .unwrap_or_else(|| fleet_store::DEFAULT_PREFIX.into()),
+        timeout: gflags
+            .get("request-timeout")
+            .cloned()
+            .or_else(|| env("REQUEST_TIMEOUT"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3.0),
+    };
+    if gflags.contains_key("version") {
+        out(format!("fleetctl version {VERSION}"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some((cmd, args)) = rest.split_first() else {
+        help();
+        return Ok(ExitCode::SUCCESS);
+    };
+    match cmd.as_str() {
+        "help" => {
+            match args.first() {
+                None => help(),
+                Some(c) if COMMANDS.iter().any(|(n, _)| n == c) => {
+                    let d = COMMANDS
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .map(|(_, d)| *d)
+                        .unwrap_or("");
+                    out(format!("NAME:\n\tfleetctl {c} - {d}"));
+                }
+                Some(c) => {
+                    err(format!("Unrecognized command: {c}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "version" => {
+            out(format!("fleetctl version {VERSION}"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "list-machines" => {
+            let (flags, _) = parse_flags(args, &["fields"])?;
+            let fields = match fields_of(
+                &flags,
+                "machine,ip,metadata",
+                &["machine", "ip", "metadata"],
+            ) {
+                Ok(f) => f,
+                Err(e) => {
+                    err(e);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let full = flags.contains_key("full") || flags.contains_key("l");
+            let reg = registry(&g).await?;
+            let mut machines = match reg.machines().await {
+                Ok(m) => m,
+                Err(e) => {
+                    err(format!("Error retrieving list of active machines: {e}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            machines.sort_by(|a, b| a.id.cmp(&b.id));
+            let rows = machines
+                .iter()
+                .map(|m| {
+                    fields
+                        .iter()
+                        .map(|f| match f.as_str() {
+                            "machine" if full => m.id.clone(),
+                            "machine" => short(&m.id),
+                            "ip" if m.public_ip.is_empty() => "-".into(),
+                            "ip" => m.public_ip.clone(),
+                            _ if m.metadata.is_empty() => "-".into(),
+                            _ => m
+                                .metadata
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        })
+                        .collect()
+                })
+                .collect();
+            print_table(&flags, &fields, rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        "list-units" | "list-unit-files" => {
+            let (flags, _) = parse_flags(args, &["fields"])?;
+            let files = cmd == "list-unit-files";
+            let (default, valid): (&str, &[&str]) = if files {
+                (
+                    "unit,hash,dstate,state,target",
+                    &[
+                        "unit", "hash", "desc", "dstate", "state", "target", "tmachine", "global",
+                    ],
+                )
+            } else {
+                (
+                    "unit,machine,active,sub",
+                    &["unit", "load", "active", "sub", "machine", "hash"],
+                )
+            };
+            let fields = match fields_of(&flags, default, valid) {
+                Ok(f) => f,
+                Err(e) => {
+                    err(e);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if fields.iter().any(|f| f == "tmachine") {
+                err("WARNING: The \"tmachine\" field is deprecated. Use \"target\" instead");
+            }
+            let full = flags.contains_key("full") || (!files && flags.contains_key("l"));
+            let reg = registry(&g).await?;
+            let fetched = async {
+                Ok::<_, RegistryError>((
+                    reg.jobs().await?.0,
+                    reg.states().await?,
+                    reg.machines().await?,
+                ))
+            };
+            let (jobs, states, machines) = match fetched.await {
+                Ok(x) => x,
+                Err(e) => {
+                    err(format!(
+                        "Error retrieving list of units from repository: {e}"
+                    ));
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let machines: BTreeMap<String, Machine> =
+                machines.into_iter().map(|m| (m.id.clone(), m)).collect();
+            let hash = |h: &str| {
+                if full {
+                    h.to_string()
+                } else {
+                    h.get(..7).unwrap_or(h).to_string()
+                }
+            };
+            let rows: Vec<Vec<String>> = if files {
+                jobs.iter()
+                    .map(|j| {
+                        fields
+                            .iter()
+                            .map(|f| match f.as_str() {
+                                "unit" => j.name.clone(),
+                                "hash" => hash(&j.hash.to_string()),
+                                "desc" => j
+                                    .unit
+                                    .as_deref()
+                                    .and_then(|t| systemd_unit::fleet::deserialize(t).ok())
+                                    .and_then(|o| {
+                                        o.into_iter()
+                                            .find(|o| {
+                                                o.section == "Unit" && o.name == "Description"
+                                            })
+                                            .map(|o| o.value)
+                                    })
+                                    .unwrap_or_else(|| "-".into()),
+                                "dstate" => j.target_state.to_string(),
+                                "state" if j.global => "-".into(),
+                                "state" => current_state(j, &states).to_string(),
+                                "global" => j.global.to_string(),
+                                _ if j.global => "global".into(),
+                                _ => j.target.as_deref().map_or_else(
+                                    || "-".into(),
+                                    |t| machine_cell(t, &machines, full),
+                                ),
+                            })
+                            .collect()
+                    })
+                    .collect()
+            } else {
+                let mut st = states.clone();
+                st.sort_by(|a, b| {
+                    (a.unit.as_str(), a.machine_id.as_str())
+                        .cmp(&(b.unit.as_str(), b.machine_id.as_str()))
+                });
+                st.iter()
+                    .map(|s| {
+                        fields
+                            .iter()
+                            .map(|f| match f.as_str() {
+                                "unit" => s.unit.clone(),
+                                "load" => s.load_state.clone(),
+                                "active" => s.active_state.clone(),
+                                "sub" => s.sub_state.clone(),
+                                "hash" => hash(&s.hash),
+                                _ => machine_cell(&s.machine_id, &machines, full),
+                            })
+                            .collect()
+                    })
+                    .collect()
+            };
+            print_table(&flags, &fields, rows);
+            Ok(ExitCode::SUCCESS)
+        }
+        "submit" => {
+            let (_, units) = parse_flags(args, &[])?;
+            let reg = registry(&g).await?;
+            let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
+            let mut created = Vec::new();
+            for u in &units {
+                if let Err(e) = ensure_unit(&reg, u, &jobs, &mut created).await {
+                    err(format!("Error creating units: {e}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            for n in created {
+                out(format!("Unit {n} inactive"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "load" => set_state(&g, args, JobState::Loaded).await,
+        "start" => set_state(&g, args, JobState::Launched).await,
+        "unload" => set_state(&g, args, JobState::Inactive).await,
+        "stop" => {
+            let mut a = vec!["--__stop".to_string()];
+            a.extend(args.iter().cloned());
+            set_state(&g, &a, JobState::Loaded).await
+        }
+        "destroy" => {
+            let (_, units) = parse_flags(args, &[])?;
+            let reg = registry(&g).await?;
+            let mut code = ExitCode::SUCCESS;
+            for u in &units {
+                let name = mangle(u);
+                match reg.destroy_unit(&name).await {
+                    Ok(true) => out(format!("Destroyed {name}")),
+                    Ok(false) => {
+                        err("Error destroying units: unit does not exist");
+                        code = ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        err(format!("Error destroying units: {e}"));
+                        code = ExitCode::FAILURE;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        "cat" => {
+            let (_, units) = parse_flags(args, &[])?;
+            if units.len() != 1 {
+                err("One unit file must be provided");
+                return Ok(ExitCode::FAILURE);
+            }
+            let name = mangle(&units[0]);
+            let reg = registry(&g).await?;
+            let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
+            match jobs
+                .iter()
+                .find(|j| j.name == name)
+                .and_then(|j| j.unit.clone())
+            {
+                Some(t) => {
+                    let _ = std::io::stdout().lock().write_all(t.as_bytes());
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    err(format!("Unit {name} not found"));
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        "verify" => {
+            err("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.");
+            Ok(ExitCode::from(2))
+        }
+        other => {
+            err(format!("fleetctl: unknown subcommand: {other:?}"));
+            err("Run 'fleetctl help' for usage.");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn help() {
+    out("NAME:\n\tfleetctl - fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.\n\nUSAGE:\n\tfleetctl [global options] <command> [command options] [arguments...]\n\nCOMMANDS:");
+    for (n, d) in COMMANDS {
+        out(format!("\t{n}\t{d}"));
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            err(format!("fleetctl: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(c) => c,
+        Err(e) => {
+            err(e);
+            ExitCode::FAILURE
+        }
+    }
+}

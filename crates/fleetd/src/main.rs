@@ -1,0 +1,181 @@
+//! `fleetd`: fleet's daemon — the agent of this machine and, unless disabled, an engine that
+//! schedules when it holds the leader lease. Configured as fleet was: `/etc/fleet/fleet.conf`
+//! and `FLEET_*` variables (`--config` names another file). Identified by `/etc/machine-id`.
+//! SIGTERM or SIGINT stops it gracefully: its units are unloaded and the machine leaves the
+//! cluster at once, as fleet did.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use fleet_model::Machine;
+use fleet_store::{EtcdStore, KvStore, Registry};
+use fleetd::agent::{run_agent, AgentConfig};
+use fleetd::config::Config;
+use fleetd::engine::{run_engine, EngineConfig};
+use fleetd::systemd::SystemdManager;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The first global IPv4 address of the default route's interface.
+fn detect_public_ip() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "route", "get", "192.0.2.1"])
+        .output();
+    let Ok(out) = out else { return String::new() };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            return words.next().unwrap_or_default().to_string();
+        }
+    }
+    String::new()
+}
+
+async fn connect(cfg: &Config) -> EtcdStore {
+    let timeout = Duration::from_secs_f64(cfg.etcd_request_timeout.max(0.5));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match EtcdStore::connect(&cfg.etcd_servers, timeout).await {
+            Ok(s) if s.get("/").await.is_ok() => return s,
+            Ok(_) => tracing::info!("etcd at {:?} not answering yet", cfg.etcd_servers),
+            Err(e) => tracing::info!("waiting for etcd: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn run(config: PathBuf) -> Result<()> {
+    let cfg = Config::load(&config, std::env::vars()).context("reading fleet configuration")?;
+    for k in &cfg.unknown {
+        tracing::warn!("ignoring unknown configuration key {k:?}");
+    }
+    let id = std::fs::read_to_string("/etc/machine-id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if id.is_empty() {
+        bail!("unable to determine local machine ID");
+    }
+    let public_ip = if cfg.public_ip.is_empty() {
+        detect_public_ip()
+    } else {
+        cfg.public_ip.clone()
+    };
+    let machine = Machine {
+        id: id.clone(),
+        public_ip,
+        metadata: cfg.metadata.clone(),
+        version: VERSION.into(),
+    };
+    tracing::info!(machine = %id, ip = %machine.public_ip, "starting fleetd {VERSION}");
+
+    let store = connect(&cfg).await;
+    let reg = Arc::new(Registry::new(store.clone(), &cfg.etcd_key_prefix));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let manager = SystemdManager::connect(PathBuf::from("/run/fleet/units"))
+        .context("connecting to systemd")?;
+    let agent_cfg = AgentConfig {
+        machine,
+        ttl: cfg.agent_ttl,
+        resync: Duration::from_secs(60),
+    };
+    let mut agent = tokio::spawn(run_agent(reg.clone(), agent_cfg, manager, stop_rx.clone()));
+    let mut engine = if cfg.disable_engine {
+        None
+    } else {
+        let ecfg = EngineConfig {
+            machine_id: id,
+            lease_ttl: ((cfg.engine_reconcile_interval * 2.0).ceil() as i64).max(2),
+            resync: Duration::from_secs_f64(cfg.engine_reconcile_interval.max(1.0) * 15.0),
+        };
+        Some(tokio::spawn(run_engine(reg.clone(), ecfg, stop_rx)))
+    };
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let engine_done = async {
+        match engine.as_mut() {
+            Some(e) => e.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping, unloading units"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping, unloading units"),
+        r = &mut agent => bail!("agent stopped: {:?}", r),
+        r = engine_done => bail!("engine stopped: {:?}", r),
+    }
+    stop_tx.send(true).ok();
+    match tokio::time::timeout(Duration::from_secs(30), &mut agent).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("agent: {e}"),
+        Ok(Err(e)) => tracing::warn!("agent task: {e}"),
+        Err(_) => tracing::warn!("agent did not stop in 30 s"),
+    }
+    if let Some(e) = engine {
+        let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
+    }
+    let _ = store.requests();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLEETD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut args = std::env::args().skip(1);
+    let mut config = PathBuf::from("/etc/fleet/fleet.conf");
+    while let Some(a) = args.next() {
+        match a.trim_start_matches('-') {
+            "version" => {
+                println_version();
+                return ExitCode::SUCCESS;
+            }
+            "config" => config = args.next().map(PathBuf::from).unwrap_or(config),
+            other if other.starts_with("config=") => {
+                config = PathBuf::from(&other["config=".len()..])
+            }
+            other => {
+                eprintln!("fleetd: unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn println_version() {
+    println!("fleetd version {VERSION}");
+}

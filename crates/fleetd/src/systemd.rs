@@ -1,0 +1,118 @@
+//! The agent's [`UnitManager`] on a real machine: unit files under `/run/fleet/units/`,
+//! linked into `/run/systemd/system` with `LinkUnitFiles(runtime)`, jobs queued over D-Bus
+//! without waiting (fleet's "launched" means "start requested"), states from
+//! `ListUnitsByNames`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use systemd_client::{DbusSystemd, JobKind, Systemd};
+
+use crate::agent::UnitManager;
+
+/// systemd over D-Bus, with the unit files in `dir`.
+#[derive(Debug, Clone)]
+pub struct SystemdManager {
+    dbus: Arc<Mutex<DbusSystemd>>,
+    dir: PathBuf,
+}
+
+impl SystemdManager {
+    /// Connects to the system bus; unit files go to `dir` (fleet: `/run/fleet/units`).
+    pub fn connect(dir: PathBuf) -> Result<Self, systemd_client::Error> {
+        Ok(Self {
+            dbus: Arc::new(Mutex::new(DbusSystemd::system()?)),
+            dir,
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut DbusSystemd) -> Result<T, systemd_client::Error> + Send + 'static,
+    ) -> Result<T, String> {
+        let dbus = self.dbus.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut d = dbus
+                .lock()
+                .map_err(|_| "systemd connection poisoned".to_string())?;
+            f(&mut d).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+impl UnitManager for SystemdManager {
+    async fn load(&mut self, name: &str, text: &str) -> Result<(), String> {
+        let path = self.dir.join(name);
+        atomic_file::create_dirs(&self.dir).map_err(|e| e.to_string())?;
+        atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
+            .map_err(|e| e.to_string())?;
+        let p = path.display().to_string();
+        self.with(move |d| d.link_unit_files(&[p], true, true))
+            .await
+    }
+
+    async fn unload(&mut self, name: &str) -> Result<(), String> {
+        let n = name.to_string();
+        self.with(move |d| {
+            d.enqueue(JobKind::Stop, &n)?;
+            d.disable_unit_files(std::slice::from_ref(&n), true)?;
+            d.reset_failed(&n)
+        })
+        .await?;
+        match std::fs::remove_file(self.dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn reload(&mut self) -> Result<(), String> {
+        self.with(|d| d.reload()).await
+    }
+
+    async fn start(&mut self, name: &str) -> Result<(), String> {
+        let n = name.to_string();
+        self.with(move |d| d.enqueue(JobKind::Start, &n)).await
+    }
+
+    async fn stop(&mut self, name: &str) -> Result<(), String> {
+        let n = name.to_string();
+        self.with(move |d| d.enqueue(JobKind::Stop, &n)).await
+    }
+
+    async fn state(&mut self, name: &str) -> (String, String, String) {
+        let n = name.to_string();
+        match self.with(move |d| d.unit_statuses(&[n])).await {
+            Ok(v) => v
+                .into_iter()
+                .next()
+                .map(|s| (s.load, s.active, s.sub))
+                .unwrap_or_else(|| ("not-found".into(), "inactive".into(), "dead".into())),
+            Err(e) => {
+                tracing::warn!(unit = name, "reading state: {e}");
+                ("error".into(), "unknown".into(), "unknown".into())
+            }
+        }
+    }
+
+    async fn existing(&mut self) -> Vec<(String, String)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let known = fleet_model::name::RECOGNIZED_TYPES
+                    .iter()
+                    .any(|t| name.ends_with(&format!(".{t}")));
+                if !known {
+                    tracing::warn!(file = %name, "ignoring a file in the unit directory");
+                    return None;
+                }
+                Some((name, std::fs::read_to_string(e.path()).ok()?))
+            })
+            .collect()
+    }
+}
