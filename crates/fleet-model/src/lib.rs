@@ -15,6 +15,7 @@
 //!
 //! Invariant: pure data and parsing; no I/O.
 
+pub mod api;
 pub mod glob;
 pub mod machine;
 pub mod name;

@@ -103,7 +103,7 @@ async fn main() {
                 ttl: 10,
                 resync: Duration::from_secs(600),
             };
-            run_agent(agent_reg, cfg, SimManager::default(), rx)
+            run_agent(agent_reg, cfg, SimManager::default(), rx, None)
                 .await
                 .unwrap();
         }));

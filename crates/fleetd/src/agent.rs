@@ -102,6 +102,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     cfg: AgentConfig,
     mut manager: M,
     mut stop: watch::Receiver<bool>,
+    ready: Option<watch::Sender<bool>>,
 ) -> Result<(), Error> {
     let store = reg.store().clone();
     let me = cfg.machine.clone();
@@ -114,6 +115,9 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
             return Err(Error::DuplicateMachine(me.id.clone()));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(r) = &ready {
+        let _ = r.send(true);
     }
     let mut cache = ClusterCache::start(reg.clone()).await?;
     // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache

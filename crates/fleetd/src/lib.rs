@@ -16,6 +16,7 @@
 //! and `fleetctl` come next.
 
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod engine;
 pub mod systemd;

@@ -20,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+const API_SOCKET: &str = "/var/run/fleet.sock";
 
 /// The first global IPv4 address of the default route's interface.
 fn detect_public_ip() -> String {
@@ -86,7 +87,30 @@ async fn run(config: PathBuf) -> Result<()> {
         ttl: cfg.agent_ttl,
         resync: Duration::from_secs(60),
     };
-    let mut agent = tokio::spawn(run_agent(reg.clone(), agent_cfg, manager, stop_rx.clone()));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let listener = api_listener().context("opening the fleet API socket")?;
+    let api = Arc::new(fleetd::api::Api {
+        reg: reg.clone(),
+        ready: ready_rx,
+        server: concat!("fleetd/", env!("CARGO_PKG_VERSION")),
+    });
+    let mut api_stop = stop_rx.clone();
+    let server =
+        axum::serve(listener, fleetd::api::router(api)).with_graceful_shutdown(async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        });
+    let api_task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::warn!("fleet API server: {e}");
+        }
+    });
+    let mut agent = tokio::spawn(run_agent(
+        reg.clone(),
+        agent_cfg,
+        manager,
+        stop_rx.clone(),
+        Some(ready_tx),
+    ));
     let mut engine = if cfg.disable_engine {
         None
     } else {
@@ -122,8 +146,32 @@ async fn run(config: PathBuf) -> Result<()> {
     if let Some(e) = engine {
         let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     let _ = store.requests();
     Ok(())
+}
+
+/// Where fleet's API listens: the socket systemd passed (`fleet.socket`,
+/// `ListenStream=/var/run/fleet.sock`), else `/var/run/fleet.sock` bound here.
+fn api_listener() -> Result<tokio::net::UnixListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Some(l) = fds
+        .take_unix_listener(0)
+        .context("taking the socket passed by systemd")?
+    {
+        l.set_nonblocking(true)?;
+        return Ok(tokio::net::UnixListener::from_std(l)?);
+    }
+    let path = std::path::Path::new(API_SOCKET);
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt as _;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).with_context(|| format!("removing stale {API_SOCKET}"))?;
+        }
+    }
+    let l =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("binding {API_SOCKET}"))?;
+    Ok(l)
 }
 
 fn main() -> ExitCode {

@@ -36,7 +36,7 @@ fn start_node<S: KvStore>(reg: &Arc<Registry<S>>, id: &str, ttl: i64) -> Node {
                 ttl,
                 resync: Duration::from_secs(30),
             };
-            run_agent(reg, cfg, SimManager::default(), rx)
+            run_agent(reg, cfg, SimManager::default(), rx, None)
                 .await
                 .unwrap();
         }

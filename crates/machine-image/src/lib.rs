@@ -146,6 +146,7 @@ pub fn dist_files() -> Vec<DistFile> {
     vec![
         unit!("etcd2.service"),
         unit!("fleet.service"),
+        unit!("fleet.socket"),
         unit!("system-config.target"),
         unit!("user-config.target"),
         unit!("system-cloudinit@.service"),

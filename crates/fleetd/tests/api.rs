@@ -1,0 +1,226 @@
+//! fleet's HTTP API served on a Unix socket in a temp dir, over a store shared with a
+//! running agent and engine: 503 until the machine registers, then fleet's JSON shapes,
+//! status codes and errors for machines, units (create, start, fetch, delete) and states.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_model::Machine;
+use fleet_store::{MemoryStore, Registry};
+use fleetd::agent::{run_agent, AgentConfig, SimManager};
+use fleetd::api::{router, Api};
+use fleetd::engine::{run_engine, EngineConfig};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+}
+
+async fn request(sock: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let mut s = UnixStream::connect(sock).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_serves_fleet_v1() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fleet.sock");
+    let reg = Arc::new(Registry::new(MemoryStore::new(), "/_coreos.com/fleet/"));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let api = Arc::new(Api {
+        reg: reg.clone(),
+        ready: ready_rx,
+        server: "fleetd/0.1.0",
+    });
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, router(api)).await });
+
+    // Before the machine registers, fleet answered 503.
+    let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.headers.contains("server: fleetd/0.1.0"), "{}", r.headers);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "fleet server unable to communicate with etcd"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let machine = Machine {
+        id: "a1b2c3d4e5f60718293a4b5c6d7e8f90".into(),
+        public_ip: "172.20.0.11".into(),
+        metadata: [("role".to_string(), "web".to_string())].into(),
+        version: "0.1.0".into(),
+    };
+    let agent = tokio::spawn(run_agent(
+        reg.clone(),
+        AgentConfig {
+            machine,
+            ttl: 5,
+            resync: Duration::from_secs(30),
+        },
+        SimManager::default(),
+        stop_rx.clone(),
+        Some(ready_tx),
+    ));
+    let engine = tokio::spawn(run_engine(
+        reg.clone(),
+        EngineConfig {
+            machine_id: "a1b2c3d4e5f60718293a4b5c6d7e8f90".into(),
+            lease_ttl: 5,
+            resync: Duration::from_secs(30),
+        },
+        stop_rx,
+    ));
+
+    let start = Instant::now();
+    let machines = loop {
+        let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
+        if r.status == 200 {
+            break r.json();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        machines,
+        serde_json::json!({"machines": [{
+            "id": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+            "metadata": {"role": "web"},
+            "primaryIP": "172.20.0.11",
+        }]})
+    );
+    // The legacy prefix answers too; no units is an empty object (omitempty).
+    let r = request(&sock, "GET", "/v1-alpha/units", None).await;
+    assert_eq!((r.status, r.body.trim()), (200, "{}"));
+
+    // Create a unit already launched, as `fleetctl start` did through the API.
+    let unit = r#"{"name":"hello.service","desiredState":"launched","options":[
+        {"section":"Service","name":"ExecStart","value":"/bin/sh -c 'while true; do echo hi; sleep 1; done'"}]}"#;
+    let r = request(&sock, "PUT", "/fleet/v1/units/hello.service", Some(unit)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // A second create with options is an update of the desired state only.
+    let r = request(&sock, "PUT", "/fleet/v1/units/hello.service", Some(unit)).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+
+    let start = Instant::now();
+    let got = loop {
+        let r = request(&sock, "GET", "/fleet/v1/units/hello.service", None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        if j["currentState"] == "launched" {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never launched: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got["desiredState"], "launched");
+    assert_eq!(got["machineID"], "a1b2c3d4e5f60718293a4b5c6d7e8f90");
+    assert_eq!(got["options"][0]["section"], "Service");
+    assert_eq!(got["options"][0]["name"], "ExecStart");
+
+    let start = Instant::now();
+    let states = loop {
+        let r = request(&sock, "GET", "/fleet/v1/state?unitName=hello.service", None).await;
+        let j = r.json();
+        if j["states"][0]["systemdSubState"] == "running" {
+            break j;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never running: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let st = &states["states"][0];
+    assert_eq!(st["systemdActiveState"], "active");
+    assert_eq!(st["systemdLoadState"], "loaded");
+    assert_eq!(st["hash"].as_str().unwrap().len(), 40);
+
+    // Errors, as fleet wrote them.
+    let bad = r#"{"desiredState":"launched","options":[{"section":"X-Fleet","name":"MachineOf","value":"a.service"},{"section":"X-Fleet","name":"Global","value":"true"}]}"#;
+    let r = request(&sock, "PUT", "/fleet/v1/units/bad.service", Some(bad)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = request(&sock, "PUT", "/fleet/v1/units/empty.service", Some("{}")).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "unit does not exist and options field empty"
+    );
+    let r = request(&sock, "PUT", "/fleet/v1/units/hello.service", Some("{")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], 400);
+    let r = request(
+        &sock,
+        "PUT",
+        "/fleet/v1/units/x.service",
+        Some(r#"{"name":"y.service"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = request(&sock, "GET", "/fleet/v1/units/nope.service", None).await;
+    assert_eq!(r.status, 404);
+    let r = request(&sock, "GET", "/fleet/v1/units?nextPageToken=EwBMLg==", None).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "token limit must be 100");
+    let r = request(&sock, "POST", "/fleet/v1/machines", Some("{}")).await;
+    assert_eq!(r.status, 400);
+
+    // Delete: gone from units and, once the agent unloads it, from states.
+    let r = request(&sock, "DELETE", "/fleet/v1/units/hello.service", None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = request(&sock, "DELETE", "/fleet/v1/units/hello.service", None).await;
+    assert_eq!(r.status, 404);
+    let start = Instant::now();
+    loop {
+        let r = request(&sock, "GET", "/fleet/v1/state", None).await;
+        if r.body.trim() == "{}" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "state stayed: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    stop_tx.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+    engine.await.unwrap().unwrap();
+    server.abort();
+}
