@@ -464,6 +464,16 @@ fn book_cluster_of_three() {
         files.starts_with("hello.service\te55c0ae\tlaunched\tlaunched\t"),
         "{files:?}"
     );
+    // fleetctl spoke fleetd's API on the socket; the etcd driver sees the same cluster.
+    let (_, sock) = c.sh("core-01", "systemctl is-active fleet.socket");
+    assert_eq!(sock.trim(), "active");
+    let etcd_view = c
+        .sh(
+            "core-01",
+            "fleetctl --driver=etcd list-unit-files --no-legend",
+        )
+        .1;
+    assert_eq!(etcd_view, files);
     // Its machine loses power: hello.service runs elsewhere, nothing else moves.
     let host_ip = units
         .split('\t')

@@ -5,10 +5,13 @@
 //! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`), `destroy`, `cat`,
 //! `version`, `help`. Global flags go before the command and can come from `FLEETCTL_*`.
 //!
-//! Current state: fleetctl speaks to etcd directly (fleet's `--driver=etcd`, endpoint
-//! `http://127.0.0.1:2379` by default); fleetd's HTTP API, `status`, `journal` and `ssh` come
-//! next.
+//! Drivers as fleet's: `--driver=api` (default) speaks fleetd's HTTP API at `--endpoint`
+//! (default `unix:///var/run/fleet.sock`); `--driver=etcd` reads fleet's keyspace in etcd
+//! (endpoint default `http://127.0.0.1:2379`). See [`client`].
+//!
+//! Not yet: `status`, `journal` and `ssh` (they need fleet's SSH tunnel to other machines).
 
+mod client;
 mod table;
 
 use std::collections::BTreeMap;
@@ -16,9 +19,10 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use client::{Client, Created};
 use fleet_model::name::{mangle, validate_name, NameInfo};
 use fleet_model::{JobState, Machine, Requirements};
-use fleet_store::{EtcdStore, JobRecord, Registry, RegistryError, UnitState};
+use fleet_store::{JobRecord, UnitState};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -46,6 +50,7 @@ fn err(line: impl AsRef<str>) {
 }
 
 struct Global {
+    driver: String,
     endpoint: String,
     prefix: String,
     timeout: f64,
@@ -155,17 +160,19 @@ fn print_table(flags: &BTreeMap<String, String>, fields: &[String], rows: Vec<Ve
         .write_all(table::render(&all).as_bytes());
 }
 
-async fn registry(g: &Global) -> Result<Registry<EtcdStore>, String> {
-    let endpoints: Vec<String> = g.endpoint.split(',').map(str::to_string).collect();
-    let store = EtcdStore::connect(&endpoints, Duration::from_secs_f64(g.timeout.max(0.5)))
-        .await
-        .map_err(|e| format!("Unable to initialize client: {e}"))?;
-    Ok(Registry::new(store, &g.prefix))
+async fn registry(g: &Global) -> Result<Client, String> {
+    Client::connect(
+        &g.driver,
+        &g.endpoint,
+        &g.prefix,
+        Duration::from_secs_f64(g.timeout.max(0.5)),
+    )
+    .await
 }
 
 /// Finds or creates a unit for a command-line argument (fleet's lazy creation order).
 async fn ensure_unit(
-    reg: &Registry<EtcdStore>,
+    reg: &Client,
     arg: &str,
     jobs: &[JobRecord],
     created: &mut Vec<String>,
@@ -215,16 +222,19 @@ async fn ensure_unit(
         ));
     }
     req.validate().map_err(|e| e.to_string())?;
-    match reg.create_unit(&name, &text, JobState::Inactive).await {
-        Ok(_) => created.push(name.clone()),
-        Err(RegistryError::JobExists(_)) => {}
+    match reg
+        .create_unit(&name, &text, &options, JobState::Inactive)
+        .await
+    {
+        Ok(Created::New) => created.push(name.clone()),
+        Ok(Created::Existed) => {}
         Err(e) => return Err(format!("failed creating unit {name}: {e}")),
     }
     Ok(name)
 }
 
 async fn wait_for(
-    reg: &Registry<EtcdStore>,
+    reg: &Client,
     names: &[String],
     want: JobState,
     attempts: u32,
@@ -232,12 +242,11 @@ async fn wait_for(
     let mut tries = 0u32;
     let mut pending: Vec<String> = names.to_vec();
     loop {
-        let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
-        let states = reg.states().await.map_err(|e| e.to_string())?;
+        let jobs = reg.jobs().await?;
+        let states = reg.states().await?;
         let machines: BTreeMap<String, Machine> = reg
             .machines()
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .map(|m| (m.id.clone(), m))
             .collect();
@@ -274,8 +283,8 @@ async fn wait_for(
 async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCode, String> {
     let (flags, units) = parse_flags(args, &["block-attempts"])?;
     let reg = registry(g).await?;
-    let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
-    let states = reg.states().await.map_err(|e| e.to_string())?;
+    let jobs = reg.jobs().await?;
+    let states = reg.states().await?;
     let verb = match want {
         JobState::Inactive => "unload",
         JobState::Loaded => "load",
@@ -313,9 +322,7 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
         if existing.is_some_and(|j| j.global)
             || (existing.is_none() && is_global_text(&reg, &name).await)
         {
-            reg.set_target_state(&name, want)
-                .await
-                .map_err(|e| e.to_string())?;
+            reg.set_target_state(&name, want).await?;
             out(format!(
                 "Triggered global unit {name} {}",
                 if stop { "stop" } else { verb }
@@ -350,10 +357,10 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-async fn is_global_text(reg: &Registry<EtcdStore>, name: &str) -> bool {
+async fn is_global_text(reg: &Client, name: &str) -> bool {
     reg.jobs()
         .await
-        .is_ok_and(|(jobs, _)| jobs.iter().any(|j| j.name == name && j.global))
+        .is_ok_and(|jobs| jobs.iter().any(|j| j.name == name && j.global))
 }
 
 async fn run(args: Vec<String>) -> Result<ExitCode, String> {
@@ -384,13 +391,22 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
     let pos = pos.min(args.len());
     let (gflags, _) = parse_flags(&args[..pos], VALUE_FLAGS)?;
     let rest = args[pos..].to_vec();
-    let g = Global {
-        endpoint: gflags
-            .get("endpoint")
-            .cloned()
-            .or_else(|| env("ENDPOINT"))
+    let driver = gflags
+        .get("driver")
+        .cloned()
+        .or_else(|| env("DRIVER"))
+        .unwrap_or_else(|| "api".into());
+    let endpoint = gflags.get("endpoint").cloned().or_else(|| env("ENDPOINT"));
+    let endpoint = match driver.as_str() {
+        // The etcd driver's endpoints are etcd's; fleetd's socket is no default for it.
+        "etcd" => endpoint
             .filter(|e| !e.starts_with("unix://"))
             .unwrap_or_else(|| "http://127.0.0.1:2379".into()),
+        _ => endpoint.unwrap_or_else(|| "unix:///var/run/fleet.sock".into()),
+    };
+    let g = Global {
+        driver,
+        endpoint,
         prefix: gflags
             .get("etcd-key-prefix")
             .cloned()
@@ -510,8 +526,8 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             let full = flags.contains_key("full") || (!files && flags.contains_key("l"));
             let reg = registry(&g).await?;
             let fetched = async {
-                Ok::<_, RegistryError>((
-                    reg.jobs().await?.0,
+                Ok::<_, String>((
+                    reg.jobs().await?,
                     reg.states().await?,
                     reg.machines().await?,
                 ))
@@ -595,7 +611,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
         "submit" => {
             let (_, units) = parse_flags(args, &[])?;
             let reg = registry(&g).await?;
-            let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
+            let jobs = reg.jobs().await?;
             let mut created = Vec::new();
             for u in &units {
                 if let Err(e) = ensure_unit(&reg, u, &jobs, &mut created).await {
@@ -644,7 +660,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }
             let name = mangle(&units[0]);
             let reg = registry(&g).await?;
-            let (jobs, _) = reg.jobs().await.map_err(|e| e.to_string())?;
+            let jobs = reg.jobs().await?;
             match jobs
                 .iter()
                 .find(|j| j.name == name)

@@ -1,0 +1,346 @@
+//! How fleetctl reaches the cluster, as fleet's `--driver` chose: `api` (the default) speaks
+//! fleetd's HTTP API on `unix:///var/run/fleet.sock` or an `http://host:port` endpoint;
+//! `etcd` reads and writes fleet's etcd keyspace directly. Both give the same records, so
+//! every command works the same over either.
+
+use std::time::Duration;
+
+use fleet_model::{api, JobState, Machine, Requirements};
+use fleet_store::{EtcdStore, JobRecord, Registry, RegistryError, UnitState};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use systemd_unit::fleet::{UnitHash, UnitOption};
+
+/// A cluster connection.
+pub enum Client {
+    /// fleet's keyspace in etcd.
+    Etcd(Box<Registry<EtcdStore>>),
+    /// fleetd's HTTP API.
+    Api(ApiClient),
+}
+
+/// Whether `create_unit` made the unit or found it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// It was made now.
+    New,
+    /// It already existed.
+    Existed,
+}
+
+impl Client {
+    /// Connects with the driver and endpoint given (`endpoint` may list several, comma
+    /// separated, for etcd).
+    pub async fn connect(
+        driver: &str,
+        endpoint: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        match driver {
+            "etcd" => {
+                let endpoints: Vec<String> = endpoint.split(',').map(str::to_string).collect();
+                let store = EtcdStore::connect(&endpoints, timeout)
+                    .await
+                    .map_err(|e| format!("Unable to initialize client: {e}"))?;
+                Ok(Self::Etcd(Box::new(Registry::new(store, prefix))))
+            }
+            "api" => Ok(Self::Api(ApiClient::new(endpoint, timeout)?)),
+            other => Err(format!("unrecognized driver {other:?}")),
+        }
+    }
+
+    /// The machines of the cluster.
+    pub async fn machines(&self) -> Result<Vec<Machine>, String> {
+        match self {
+            Self::Etcd(r) => r.machines().await.map_err(|e| e.to_string()),
+            Self::Api(a) => {
+                let mut out = Vec::new();
+                let mut token = None;
+                for _ in 0..MAX_PAGES {
+                    let page: api::MachinePage = a.get_page("machines", token.as_deref()).await?;
+                    out.extend(page.machines.into_iter().map(|m| Machine {
+                        id: m.id,
+                        public_ip: m.primary_ip,
+                        metadata: m.metadata,
+                        version: String::new(),
+                    }));
+                    token = page.next_page_token;
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Every unit, with its text.
+    pub async fn jobs(&self) -> Result<Vec<JobRecord>, String> {
+        match self {
+            Self::Etcd(r) => r.jobs().await.map(|(j, _)| j).map_err(|e| e.to_string()),
+            Self::Api(a) => {
+                let mut out = Vec::new();
+                let mut token = None;
+                for _ in 0..MAX_PAGES {
+                    let page: api::UnitPage = a.get_page("units", token.as_deref()).await?;
+                    out.extend(page.units.into_iter().map(job_of));
+                    token = page.next_page_token;
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Every machine's report of every unit.
+    pub async fn states(&self) -> Result<Vec<UnitState>, String> {
+        match self {
+            Self::Etcd(r) => r.states().await.map_err(|e| e.to_string()),
+            Self::Api(a) => {
+                let mut out = Vec::new();
+                let mut token = None;
+                for _ in 0..MAX_PAGES {
+                    let page: api::StatePage = a.get_page("state", token.as_deref()).await?;
+                    out.extend(page.states.into_iter().map(|s| UnitState {
+                        unit: s.name,
+                        machine_id: s.machine_id,
+                        load_state: s.systemd_load_state,
+                        active_state: s.systemd_active_state,
+                        sub_state: s.systemd_sub_state,
+                        hash: s.hash,
+                    }));
+                    token = page.next_page_token;
+                    if token.is_none() {
+                        break;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Submits a unit in `state`.
+    pub async fn create_unit(
+        &self,
+        name: &str,
+        text: &str,
+        options: &[UnitOption],
+        state: JobState,
+    ) -> Result<Created, String> {
+        match self {
+            Self::Etcd(r) => match r.create_unit(name, text, state).await {
+                Ok(_) => Ok(Created::New),
+                Err(RegistryError::JobExists(_)) => Ok(Created::Existed),
+                Err(e) => Err(e.to_string()),
+            },
+            Self::Api(a) => {
+                let body = api::Unit {
+                    name: name.into(),
+                    desired_state: state.to_string(),
+                    options: options.iter().cloned().map(Into::into).collect(),
+                    ..api::Unit::default()
+                };
+                match a.put(name, &body).await? {
+                    StatusCode::CREATED => Ok(Created::New),
+                    _ => Ok(Created::Existed),
+                }
+            }
+        }
+    }
+
+    /// Sets a unit's desired state.
+    pub async fn set_target_state(&self, name: &str, state: JobState) -> Result<(), String> {
+        match self {
+            Self::Etcd(r) => r
+                .set_target_state(name, state)
+                .await
+                .map_err(|e| e.to_string()),
+            Self::Api(a) => {
+                let body = api::Unit {
+                    name: name.into(),
+                    desired_state: state.to_string(),
+                    ..api::Unit::default()
+                };
+                a.put(name, &body).await.map(|_| ())
+            }
+        }
+    }
+
+    /// Removes a unit from the cluster; false if there was none.
+    pub async fn destroy_unit(&self, name: &str) -> Result<bool, String> {
+        match self {
+            Self::Etcd(r) => r.destroy_unit(name).await.map_err(|e| e.to_string()),
+            Self::Api(a) => {
+                let (status, body) = a.send(Method::DELETE, &unit_path(name), None).await?;
+                match status {
+                    StatusCode::NO_CONTENT => Ok(true),
+                    StatusCode::NOT_FOUND => Ok(false),
+                    s => Err(api_error(s, &body)),
+                }
+            }
+        }
+    }
+}
+
+/// At most this many pages of 100 are read (100,000 items).
+const MAX_PAGES: usize = 1000;
+
+fn unit_path(name: &str) -> String {
+    let enc: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+    format!("/fleet/v1/units/{}", enc.replace('+', "%20"))
+}
+
+fn job_of(u: api::Unit) -> JobRecord {
+    let options: Vec<UnitOption> = u.options.into_iter().map(Into::into).collect();
+    let global = Requirements::from_options(&u.name, &options).global;
+    let target = Some(u.machine_id).filter(|m| !m.is_empty());
+    JobRecord {
+        hash: UnitHash::of_options(&options),
+        unit: Some(systemd_unit::fleet::serialize(&options)),
+        global,
+        target_state: JobState::parse(&u.desired_state).unwrap_or(JobState::Inactive),
+        job_state: target.clone().filter(|_| u.current_state == "launched"),
+        target,
+        name: u.name,
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> String {
+    match serde_json::from_slice::<api::ErrorReply>(body) {
+        Ok(r) if !r.error.message.is_empty() => r.error.message,
+        _ => format!("fleet API answered {status}"),
+    }
+}
+
+/// fleetd's API at one endpoint; a connection per request.
+pub struct ApiClient {
+    target: Target,
+    timeout: Duration,
+}
+
+enum Target {
+    Unix(std::path::PathBuf),
+    Tcp(String),
+}
+
+impl ApiClient {
+    /// `endpoint` is `unix:///path` or `http://host:port`.
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, String> {
+        let first = endpoint.split(',').next().unwrap_or(endpoint);
+        let target = if let Some(p) = first.strip_prefix("unix://") {
+            Target::Unix(p.into())
+        } else if let Some(h) = first.strip_prefix("http://") {
+            Target::Tcp(h.trim_end_matches('/').to_string())
+        } else {
+            return Err(format!(
+                "unable to use endpoint {first:?}: want unix:///path or http://host:port"
+            ));
+        };
+        Ok(Self { target, timeout })
+    }
+
+    async fn get_page<T: serde::de::DeserializeOwned>(
+        &self,
+        collection: &str,
+        token: Option<&str>,
+    ) -> Result<T, String> {
+        let mut path = format!("/fleet/v1/{collection}");
+        if let Some(t) = token {
+            let enc: String = form_urlencoded::byte_serialize(t.as_bytes()).collect();
+            path.push_str(&format!("?nextPageToken={enc}"));
+        }
+        let (status, body) = self.send(Method::GET, &path, None).await?;
+        if status != StatusCode::OK {
+            return Err(api_error(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("unable to decode {path}: {e}"))
+    }
+
+    async fn put(&self, name: &str, unit: &api::Unit) -> Result<StatusCode, String> {
+        let body = serde_json::to_vec(unit).map_err(|e| e.to_string())?;
+        let (status, reply) = self.send(Method::PUT, &unit_path(name), Some(body)).await?;
+        match status {
+            StatusCode::CREATED | StatusCode::NO_CONTENT => Ok(status),
+            s => Err(api_error(s, &reply)),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let exchange = async {
+            let (host, io) = match &self.target {
+                Target::Unix(p) => {
+                    let s = tokio::net::UnixStream::connect(p)
+                        .await
+                        .map_err(|e| format!("unable to reach fleet at {}: {e}", p.display()))?;
+                    ("fleet".to_string(), Io::Unix(TokioIo::new(s)))
+                }
+                Target::Tcp(h) => {
+                    let s = tokio::net::TcpStream::connect(h.as_str())
+                        .await
+                        .map_err(|e| format!("unable to reach fleet at {h}: {e}"))?;
+                    (h.clone(), Io::Tcp(TokioIo::new(s)))
+                }
+            };
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(hyper::header::HOST, host)
+                .header(
+                    hyper::header::USER_AGENT,
+                    concat!("fleetctl/", env!("CARGO_PKG_VERSION")),
+                );
+            if body.is_some() {
+                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
+            let req = req
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| e.to_string())?;
+            let resp = match io {
+                Io::Unix(io) => exchange_on(io, req).await?,
+                Io::Tcp(io) => exchange_on(io, req).await?,
+            };
+            Ok::<_, String>(resp)
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| format!("fleet API request {path} timed out"))?
+    }
+}
+
+enum Io {
+    Unix(TokioIo<tokio::net::UnixStream>),
+    Tcp(TokioIo<tokio::net::TcpStream>),
+}
+
+async fn exchange_on<I>(io: I, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("fleet API handshake: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("fleet API request: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("fleet API reply: {e}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
+}

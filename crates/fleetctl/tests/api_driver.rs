@@ -1,0 +1,155 @@
+//! The fleetctl binary against fleetd's API on a Unix socket in a temp dir (its default
+//! driver), with a live agent and engine on an in-memory store: submit, start, list-units,
+//! list-unit-files, list-machines, cat, stop, destroy, and errors when no fleetd answers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_model::Machine;
+use fleet_store::{MemoryStore, Registry};
+use fleetd::agent::{run_agent, AgentConfig, SimManager};
+use fleetd::api::{router, Api};
+use fleetd::engine::{run_engine, EngineConfig};
+use tokio::sync::watch;
+
+const ID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+async fn fleetctl(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .arg(format!("--endpoint=unix://{}", sock.display()))
+        .args(args)
+        .env_remove("FLEETCTL_ENDPOINT")
+        .env_remove("FLEETCTL_DRIVER")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetctl_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("fleet.sock");
+
+    // Nobody listening: a clear error and a failing exit.
+    let (code, _, err) = fleetctl(&sock, &["list-machines"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unable to reach fleet at"), "{err}");
+
+    let reg = Arc::new(Registry::new(MemoryStore::new(), "/_coreos.com/fleet/"));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let api = Arc::new(Api {
+        reg: reg.clone(),
+        ready: ready_rx,
+        server: "fleetd/0.1.0",
+    });
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, router(api)).await });
+
+    // Before registration fleetd answers 503 and fleetctl says why.
+    let (code, _, err) = fleetctl(&sock, &["list-units"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unable to communicate with etcd"), "{err}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let machine = Machine {
+        id: ID.into(),
+        public_ip: "172.20.0.21".into(),
+        metadata: [("role".to_string(), "web".to_string())].into(),
+        version: "0.1.0".into(),
+    };
+    let agent = tokio::spawn(run_agent(
+        reg.clone(),
+        AgentConfig {
+            machine,
+            ttl: 5,
+            resync: Duration::from_secs(30),
+        },
+        SimManager::default(),
+        stop_rx.clone(),
+        Some(ready_tx),
+    ));
+    let engine = tokio::spawn(run_engine(
+        reg.clone(),
+        EngineConfig {
+            machine_id: ID.into(),
+            lease_ttl: 5,
+            resync: Duration::from_secs(30),
+        },
+        stop_rx,
+    ));
+
+    let mut machines = String::new();
+    for _ in 0..500 {
+        let (code, out, _) = fleetctl(&sock, &["list-machines", "--no-legend"]).await;
+        if code == 0 {
+            machines = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(machines, "0f1e2d3c...\t172.20.0.21\trole=web\n");
+
+    let unit = dir.path().join("hello.service");
+    std::fs::write(
+        &unit,
+        "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sh -c 'while true; do echo hi; sleep 1; done'\n",
+    )
+    .unwrap();
+    let unit = unit.to_str().unwrap();
+    let (code, out, err) = fleetctl(&sock, &["submit", unit]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Unit hello.service inactive\n"),
+        "{err}"
+    );
+    let (code, out, err) = fleetctl(&sock, &["start", unit]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "Unit hello.service launched on 0f1e2d3c.../172.20.0.21\n"
+    );
+
+    let (_, out, _) = fleetctl(&sock, &["list-units"]).await;
+    assert_eq!(
+        out,
+        "UNIT\t\tMACHINE\t\t\tACTIVE\tSUB\nhello.service\t0f1e2d3c.../172.20.0.21\tactive\trunning\n"
+    );
+    let (_, out, _) = fleetctl(
+        &sock,
+        &["list-unit-files", "--fields=unit,desc,dstate,state"],
+    )
+    .await;
+    assert_eq!(
+        out,
+        "UNIT\t\tDESC\tDSTATE\t\tSTATE\nhello.service\tHello\tlaunched\tlaunched\n"
+    );
+    let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
+    assert!(cat.contains("Description=Hello"), "{cat}");
+
+    let (code, out, err) = fleetctl(&sock, &["stop", "hello.service"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Unit hello.service loaded on 0f1e2d3c.../172.20.0.21\n"),
+        "{err}"
+    );
+    let (code, out, _) = fleetctl(&sock, &["destroy", "hello.service"]).await;
+    assert_eq!((code, out.as_str()), (0, "Destroyed hello.service\n"));
+    let (code, _, err) = fleetctl(&sock, &["destroy", "hello.service"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unit does not exist"), "{err}");
+    let (code, _, err) = fleetctl(&sock, &["--endpoint=tcp://x", "list-units"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unix:///path or http://host:port"), "{err}");
+
+    stop_tx.send(true).unwrap();
+    agent.await.unwrap().unwrap();
+    engine.await.unwrap().unwrap();
+    server.abort();
+}
