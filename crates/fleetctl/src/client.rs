@@ -192,7 +192,7 @@ const MAX_PAGES: usize = 1000;
 
 fn unit_path(name: &str) -> String {
     let enc: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
-    format!("/fleet/v1/units/{}", enc.replace('+', "%20"))
+    format!("/fleet/v1/units/{}?alt=json", enc.replace('+', "%20"))
 }
 
 fn job_of(u: api::Unit) -> JobRecord {
@@ -210,10 +210,17 @@ fn job_of(u: api::Unit) -> JobRecord {
     }
 }
 
+/// fleet's client wording: `googleapi: Error <code>: <message>`.
 fn api_error(status: StatusCode, body: &[u8]) -> String {
     match serde_json::from_slice::<api::ErrorReply>(body) {
-        Ok(r) if !r.error.message.is_empty() => r.error.message,
-        _ => format!("fleet API answered {status}"),
+        Ok(r) if !r.error.message.is_empty() => {
+            format!("googleapi: Error {}: {}", r.error.code, r.error.message)
+        }
+        _ => format!(
+            "googleapi: got HTTP response code {} with body: {}",
+            status.as_u16(),
+            String::from_utf8_lossy(body)
+        ),
     }
 }
 
@@ -231,8 +238,21 @@ enum Target {
 impl ApiClient {
     /// `endpoint` is `unix:///path` or `http://host:port`.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, String> {
-        let first = endpoint.split(',').next().unwrap_or(endpoint);
-        let target = if let Some(p) = first.strip_prefix("unix://") {
+        let mut all = endpoint.split(',');
+        let first = all.next().unwrap_or(endpoint);
+        if all.next().is_some() {
+            eprintln!("Multiple endpoints are not supported by the API driver; using {first}");
+        }
+        let target = if let Some(p) = first
+            .strip_prefix("unix://")
+            .or_else(|| first.strip_prefix("file://"))
+        {
+            if !p.starts_with('/') {
+                let (host, scheme) = (p.split('/').next().unwrap_or(p), &first[..4]);
+                return Err(format!(
+                    "unable to connect to host {host:?} with scheme {scheme:?}"
+                ));
+            }
             Target::Unix(p.into())
         } else if let Some(h) = first.strip_prefix("http://") {
             Target::Tcp(h.trim_end_matches('/').to_string())
@@ -249,10 +269,10 @@ impl ApiClient {
         collection: &str,
         token: Option<&str>,
     ) -> Result<T, String> {
-        let mut path = format!("/fleet/v1/{collection}");
+        let mut path = format!("/fleet/v1/{collection}?alt=json");
         if let Some(t) = token {
             let enc: String = form_urlencoded::byte_serialize(t.as_bytes()).collect();
-            path.push_str(&format!("?nextPageToken={enc}"));
+            path.push_str(&format!("&nextPageToken={enc}"));
         }
         let (status, body) = self.send(Method::GET, &path, None).await?;
         if status != StatusCode::OK {
@@ -281,13 +301,13 @@ impl ApiClient {
                 Target::Unix(p) => {
                     let s = tokio::net::UnixStream::connect(p)
                         .await
-                        .map_err(|e| format!("unable to reach fleet at {}: {e}", p.display()))?;
+                        .map_err(|e| format!("dial unix {}: {e}", p.display()))?;
                     ("fleet".to_string(), Io::Unix(TokioIo::new(s)))
                 }
                 Target::Tcp(h) => {
                     let s = tokio::net::TcpStream::connect(h.as_str())
                         .await
-                        .map_err(|e| format!("unable to reach fleet at {h}: {e}"))?;
+                        .map_err(|e| format!("dial tcp {h}: {e}"))?;
                     (h.clone(), Io::Tcp(TokioIo::new(s)))
                 }
             };

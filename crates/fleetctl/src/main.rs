@@ -391,12 +391,21 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
     let pos = pos.min(args.len());
     let (gflags, _) = parse_flags(&args[..pos], VALUE_FLAGS)?;
     let rest = args[pos..].to_vec();
+    let endpoint = gflags.get("endpoint").cloned().or_else(|| env("ENDPOINT"));
+    // As fleet: an explicit endpoint on etcd's ports means the etcd driver unless a
+    // driver is named; `--experimental-api=false` forces it.
+    let etcd_port = endpoint.as_deref().is_some_and(|e| {
+        let first = e.split(',').next().unwrap_or(e).trim_end_matches('/');
+        first.ends_with(":2379") || first.ends_with(":4001")
+    });
     let driver = gflags
         .get("driver")
         .cloned()
         .or_else(|| env("DRIVER"))
-        .unwrap_or_else(|| "api".into());
-    let endpoint = gflags.get("endpoint").cloned().or_else(|| env("ENDPOINT"));
+        .unwrap_or_else(|| {
+            let api_off = gflags.get("experimental-api").is_some_and(|v| v == "false");
+            if etcd_port || api_off { "etcd" } else { "api" }.into()
+        });
     let endpoint = match driver.as_str() {
         // The etcd driver's endpoints are etcd's; fleetd's socket is no default for it.
         "etcd" => endpoint
