@@ -486,6 +486,27 @@ fn book_cluster_of_three() {
         .into_iter()
         .find(|m| *m != victim)
         .unwrap();
+    // status, journal and ssh run on the unit's machine: directly there; from another
+    // machine through ssh, which the image does not ship, so that fails plainly.
+    let (code, status) = c.sh(victim, "fleetctl status hello.service");
+    assert_eq!(code, 0, "{status}");
+    assert!(status.contains("Active: active (running)"), "{status}");
+    let journal = c.sh_until(
+        victim,
+        "fleetctl journal --lines=3 hello.service",
+        "Hello, world",
+        30,
+    );
+    assert!(journal.contains("Hello, world"), "{journal}");
+    let (code, echoed) = c.sh(victim, "fleetctl ssh hello.service echo foo");
+    assert_eq!((code, echoed.trim()), (0, "foo"));
+    let (code, _) = c.sh(witness, "fleetctl status hello.service");
+    assert_eq!(code, 255);
+    let (code, missing) = c.sh(witness, "fleetctl status nope.service 2>&1");
+    assert_eq!(
+        (code, missing.trim()),
+        (1, "Unit nope.service does not exist.")
+    );
     let t = Instant::now();
     c.ok(&["halt", "--force", victim]);
     let mut moved = String::new();

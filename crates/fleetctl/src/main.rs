@@ -3,15 +3,18 @@
 //! Commands, flags, table layouts, messages and exit codes follow fleet v0.11: `list-machines`,
 //! `list-units`, `list-unit-files` (`--fields`, `--full`/`-l`, `--no-legend`), `submit`,
 //! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`), `destroy`, `cat`,
-//! `version`, `help`. Global flags go before the command and can come from `FLEETCTL_*`.
+//! `status`, `journal`, `ssh`, `version`, `help`. Global flags go before the command and can come from `FLEETCTL_*`.
 //!
 //! Drivers as fleet's: `--driver=api` (default) speaks fleetd's HTTP API at `--endpoint`
 //! (default `unix:///var/run/fleet.sock`); `--driver=etcd` reads fleet's keyspace in etcd
 //! (endpoint default `http://127.0.0.1:2379`). See [`client`].
 //!
-//! Not yet: `status`, `journal` and `ssh` (they need fleet's SSH tunnel to other machines).
+//! `status`, `journal` and `ssh` run on the unit's machine: directly when that is this
+//! machine, else through the OpenSSH client (see [`remote`]). Not yet: `--tunnel`,
+//! `fd-forward`, TLS flags.
 
 mod client;
+mod remote;
 mod table;
 
 use std::collections::BTreeMap;
@@ -30,11 +33,14 @@ const COMMANDS: &[(&str, &str)] = &[
     ("cat", "Output the contents of a submitted unit"),
     ("destroy", "Destroy one or more units in the cluster"),
     ("help", "Show a list of commands or help for one command"),
+    ("journal", "Print the journal of a unit in the cluster to stdout"),
     ("list-machines", "Enumerate the current hosts in the cluster"),
     ("list-unit-files", "List the units that exist in the cluster."),
     ("list-units", "List the current state of units in the cluster"),
     ("load", "Schedule one or more units in the cluster, first submitting them if necessary."),
+    ("ssh", "Open interactive shell on a machine in the cluster"),
     ("start", "Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary."),
+    ("status", "Output the status of one or more units in the cluster"),
     ("stop", "Instruct systemd to stop one or more units in the cluster."),
     ("submit", "Upload one or more units to the cluster without starting them"),
     ("unload", "Unschedule one or more units in the cluster."),
@@ -50,6 +56,7 @@ fn err(line: impl AsRef<str>) {
 }
 
 struct Global {
+    ssh: remote::SshOptions,
     driver: String,
     endpoint: String,
     prefix: String,
@@ -413,7 +420,30 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             .unwrap_or_else(|| "http://127.0.0.1:2379".into()),
         _ => endpoint.unwrap_or_else(|| "unix:///var/run/fleet.sock".into()),
     };
+    let ssh = remote::SshOptions {
+        user: gflags
+            .get("ssh-username")
+            .cloned()
+            .or_else(|| env("SSH_USERNAME"))
+            .unwrap_or_else(|| "core".into()),
+        timeout: gflags
+            .get("ssh-timeout")
+            .cloned()
+            .or_else(|| env("SSH_TIMEOUT"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10.0),
+        known_hosts: gflags
+            .get("known-hosts-file")
+            .cloned()
+            .or_else(|| env("KNOWN_HOSTS_FILE")),
+        strict: gflags
+            .get("strict-host-key-checking")
+            .cloned()
+            .or_else(|| env("STRICT_HOST_KEY_CHECKING"))
+            .is_none_or(|v| v != "false"),
+    };
     let g = Global {
+        ssh,
         driver,
         endpoint,
         prefix: gflags
@@ -661,6 +691,9 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }
             Ok(code)
         }
+        "status" => remote::status(&g, &registry(&g).await?, args).await,
+        "journal" => remote::journal(&g, &registry(&g).await?, args).await,
+        "ssh" => remote::ssh(&g, &registry(&g).await?, args).await,
         "cat" => {
             let (_, units) = parse_flags(args, &[])?;
             if units.len() != 1 {
