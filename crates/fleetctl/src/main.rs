@@ -3,7 +3,8 @@
 //! Commands, flags, table layouts, messages and exit codes follow fleet v0.11: `list-machines`,
 //! `list-units`, `list-unit-files` (`--fields`, `--full`/`-l`, `--no-legend`), `submit`,
 //! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`), `destroy`, `cat`,
-//! `status`, `journal`, `ssh`, `version`, `help`. Global flags go before the command and can come from `FLEETCTL_*`.
+//! `status`, `journal`, `ssh`, `version`, `help`. Global flags go before the command and can
+//! come from `FLEETCTL_*`.
 //!
 //! Drivers as fleet's: `--driver=api` (default) speaks fleetd's HTTP API at `--endpoint`
 //! (default `unix:///var/run/fleet.sock`); `--driver=etcd` reads fleet's keyspace in etcd
