@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Benchmarks that print numbers: machine image build, boot to etcd2 healthy, memory.
+# Benchmarks that print numbers: machine image build, boot to etcd2 healthy, memory;
+# fleet on real machines (start to active, fleetd memory and CPU, etcd traffic, failover).
 # Needs root. Takes a few minutes (the cold image build runs debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --release --locked --workspace
 cargo bench --locked -p ferrite --bench machines
+cargo bench --locked -p ferrite --bench fleet

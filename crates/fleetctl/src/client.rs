@@ -190,9 +190,23 @@ impl Client {
 /// At most this many pages of 100 are read (100,000 items).
 const MAX_PAGES: usize = 1000;
 
+/// What a path segment must escape (Go's `url.PathEscape` leaves `@`, `:` and the like).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'?')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
 fn unit_path(name: &str) -> String {
-    let enc: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
-    format!("/fleet/v1/units/{}?alt=json", enc.replace('+', "%20"))
+    let enc = percent_encoding::utf8_percent_encode(name, SEGMENT);
+    format!("/fleet/v1/units/{enc}?alt=json")
 }
 
 fn job_of(u: api::Unit) -> JobRecord {

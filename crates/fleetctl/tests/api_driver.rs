@@ -136,6 +136,21 @@ async fn fleetctl_over_the_api() {
         out,
         "UNIT\t\tDESC\tDSTATE\t\tSTATE\nhello.service\tHello\tlaunched\tlaunched\n"
     );
+    // An instance made from a local template: '@' travels in the URL path.
+    std::fs::write(
+        dir.path().join("tick@.service"),
+        "[Service]\nExecStart=/bin/sleep %i\n",
+    )
+    .unwrap();
+    let inst = dir.path().join("tick@60.service");
+    let (code, out, err) = fleetctl(&sock, &["start", inst.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "Unit tick@60.service inactive\nUnit tick@60.service launched on 0f1e2d3c.../172.20.0.21\n"
+    );
+    let (code, out, _) = fleetctl(&sock, &["destroy", "tick@60.service"]).await;
+    assert_eq!((code, out.as_str()), (0, "Destroyed tick@60.service\n"));
     let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
     assert!(cat.contains("Description=Hello"), "{cat}");
 

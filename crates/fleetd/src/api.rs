@@ -326,7 +326,10 @@ pub async fn handle<S: KvStore>(
             else {
                 return error(v, StatusCode::NOT_FOUND, "");
             };
-            unit_item(&api, &method, name, &headers, &body).await
+            let Ok(name) = percent_encoding::percent_decode_str(name).decode_utf8() else {
+                return error(v, StatusCode::NOT_FOUND, "");
+            };
+            unit_item(&api, &method, &name, &headers, &body).await
         }
     }
 }

@@ -171,6 +171,13 @@ async fn api_serves_fleet_v1() {
     assert_eq!(st["systemdLoadState"], "loaded");
     assert_eq!(st["hash"].as_str().unwrap().len(), 40);
 
+    // Names are percent-decoded from the path.
+    let inst = r#"{"name":"tick@1.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
+    let r = request(&sock, "PUT", "/fleet/v1/units/tick%401.service", Some(inst)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = request(&sock, "DELETE", "/fleet/v1/units/tick@1.service", None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+
     // Errors, as fleet wrote them.
     let bad = r#"{"desiredState":"launched","options":[{"section":"X-Fleet","name":"MachineOf","value":"a.service"},{"section":"X-Fleet","name":"Global","value":"true"}]}"#;
     let r = request(&sock, "PUT", "/fleet/v1/units/bad.service", Some(bad)).await;

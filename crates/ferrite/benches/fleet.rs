@@ -1,0 +1,325 @@
+//! fleet on real Ferrite machines, measured: `fleetctl start` to the unit active (1, 100 and
+//! 1,000 units on one machine), fleetd's RSS idle and with 1,000 units, its CPU and etcd's
+//! request rate at rest, and failover time on three machines after one is killed. The
+//! baseline, measured in the same run on the same machine, is `systemd-run` of the same
+//! command straight to systemd (no fleet), polled the same way.
+//!
+//! Run as root: `scripts/bench.sh` (builds the release binaries first).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Env {
+    state: tempfile::TempDir,
+    run: tempfile::TempDir,
+    cache: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let cache = std::env::var_os("FERRITE_CACHE_DIR")
+            .map_or_else(|| PathBuf::from("/var/cache/ferrite"), PathBuf::from);
+        Self {
+            state: tempfile::Builder::new()
+                .prefix("ferrite-bench")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+            run: tempfile::Builder::new()
+                .prefix("ferrite-bench")
+                .tempdir_in("/run")
+                .unwrap(),
+            cache,
+        }
+    }
+
+    fn ferrite(&self, args: &[&str]) -> std::process::Output {
+        Command::new(FERRITE)
+            .args(args)
+            .env("FERRITE_STATE_DIR", self.state.path())
+            .env("FERRITE_RUN_DIR", self.run.path())
+            .env("FERRITE_CACHE_DIR", &self.cache)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) {
+        let o = self.ferrite(args);
+        assert!(
+            o.status.success(),
+            "ferrite {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Runs a shell script in a machine as root; (exit code, stdout).
+    fn sh(&self, cluster: &str, machine: &str, script: &str) -> (i32, String) {
+        let o = self.ferrite(&[
+            "ssh",
+            "--cluster",
+            cluster,
+            machine,
+            "--",
+            "sudo",
+            "sh",
+            "-c",
+            script,
+        ]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// Polls `script` (every 20 ms, at most `limit`) until its output, trimmed, is `want`.
+    fn until(&self, c: &str, m: &str, script: &str, want: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < limit {
+            last = self.sh(c, m, script).1;
+            if last.trim() == want {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{m}: `{script}` never gave {want:?} (last {last:?})");
+    }
+}
+
+/// Destroys the bench's clusters when dropped, so a failed run never leaves machines behind
+/// (or lets the temporary state directory be removed under running machines).
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in ["fleet1", "fleet3"] {
+            let _ = self.ferrite(&["destroy", "--cluster", c]);
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+const UNIT: &str = "[Service]\nExecStart=/bin/sleep infinity\n";
+
+/// fleetd's RSS (KiB) and CPU ticks (utime + stime).
+fn fleetd_usage(e: &Env, c: &str, m: &str) -> (u64, u64) {
+    let out = e
+        .sh(
+            c,
+            m,
+            "p=$(systemctl show -p MainPID --value fleet); \
+             grep VmRSS /proc/$p/status | tr -s ' ' | cut -d' ' -f2; \
+             cut -d' ' -f14,15 /proc/$p/stat",
+        )
+        .1;
+    let mut words = out.split_whitespace().map(|w| w.parse::<u64>().unwrap());
+    let rss = words.next().unwrap();
+    (rss, words.next().unwrap() + words.next().unwrap())
+}
+
+/// Messages etcd's gRPC server has received (requests and stream messages).
+fn etcd_messages(e: &Env, c: &str, m: &str) -> u64 {
+    let script = "exec 3<>/dev/tcp/127.0.0.1/2379; \
+                  printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3";
+    let out = e.sh(c, m, &format!("bash -c \"{script}\"")).1;
+    out.lines()
+        .filter(|l| l.starts_with("grpc_server_msg_received_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn main() {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "run as root"
+    );
+    let e = Env::new();
+    e.ok(&["image", "build"]);
+    let chapter = repo().join("examples/user-data");
+    let ticks = 100.0; // USER_HZ
+
+    println!("== fleet on one machine (chapter user-data)");
+    e.ok(&[
+        "up",
+        "--cluster",
+        "fleet1",
+        "--user-data",
+        chapter.to_str().unwrap(),
+    ]);
+    let (c, m) = ("fleet1", "core-01");
+    e.until(
+        c,
+        m,
+        "fleetctl list-machines --no-legend | wc -l",
+        "1",
+        Duration::from_secs(60),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+
+    let (rss0, cpu0) = fleetd_usage(&e, c, m);
+    let msgs0 = etcd_messages(&e, c, m);
+    std::thread::sleep(Duration::from_secs(10));
+    let (_, cpu1) = fleetd_usage(&e, c, m);
+    let msgs1 = etcd_messages(&e, c, m);
+    println!("  fleetd idle: RSS {:.1} MiB", rss0 as f64 / 1024.0);
+    println!(
+        "  at rest, no units: fleetd CPU {:.2}% of a core, etcd {:.1} requests/s",
+        (cpu1 - cpu0) as f64 / ticks / 10.0 * 100.0,
+        (msgs1 - msgs0) as f64 / 10.0
+    );
+
+    // Baseline: the same service straight to systemd.
+    let t = Instant::now();
+    e.sh(c, m, "systemd-run --unit=baseline /bin/sleep infinity");
+    let base = e.until(
+        c,
+        m,
+        "systemctl is-active baseline",
+        "active",
+        Duration::from_secs(30),
+    );
+    let base = base.max(t.elapsed());
+    println!("  baseline: systemd-run to active: {}", secs(base));
+
+    e.sh(
+        c,
+        m,
+        &format!(
+            "printf '{}' > /home/core/bench@.service",
+            UNIT.replace('\n', "\\n")
+        ),
+    );
+    let t = Instant::now();
+    e.sh(
+        c,
+        m,
+        "cd /home/core && fleetctl start --no-block bench@0.service",
+    );
+    e.until(
+        c,
+        m,
+        "systemctl is-active bench@0.service",
+        "active",
+        Duration::from_secs(60),
+    );
+    let one = t.elapsed();
+    println!(
+        "  fleetctl start to active, 1 unit: {} (ratio to baseline {:.1})",
+        secs(one),
+        one.as_secs_f64() / base.as_secs_f64()
+    );
+
+    for (from, to) in [(1, 100), (101, 1000)] {
+        let t = Instant::now();
+        e.sh(
+            c,
+            m,
+            &format!(
+                "cd /home/core && fleetctl start --no-block $(seq -f 'bench@%g.service' {from} {to}) >/dev/null"
+            ),
+        );
+        e.until(
+            c,
+            m,
+            "systemctl list-units --no-legend --state=active 'bench@*' | wc -l",
+            &(to + 1).to_string(),
+            Duration::from_secs(300),
+        );
+        println!(
+            "  fleetctl start to active, {} more units ({} in all): {}",
+            to - from + 1,
+            to + 1,
+            secs(t.elapsed())
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let (rss1, cpu0) = fleetd_usage(&e, c, m);
+    let msgs0 = etcd_messages(&e, c, m);
+    std::thread::sleep(Duration::from_secs(10));
+    let (_, cpu1) = fleetd_usage(&e, c, m);
+    let msgs1 = etcd_messages(&e, c, m);
+    println!(
+        "  fleetd with 1,001 units: RSS {:.1} MiB",
+        rss1 as f64 / 1024.0
+    );
+    println!(
+        "  at rest, 1,001 units: fleetd CPU {:.2}% of a core, etcd {:.1} requests/s",
+        (cpu1 - cpu0) as f64 / ticks / 10.0 * 100.0,
+        (msgs1 - msgs0) as f64 / 10.0
+    );
+    e.ok(&["destroy", "--cluster", c]);
+
+    println!("== failover on three machines (book user-data)");
+    let book = repo().join("fixtures/cloud-config/book-ch4-user-data.yaml");
+    e.ok(&[
+        "up",
+        "--cluster",
+        "fleet3",
+        "--instances",
+        "3",
+        "--user-data",
+        book.to_str().unwrap(),
+    ]);
+    let c = "fleet3";
+    e.until(
+        c,
+        "core-01",
+        "fleetctl list-machines --no-legend | wc -l",
+        "3",
+        Duration::from_secs(120),
+    );
+    e.sh(
+        c,
+        "core-01",
+        &format!(
+            "printf '{}' > /tmp/ha.service && fleetctl start /tmp/ha.service",
+            UNIT.replace('\n', "\\n")
+        ),
+    );
+    let host = e
+        .sh(
+            c,
+            "core-01",
+            "fleetctl list-units --no-legend --fields=machine --full",
+        )
+        .1;
+    let host_ip = host.trim().split('/').nth(1).unwrap().to_string();
+    let mut victim = None;
+    for m in ["core-01", "core-02", "core-03"] {
+        if e.sh(c, m, "systemctl is-active ha.service").1.trim() == "active" {
+            victim = Some(m);
+        }
+    }
+    let victim = victim.unwrap();
+    let witness = ["core-01", "core-02", "core-03"]
+        .into_iter()
+        .find(|m| *m != victim)
+        .unwrap();
+    let t = Instant::now();
+    e.ok(&["halt", "--cluster", c, "--force", victim]);
+    let script = format!(
+        "fleetctl list-units --no-legend --fields=machine,active --full | grep -v {host_ip} | grep -c active"
+    );
+    e.until(c, witness, &script, "1", Duration::from_secs(120));
+    println!(
+        "  {victim} killed (halt --force): ha.service active elsewhere after {}",
+        secs(t.elapsed())
+    );
+    e.ok(&["destroy", "--cluster", c]);
+}
