@@ -31,6 +31,21 @@ pub enum StoreError {
     Poisoned,
 }
 
+impl StoreError {
+    /// Whether etcd refused a write because its lease had expired (the writer was cut off
+    /// for longer than the lease's TTL).
+    pub fn is_lease_lost(&self) -> bool {
+        match self {
+            Self::Etcd { source, .. } => match source.as_ref() {
+                etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+                etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+                _ => false,
+            },
+            Self::Poisoned => false,
+        }
+    }
+}
+
 /// A stored key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {

@@ -97,6 +97,39 @@ fn tasks(
 /// Runs the agent until `stop` turns true. `purge` on the way out unloads every unit and
 /// removes the machine, as fleet did on a graceful stop; without it the units keep running
 /// (the cut-off case).
+/// This machine's presence: its lease, renewed every third of the TTL. Long passes call
+/// [`Presence::tend`] between units, so a busy agent never lets its lease lapse.
+struct Presence {
+    lease: i64,
+    ttl: i64,
+    period: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Presence {
+    /// Renews the lease if due; after a lapse registers again. True if it re-registered.
+    async fn tend<S: KvStore>(&mut self, reg: &Registry<S>, me: &Machine) -> Result<bool, Error> {
+        if tokio::time::Instant::now() < self.next {
+            return Ok(false);
+        }
+        self.next = tokio::time::Instant::now() + self.period;
+        if reg.store().keep_alive(self.lease).await? {
+            return Ok(false);
+        }
+        self.regain(reg, me).await?;
+        Ok(true)
+    }
+
+    /// A new lease and presence record, after the old lease lapsed.
+    async fn regain<S: KvStore>(&mut self, reg: &Registry<S>, me: &Machine) -> Result<(), Error> {
+        tracing::warn!(machine = %me.id, "presence lease lost; registering again");
+        self.lease = reg.store().grant_lease(self.ttl).await?;
+        reg.register_machine(me, self.lease).await?;
+        self.next = tokio::time::Instant::now() + self.period;
+        Ok(())
+    }
+}
+
 pub async fn run_agent<S: KvStore, M: UnitManager>(
     reg: Arc<Registry<S>>,
     cfg: AgentConfig,
@@ -106,7 +139,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
 ) -> Result<(), Error> {
     let store = reg.store().clone();
     let me = cfg.machine.clone();
-    let mut lease = store.grant_lease(cfg.ttl).await?;
+    let lease = store.grant_lease(cfg.ttl).await?;
     // A previous run that crashed may still hold the presence key until its lease lapses.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.ttl.max(1) as u64 + 2);
     while !reg.register_machine(&me, lease).await? {
@@ -119,6 +152,13 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     if let Some(r) = &ready {
         let _ = r.send(true);
     }
+    let period = Duration::from_millis((cfg.ttl.max(1) as u64 * 1000) / 3);
+    let mut presence = Presence {
+        lease,
+        ttl: cfg.ttl,
+        period,
+        next: tokio::time::Instant::now() + period,
+    };
     let mut cache = ClusterCache::start(reg.clone()).await?;
     // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
     // state): desired ones are loaded again (a no-op for running units), others unloaded.
@@ -140,118 +180,135 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     let mut globals: BTreeMap<(String, UnitHash), Requirements> = BTreeMap::new();
     let mut dirty = true;
     let mut republish = false;
-    let mut renew =
-        tokio::time::interval(Duration::from_millis((cfg.ttl.max(1) as u64 * 1000) / 3));
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if dirty {
             dirty = false;
-            let records = cache
-                .jobs(|r| r.global || r.target.as_deref() == Some(me.id.as_str()))
-                .await?;
-            let mut desired = BTreeMap::new();
-            for r in records {
-                if r.target_state == JobState::Inactive {
-                    continue;
-                }
-                let Some(text) = r.unit else { continue };
-                let mine = if r.global {
-                    let req = globals.entry((r.name.clone(), r.hash)).or_insert_with(|| {
-                        let opts = systemd_unit::fleet::deserialize(&text).unwrap_or_default();
-                        Requirements::from_options(&r.name, &opts)
-                    });
-                    req.metadata_matches(&me.metadata)
-                } else {
-                    r.target.as_deref() == Some(me.id.as_str())
-                };
-                if mine {
-                    desired.insert(r.name, (r.target_state, r.hash, text));
-                }
-            }
-            let t = tasks(&desired, &current);
-            let changed_files = !t.unload.is_empty() || !t.load.is_empty();
-            for name in &t.unload {
-                manager
-                    .unload(name)
-                    .await
-                    .map_err(|e| Error::Unit(name.clone(), e))?;
-                reg.clear_job_state(name).await?;
-                reg.remove_state(name, &me.id).await?;
-                current.remove(name);
-            }
-            for (name, text) in &t.load {
-                manager
-                    .load(name, text)
-                    .await
-                    .map_err(|e| Error::Unit(name.clone(), e))?;
-                if let Some((_, hash, _)) = desired.get(name) {
-                    current.insert(
-                        name.clone(),
-                        Local {
-                            state: JobState::Loaded,
-                            hash: *hash,
-                        },
-                    );
-                }
-            }
-            if changed_files {
-                manager
-                    .reload()
-                    .await
-                    .map_err(|e| Error::Unit("daemon-reload".into(), e))?;
-            }
-            for name in &t.stop {
-                reg.clear_job_state(name).await?;
-                manager
-                    .stop(name)
-                    .await
-                    .map_err(|e| Error::Unit(name.clone(), e))?;
-                if let Some(c) = current.get_mut(name) {
-                    c.state = JobState::Loaded;
-                }
-            }
-            for name in &t.start {
-                if let Some(c) = current.get_mut(name) {
-                    c.state = JobState::Launched;
-                }
-                reg.set_job_state(name, &me.id, lease).await?;
-                manager
-                    .start(name)
-                    .await
-                    .map_err(|e| Error::Unit(name.clone(), e))?;
-            }
-            let touched: Vec<String> = if std::mem::take(&mut republish) {
-                for (name, c) in &current {
-                    if c.state == JobState::Launched {
-                        reg.set_job_state(name, &me.id, lease).await?;
+            let pass = async {
+                let records = cache
+                    .jobs(|r| r.global || r.target.as_deref() == Some(me.id.as_str()))
+                    .await?;
+                let mut desired = BTreeMap::new();
+                for r in records {
+                    if r.target_state == JobState::Inactive {
+                        continue;
+                    }
+                    let Some(text) = r.unit else { continue };
+                    let mine = if r.global {
+                        let req = globals.entry((r.name.clone(), r.hash)).or_insert_with(|| {
+                            let opts = systemd_unit::fleet::deserialize(&text).unwrap_or_default();
+                            Requirements::from_options(&r.name, &opts)
+                        });
+                        req.metadata_matches(&me.metadata)
+                    } else {
+                        r.target.as_deref() == Some(me.id.as_str())
+                    };
+                    if mine {
+                        desired.insert(r.name, (r.target_state, r.hash, text));
                     }
                 }
-                current.keys().cloned().collect()
-            } else {
-                t.load
-                    .iter()
-                    .map(|(n, _)| n)
-                    .chain(&t.stop)
-                    .chain(&t.start)
-                    .cloned()
-                    .collect()
-            };
-            for name in &touched {
-                if let Some(c) = current.get(name.as_str()) {
-                    let (load, active, sub) = manager.state(name).await;
-                    let st = UnitState {
-                        unit: name.clone(),
-                        machine_id: me.id.clone(),
-                        load_state: load,
-                        active_state: active,
-                        sub_state: sub,
-                        hash: c.hash.to_string(),
-                    };
-                    reg.publish_state(&st, &me, lease).await?;
+                let t = tasks(&desired, &current);
+                let changed_files = !t.unload.is_empty() || !t.load.is_empty();
+                for name in &t.unload {
+                    republish |= presence.tend(&reg, &me).await?;
+                    manager
+                        .unload(name)
+                        .await
+                        .map_err(|e| Error::Unit(name.clone(), e))?;
+                    reg.clear_job_state(name).await?;
+                    reg.remove_state(name, &me.id).await?;
+                    current.remove(name);
                 }
+                for (name, text) in &t.load {
+                    republish |= presence.tend(&reg, &me).await?;
+                    manager
+                        .load(name, text)
+                        .await
+                        .map_err(|e| Error::Unit(name.clone(), e))?;
+                    if let Some((_, hash, _)) = desired.get(name) {
+                        current.insert(
+                            name.clone(),
+                            Local {
+                                state: JobState::Loaded,
+                                hash: *hash,
+                            },
+                        );
+                    }
+                }
+                if changed_files {
+                    manager
+                        .reload()
+                        .await
+                        .map_err(|e| Error::Unit("daemon-reload".into(), e))?;
+                }
+                for name in &t.stop {
+                    republish |= presence.tend(&reg, &me).await?;
+                    reg.clear_job_state(name).await?;
+                    manager
+                        .stop(name)
+                        .await
+                        .map_err(|e| Error::Unit(name.clone(), e))?;
+                    if let Some(c) = current.get_mut(name) {
+                        c.state = JobState::Loaded;
+                    }
+                }
+                for name in &t.start {
+                    republish |= presence.tend(&reg, &me).await?;
+                    if let Some(c) = current.get_mut(name) {
+                        c.state = JobState::Launched;
+                    }
+                    reg.set_job_state(name, &me.id, presence.lease).await?;
+                    manager
+                        .start(name)
+                        .await
+                        .map_err(|e| Error::Unit(name.clone(), e))?;
+                }
+                let touched: Vec<String> = if std::mem::take(&mut republish) {
+                    for (name, c) in &current {
+                        if c.state == JobState::Launched {
+                            reg.set_job_state(name, &me.id, presence.lease).await?;
+                        }
+                    }
+                    current.keys().cloned().collect()
+                } else {
+                    t.load
+                        .iter()
+                        .map(|(n, _)| n)
+                        .chain(&t.stop)
+                        .chain(&t.start)
+                        .cloned()
+                        .collect()
+                };
+                for name in &touched {
+                    republish |= presence.tend(&reg, &me).await?;
+                    if let Some(c) = current.get(name.as_str()) {
+                        let (load, active, sub) = manager.state(name).await;
+                        let st = UnitState {
+                            unit: name.clone(),
+                            machine_id: me.id.clone(),
+                            load_state: load,
+                            active_state: active,
+                            sub_state: sub,
+                            hash: c.hash.to_string(),
+                        };
+                        reg.publish_state(&st, &me, presence.lease).await?;
+                    }
+                }
+                Ok::<(), Error>(())
+            };
+            match pass.await {
+                Ok(()) => {}
+                Err(e) if e.is_lease_lost() => {
+                    // Cut off past the TTL mid-pass: register again and republish everything.
+                    presence.regain(&reg, &me).await?;
+                    republish = true;
+                    dirty = true;
+                }
+                Err(e) => return Err(e),
             }
+            // Re-registered during the pass: the next pass republishes what this one did not.
+            dirty |= republish;
         }
         tokio::select! {
             _ = stop.changed() => break,
@@ -270,12 +327,9 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                     });
                 }
             },
-            _ = renew.tick() => {
-                if !store.keep_alive(lease).await? {
-                    // Cut off for longer than the TTL: register again and republish.
-                    tracing::warn!(machine = %me.id, "presence lease lost; registering again");
-                    lease = store.grant_lease(cfg.ttl).await?;
-                    reg.register_machine(&me, lease).await?;
+            _ = tokio::time::sleep_until(presence.next) => {
+                if presence.tend(&reg, &me).await? {
+                    // Cut off for longer than the TTL: republish everything.
                     republish = true;
                     dirty = true;
                 }
@@ -291,7 +345,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
             reg.remove_state(name, &me.id).await?;
         }
         reg.unregister_machine(&me.id).await?;
-        store.revoke(lease).await?;
+        store.revoke(presence.lease).await?;
     }
     Ok(())
 }

@@ -37,3 +37,15 @@ pub enum Error {
     #[error("unit {0}: {1}")]
     Unit(String, String),
 }
+
+impl Error {
+    /// Whether a write failed because this machine's presence lease had expired.
+    pub fn is_lease_lost(&self) -> bool {
+        match self {
+            Self::Registry(fleet_store::RegistryError::Store(e)) | Self::Store(e) => {
+                e.is_lease_lost()
+            }
+            _ => false,
+        }
+    }
+}
