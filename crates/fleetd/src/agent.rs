@@ -97,6 +97,9 @@ fn tasks(
 /// Runs the agent until `stop` turns true. `purge` on the way out unloads every unit and
 /// removes the machine, as fleet did on a graceful stop; without it the units keep running
 /// (the cut-off case).
+/// How long a burst of unit changes may settle before the agent acts on it.
+const SETTLE: Duration = Duration::from_millis(30);
+
 /// This machine's presence: its lease, renewed every third of the TTL. Long passes call
 /// [`Presence::tend`] between units, so a busy agent never lets its lease lapse.
 struct Presence {
@@ -179,12 +182,17 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         .collect();
     let mut globals: BTreeMap<(String, UnitHash), Requirements> = BTreeMap::new();
     let mut dirty = true;
+    let mut settle: Option<tokio::time::Instant> = None;
     let mut republish = false;
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if dirty {
+        // A burst of changes (a `fleetctl start` of many units) settles for a moment first,
+        // so one pass and one daemon-reload serve the whole burst.
+        let settling = settle.is_some_and(|t| tokio::time::Instant::now() < t);
+        if dirty && !settling {
             dirty = false;
+            settle = None;
             let pass = async {
                 let records = cache
                     .jobs(|r| r.global || r.target.as_deref() == Some(me.id.as_str()))
@@ -320,11 +328,15 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 Change::Machines => {}
                 Change::Jobs => {
                     // Only changes to units that are here or are meant to be here matter.
-                    dirty |= cache.take_changed().iter().any(|u| {
+                    let mine = cache.take_changed().iter().any(|u| {
                         current.contains_key(u)
                             || cache.target_of(u).as_deref() == Some(me.id.as_str())
                             || cache.is_global(u)
                     });
+                    if mine && !dirty {
+                        dirty = true;
+                        settle = Some(tokio::time::Instant::now() + SETTLE);
+                    }
                 }
             },
             _ = tokio::time::sleep_until(presence.next) => {
@@ -335,6 +347,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 }
             },
             _ = resync.tick() => dirty = true,
+            _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {}
         }
     }
     if *stop.borrow() {
