@@ -357,6 +357,17 @@ impl<S: KvStore> Registry<S> {
         Ok((self.job_records(&parts, |_| true).await?, revision))
     }
 
+    /// One unit with its placement and text, if it exists.
+    pub async fn job(&self, name: &str) -> R<Option<JobRecord>> {
+        let base = self.key("job/");
+        let (kvs, _) = self.store.get_prefix(&format!("{base}{name}/")).await?;
+        let mut parts = JobFields::default();
+        for kv in kvs {
+            parts.set(&kv.key[base.len()..], kv.value);
+        }
+        Ok(self.job_records(&parts, |_| true).await?.into_iter().next())
+    }
+
     /// Joins raw job fields with their unit texts — for the jobs `want_text` selects — and
     /// fetches each new content once.
     pub async fn job_records(

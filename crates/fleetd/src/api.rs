@@ -343,15 +343,18 @@ async fn unit_item<S: KvStore>(
 ) -> Response {
     let v = api.server;
     let reg = &api.reg;
-    let lookup = async { Ok::<_, RegistryError>((reg.jobs().await?.0, reg.states().await?)) };
-    let (jobs, states) = match lookup.await {
-        Ok(x) => x,
+    // One unit's keys, not the whole registry: a PUT per unit stays O(1) in cluster size.
+    let existing = match reg.job(name).await {
+        Ok(j) => j,
         Err(e) => return internal(v, &e),
     };
-    let existing = jobs.iter().find(|j| j.name == name);
+    let existing = existing.as_ref();
     match *method {
         Method::GET => match existing {
-            Some(j) => json_response(v, StatusCode::OK, &unit_json(j, &states)),
+            Some(j) => match reg.states().await {
+                Ok(states) => json_response(v, StatusCode::OK, &unit_json(j, &states)),
+                Err(e) => internal(v, &e),
+            },
             None => error(v, StatusCode::NOT_FOUND, "unit does not exist"),
         },
         Method::DELETE => match existing {
