@@ -325,9 +325,10 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                     cache = ClusterCache::start(reg.clone()).await?;
                     dirty = true;
                 }
-                Change::Machines => {}
-                Change::Jobs => {
-                    // Only changes to units that are here or are meant to be here matter.
+                // A machine change may carry job changes read in the same batch, so both
+                // look at the changed units. Only units that are here or are meant to be
+                // here matter.
+                Change::Machines | Change::Jobs => {
                     let mine = cache.take_changed().iter().any(|u| {
                         current.contains_key(u)
                             || cache.target_of(u).as_deref() == Some(me.id.as_str())
