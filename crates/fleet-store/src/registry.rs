@@ -113,6 +113,27 @@ pub struct JobRecord {
     pub job_state: Option<String>,
 }
 
+impl JobRecord {
+    /// fleet's derived current state: no target or no report from it → inactive; job-state
+    /// equal to the target → launched; else loaded.
+    pub fn current_state(&self, states: &[UnitState]) -> JobState {
+        let Some(t) = &self.target else {
+            return JobState::Inactive;
+        };
+        if !states
+            .iter()
+            .any(|s| s.unit == self.name && &s.machine_id == t)
+        {
+            return JobState::Inactive;
+        }
+        if self.job_state.as_deref() == Some(t.as_str()) {
+            JobState::Launched
+        } else {
+            JobState::Loaded
+        }
+    }
+}
+
 /// One machine's report of one unit's systemd state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitState {

@@ -3,6 +3,7 @@
 //! `etcd` reads and writes fleet's etcd keyspace directly. Both give the same records, so
 //! every command works the same over either.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_model::{api, JobState, Machine, Requirements};
@@ -56,24 +57,19 @@ impl Client {
     pub async fn machines(&self) -> Result<Vec<Machine>, String> {
         match self {
             Self::Etcd(r) => r.machines().await.map_err(|e| e.to_string()),
-            Self::Api(a) => {
-                let mut out = Vec::new();
-                let mut token = None;
-                for _ in 0..MAX_PAGES {
-                    let page: api::MachinePage = a.get_page("machines", token.as_deref()).await?;
-                    out.extend(page.machines.into_iter().map(|m| Machine {
-                        id: m.id,
-                        public_ip: m.primary_ip,
-                        metadata: m.metadata,
-                        version: String::new(),
-                    }));
-                    token = page.next_page_token;
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
-            }
+            Self::Api(a) => Ok(a
+                .get_all("machines", |p: api::MachinePage| {
+                    (p.machines, p.next_page_token)
+                })
+                .await?
+                .into_iter()
+                .map(|m| Machine {
+                    id: m.id,
+                    public_ip: m.primary_ip,
+                    metadata: m.metadata,
+                    version: String::new(),
+                })
+                .collect()),
         }
     }
 
@@ -81,19 +77,12 @@ impl Client {
     pub async fn jobs(&self) -> Result<Vec<JobRecord>, String> {
         match self {
             Self::Etcd(r) => r.jobs().await.map(|(j, _)| j).map_err(|e| e.to_string()),
-            Self::Api(a) => {
-                let mut out = Vec::new();
-                let mut token = None;
-                for _ in 0..MAX_PAGES {
-                    let page: api::UnitPage = a.get_page("units", token.as_deref()).await?;
-                    out.extend(page.units.into_iter().map(job_of));
-                    token = page.next_page_token;
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
-            }
+            Self::Api(a) => Ok(a
+                .get_all("units", |p: api::UnitPage| (p.units, p.next_page_token))
+                .await?
+                .into_iter()
+                .map(job_of)
+                .collect()),
         }
     }
 
@@ -101,27 +90,35 @@ impl Client {
     pub async fn states(&self) -> Result<Vec<UnitState>, String> {
         match self {
             Self::Etcd(r) => r.states().await.map_err(|e| e.to_string()),
-            Self::Api(a) => {
-                let mut out = Vec::new();
-                let mut token = None;
-                for _ in 0..MAX_PAGES {
-                    let page: api::StatePage = a.get_page("state", token.as_deref()).await?;
-                    out.extend(page.states.into_iter().map(|s| UnitState {
-                        unit: s.name,
-                        machine_id: s.machine_id,
-                        load_state: s.systemd_load_state,
-                        active_state: s.systemd_active_state,
-                        sub_state: s.systemd_sub_state,
-                        hash: s.hash,
-                    }));
-                    token = page.next_page_token;
-                    if token.is_none() {
-                        break;
-                    }
-                }
-                Ok(out)
-            }
+            Self::Api(a) => Ok(a
+                .get_all("state", |p: api::StatePage| (p.states, p.next_page_token))
+                .await?
+                .into_iter()
+                .map(|s| UnitState {
+                    unit: s.name,
+                    machine_id: s.machine_id,
+                    load_state: s.systemd_load_state,
+                    active_state: s.systemd_active_state,
+                    sub_state: s.systemd_sub_state,
+                    hash: s.hash,
+                })
+                .collect()),
         }
+    }
+
+    /// Units, states and machines (by ID), read in that order.
+    pub async fn snapshot(
+        &self,
+    ) -> Result<(Vec<JobRecord>, Vec<UnitState>, BTreeMap<String, Machine>), String> {
+        let jobs = self.jobs().await?;
+        let states = self.states().await?;
+        let machines = self
+            .machines()
+            .await?
+            .into_iter()
+            .map(|m| (m.id.clone(), m))
+            .collect();
+        Ok((jobs, states, machines))
     }
 
     /// Submits a unit in `state`.
@@ -276,6 +273,25 @@ impl ApiClient {
             ));
         };
         Ok(Self { target, timeout })
+    }
+
+    /// Every item of a collection, following `nextPageToken` (at most [`MAX_PAGES`] pages).
+    async fn get_all<P: serde::de::DeserializeOwned, T>(
+        &self,
+        collection: &str,
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>, String> {
+        let mut out = Vec::new();
+        let mut token = None;
+        for _ in 0..MAX_PAGES {
+            let (items, next) = split(self.get_page(collection, token.as_deref()).await?);
+            out.extend(items);
+            token = next;
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     async fn get_page<T: serde::de::DeserializeOwned>(

@@ -26,7 +26,7 @@ use std::time::Duration;
 use client::{Client, Created};
 use fleet_model::name::{mangle, validate_name, NameInfo};
 use fleet_model::{JobState, Machine, Requirements};
-use fleet_store::{JobRecord, UnitState};
+use fleet_store::JobRecord;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -116,25 +116,6 @@ fn machine_cell(id: &str, machines: &BTreeMap<String, Machine>, full: bool) -> S
     {
         Some(ip) => format!("{name}/{ip}"),
         None => name,
-    }
-}
-
-/// fleet's derived current state: no target or no report from it → inactive; job-state
-/// equal to the target → launched; else loaded.
-fn current_state(j: &JobRecord, states: &[UnitState]) -> JobState {
-    let Some(t) = &j.target else {
-        return JobState::Inactive;
-    };
-    if !states
-        .iter()
-        .any(|s| s.unit == j.name && &s.machine_id == t)
-    {
-        return JobState::Inactive;
-    }
-    if j.job_state.as_deref() == Some(t.as_str()) {
-        JobState::Launched
-    } else {
-        JobState::Loaded
     }
 }
 
@@ -250,19 +231,12 @@ async fn wait_for(
     let mut tries = 0u32;
     let mut pending: Vec<String> = names.to_vec();
     loop {
-        let jobs = reg.jobs().await?;
-        let states = reg.states().await?;
-        let machines: BTreeMap<String, Machine> = reg
-            .machines()
-            .await?
-            .into_iter()
-            .map(|m| (m.id.clone(), m))
-            .collect();
+        let (jobs, states, machines) = reg.snapshot().await?;
         pending.retain(|n| {
             let Some(j) = jobs.iter().find(|j| &j.name == n) else {
                 return true;
             };
-            if current_state(j, &states) != want {
+            if j.current_state(&states) != want {
                 return true;
             }
             match (want, &j.target) {
@@ -306,7 +280,7 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
             let n = mangle(u);
             match jobs.iter().find(|j| j.name == n) {
                 Some(j) => {
-                    if stop && current_state(j, &states) == JobState::Inactive {
+                    if stop && j.current_state(&states) == JobState::Inactive {
                         err(format!("Unable to stop unit {n} in state inactive"));
                         return Ok(ExitCode::FAILURE);
                     }
@@ -565,14 +539,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }
             let full = flags.contains_key("full") || (!files && flags.contains_key("l"));
             let reg = registry(&g).await?;
-            let fetched = async {
-                Ok::<_, String>((
-                    reg.jobs().await?,
-                    reg.states().await?,
-                    reg.machines().await?,
-                ))
-            };
-            let (jobs, states, machines) = match fetched.await {
+            let (jobs, states, machines) = match reg.snapshot().await {
                 Ok(x) => x,
                 Err(e) => {
                     err(format!(
@@ -581,8 +548,6 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let machines: BTreeMap<String, Machine> =
-                machines.into_iter().map(|m| (m.id.clone(), m)).collect();
             let hash = |h: &str| {
                 if full {
                     h.to_string()
@@ -612,7 +577,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
                                     .unwrap_or_else(|| "-".into()),
                                 "dstate" => j.target_state.to_string(),
                                 "state" if j.global => "-".into(),
-                                "state" => current_state(j, &states).to_string(),
+                                "state" => j.current_state(&states).to_string(),
                                 "global" => j.global.to_string(),
                                 _ if j.global => "global".into(),
                                 _ => j.target.as_deref().map_or_else(

@@ -12,7 +12,7 @@ use fleet_model::{JobState, Machine};
 use fleet_store::JobRecord;
 
 use crate::client::Client;
-use crate::{current_state, err, parse_flags, Global};
+use crate::{err, parse_flags, Global};
 
 /// SSH settings from the global flags.
 pub struct SshOptions {
@@ -105,27 +105,6 @@ fn run_on(
     }
 }
 
-async fn snapshot(
-    reg: &Client,
-) -> Result<
-    (
-        Vec<JobRecord>,
-        Vec<fleet_store::UnitState>,
-        BTreeMap<String, Machine>,
-    ),
-    String,
-> {
-    let jobs = reg.jobs().await?;
-    let states = reg.states().await?;
-    let machines = reg
-        .machines()
-        .await?
-        .into_iter()
-        .map(|m| (m.id.clone(), m))
-        .collect();
-    Ok((jobs, states, machines))
-}
-
 fn port_of(flags: &BTreeMap<String, String>) -> Result<u16, String> {
     flags.get("ssh-port").map_or(Ok(22), |p| {
         p.parse().map_err(|_| format!("invalid --ssh-port {p:?}"))
@@ -147,7 +126,7 @@ fn host_of(j: &JobRecord, machines: &BTreeMap<String, Machine>) -> Machine {
 pub async fn status(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCode, String> {
     let (flags, units) = parse_flags(args, &["ssh-port"])?;
     let port = port_of(&flags)?;
-    let (jobs, states, machines) = snapshot(reg).await?;
+    let (jobs, states, machines) = reg.snapshot().await?;
     let mut found = Vec::new();
     for u in &units {
         let name = mangle(u);
@@ -159,7 +138,7 @@ pub async fn status(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCod
             err(format!("Unable to determine status of global unit {name}."));
             return Ok(ExitCode::FAILURE);
         }
-        if current_state(j, &states) == JobState::Inactive {
+        if j.current_state(&states) == JobState::Inactive {
             err(format!("Unit {name} does not appear to be loaded."));
             return Ok(ExitCode::FAILURE);
         }
@@ -192,7 +171,7 @@ pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCo
         Some(Err(_)) => return Err(format!("invalid value for --lines: {:?}", flags["lines"])),
     };
     let name = mangle(unit);
-    let (jobs, states, machines) = snapshot(reg).await?;
+    let (jobs, states, machines) = reg.snapshot().await?;
     let Some(j) = jobs.iter().find(|j| j.name == name) else {
         err(format!("Unit {name} does not exist."));
         return Ok(ExitCode::FAILURE);
@@ -201,7 +180,7 @@ pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCo
         err(format!("Unable to retrieve journal of global unit {name}."));
         return Ok(ExitCode::FAILURE);
     }
-    if current_state(j, &states) == JobState::Inactive {
+    if j.current_state(&states) == JobState::Inactive {
         err(format!("Unit {name} does not appear to be running."));
         return Ok(ExitCode::FAILURE);
     }
@@ -249,7 +228,7 @@ pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCode, 
         .skip_while(|a| *a == "--")
         .cloned()
         .collect();
-    let (jobs, _, machines) = snapshot(reg).await?;
+    let (jobs, _, machines) = reg.snapshot().await?;
     let by_machine: Vec<&Machine> = match &machine_arg {
         Some(p) => machines
             .values()
