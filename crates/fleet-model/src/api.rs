@@ -156,6 +156,108 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// One operation of fleet 1.0's machine-metadata PATCH, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataOp {
+    /// The machine (it need not be registered).
+    pub machine: String,
+    /// The metadata key.
+    pub key: String,
+    /// The new value; `None` removes the key (hiding a configured one).
+    pub value: Option<String>,
+}
+
+/// Why a metadata PATCH body was refused (each gives 400; the texts are fleet's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// The body is not a JSON array of operation objects.
+    #[error("unable to decode body: {0}")]
+    Decode(String),
+    /// An `op` other than add, remove or replace.
+    #[error("invalid op: expect add, remove, or replace")]
+    Op,
+    /// A path not of the form `/<machineID>/metadata/<key>`.
+    #[error("machine metadata path invalid")]
+    Path,
+    /// add or replace without a value.
+    #[error("invalid value: add and replace require a value")]
+    Value,
+}
+
+/// The last field of a JSON object whose name equals `name` ignoring ASCII case (Go's
+/// decoder matches field names that way).
+fn field<'a>(
+    obj: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    obj.iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .next_back()
+}
+
+fn string_field(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<String, PatchError> {
+    match field(obj, name) {
+        None | Some(serde_json::Value::Null) => Ok(String::new()),
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(PatchError::Decode(format!(
+            "field {name:?}: expected a string, got {other}"
+        ))),
+    }
+}
+
+/// `^/([^/]+)/metadata/([A-Za-z0-9_.-]+)$`, fleet's path rule.
+fn metadata_path(path: &str) -> Option<(&str, &str)> {
+    let (machine, key) = path.strip_prefix('/')?.split_once("/metadata/")?;
+    let key_ok = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    (!machine.is_empty() && !machine.contains('/') && key_ok).then_some((machine, key))
+}
+
+/// Reads a PATCH body as fleet 1.0 did — an array of `{"op","path","value":{"value":…}}`,
+/// field names in any case — and validates every operation before any is applied.
+pub fn parse_metadata_patch(body: &[u8]) -> Result<Vec<MetadataOp>, PatchError> {
+    let ops: Vec<serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| PatchError::Decode(e.to_string()))?;
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let obj = op.as_object().ok_or_else(|| {
+            PatchError::Decode(format!("operation {}: expected an object, got {op}", i + 1))
+        })?;
+        let kind = string_field(obj, "op")?;
+        let path = string_field(obj, "path")?;
+        let value = match field(obj, "value") {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::Object(v)) => string_field(v, "value")?,
+            Some(other) => {
+                return Err(PatchError::Decode(format!(
+                    "field \"value\": expected an object {{\"value\": …}}, got {other}"
+                )))
+            }
+        };
+        let remove = match kind.as_str() {
+            "add" | "replace" => false,
+            "remove" => true,
+            _ => return Err(PatchError::Op),
+        };
+        let (machine, key) = metadata_path(&path).ok_or(PatchError::Path)?;
+        if !remove && value.is_empty() {
+            return Err(PatchError::Value);
+        }
+        out.push(MetadataOp {
+            machine: machine.to_string(),
+            key: key.to_string(),
+            value: (!remove).then_some(value),
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -175,5 +277,77 @@ mod tests {
         );
         let m: Machine = serde_json::from_str(r#"{"id":"x","primaryIP":"1.2.3.4"}"#).unwrap();
         assert_eq!(m.primary_ip, "1.2.3.4");
+    }
+    #[test]
+    fn metadata_patch_as_fleet_reads_it() {
+        let ops = parse_metadata_patch(
+            br#"[{"op":"add","path":"/m0/metadata/foo","Value":{"value":"bar"}},
+                 {"OP":"replace","Path":"/m1/metadata/ping","value":{"Value":"splat"}},
+                 {"op":"remove","path":"/m1/metadata/a.b-c_9"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                MetadataOp {
+                    machine: "m0".into(),
+                    key: "foo".into(),
+                    value: Some("bar".into())
+                },
+                MetadataOp {
+                    machine: "m1".into(),
+                    key: "ping".into(),
+                    value: Some("splat".into())
+                },
+                MetadataOp {
+                    machine: "m1".into(),
+                    key: "a.b-c_9".into(),
+                    value: None
+                },
+            ]
+        );
+        assert_eq!(parse_metadata_patch(b"[]").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn metadata_patch_refusals() {
+        let err = |b: &str| parse_metadata_patch(b.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            err(r#"[{"op":"noop","path":"/m/metadata/foo","value":{"value":"x"}}]"#),
+            "invalid op: expect add, remove, or replace"
+        );
+        for path in [
+            "/m/foo",
+            "m/metadata/foo",
+            "/m/metadata/",
+            "/a/b/metadata/k",
+            "/m/metadata/k/x",
+            "/m/metadata/k!",
+        ] {
+            let body = format!(r#"[{{"op":"add","path":"{path}","value":{{"value":"x"}}}}]"#);
+            assert_eq!(err(&body), "machine metadata path invalid", "{path}");
+        }
+        assert_eq!(
+            err(r#"[{"op":"add","path":"/m/metadata/foo","value":{"value":""}}]"#),
+            "invalid value: add and replace require a value"
+        );
+        assert_eq!(
+            err(r#"[{"op":"replace","path":"/m/metadata/foo"}]"#),
+            "invalid value: add and replace require a value"
+        );
+        // The documented plain-string value does not decode, as in fleet.
+        assert!(
+            err(r#"[{"op":"add","path":"/m/metadata/foo","value":"bar"}]"#)
+                .starts_with("unable to decode body: ")
+        );
+        assert!(err("{}").starts_with("unable to decode body: "));
+        assert!(err("[1]").starts_with("unable to decode body: "));
+        // A good operation before a bad one is not applied: validation covers them all.
+        assert_eq!(
+            err(
+                r#"[{"op":"add","path":"/m/metadata/a","value":{"value":"1"}},{"op":"x","path":"/m/metadata/b"}]"#
+            ),
+            "invalid op: expect add, remove, or replace"
+        );
     }
 }

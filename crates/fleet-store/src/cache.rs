@@ -1,21 +1,21 @@
 //! A watch-driven copy of the cluster's jobs and machines: one read at start, then only the
 //! changes, so an engine or agent reacting to every event does not re-read the keyspace.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fleet_model::Machine;
 use tokio::sync::mpsc;
 
 use crate::kv::{Event, KvStore};
-use crate::registry::{parse_machine, JobFields, JobRecord, Registry, RegistryError};
+use crate::registry::{JobFields, JobRecord, MachineFields, Registry, RegistryError};
 
 /// The cluster as last seen.
 #[derive(Debug)]
 pub struct ClusterCache<S> {
     reg: Arc<Registry<S>>,
     jobs: JobFields,
-    machines: BTreeMap<String, Machine>,
+    machines: MachineFields,
     /// Units touched by job events since [`ClusterCache::take_changed`].
     changed: BTreeSet<String>,
     job_events: mpsc::Receiver<Event>,
@@ -27,7 +27,7 @@ pub struct ClusterCache<S> {
 pub enum Change {
     /// Jobs changed (targets, desired states, job-states, units).
     Jobs,
-    /// Machines joined or left.
+    /// Machines joined or left, or their metadata changed.
     Machines,
     /// A watch ended (the store went away); the cache must be restarted.
     Closed,
@@ -44,12 +44,10 @@ impl<S: KvStore> ClusterCache<S> {
             jobs.set(&kv.key[jp.len()..], kv.value);
         }
         let (kvs, mrev) = reg.store().get_prefix(&mp).await?;
-        let machines = kvs
-            .iter()
-            .filter(|kv| kv.key.ends_with("/object"))
-            .filter_map(|kv| parse_machine(&kv.value))
-            .map(|m| (m.id.clone(), m))
-            .collect();
+        let mut machines = MachineFields::default();
+        for kv in kvs {
+            machines.set(&kv.key[mp.len()..], &kv.value);
+        }
         let job_events = reg.watch_jobs(jrev).await?;
         let machine_events = reg.watch_machines(mrev).await?;
         Ok(Self {
@@ -83,20 +81,15 @@ impl<S: KvStore> ClusterCache<S> {
 
     fn apply_machine(&mut self, e: Event) {
         let mp = self.reg.machines_prefix();
-        let id_of = |key: &str| {
-            key.strip_prefix(&mp)
-                .and_then(|r| r.strip_suffix("/object"))
-                .map(str::to_string)
-        };
         match e {
             Event::Put(kv) => {
-                if let (Some(id), Some(m)) = (id_of(&kv.key), parse_machine(&kv.value)) {
-                    self.machines.insert(id, m);
+                if let Some(rel) = kv.key.strip_prefix(&mp) {
+                    self.machines.set(rel, &kv.value);
                 }
             }
             Event::Delete { key, .. } => {
-                if let Some(id) = id_of(&key) {
-                    self.machines.remove(&id);
+                if let Some(rel) = key.strip_prefix(&mp) {
+                    self.machines.remove(rel);
                 }
             }
         }
@@ -146,9 +139,18 @@ impl<S: KvStore> ClusterCache<S> {
             .is_some_and(|o| crate::registry::object_is_global(o))
     }
 
-    /// The live machines.
+    /// One live machine's metadata with its dynamic metadata applied.
+    pub fn metadata_of(&self, id: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        self.machines
+            .machines()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.metadata)
+    }
+
+    /// The live machines, with their dynamic metadata applied.
     pub fn machines(&self) -> Vec<Machine> {
-        self.machines.values().cloned().collect()
+        self.machines.machines()
     }
 
     /// The jobs, with the unit texts of those `want_text` selects (each new content is

@@ -16,4 +16,6 @@ pub mod registry;
 
 pub use cache::{Change, ClusterCache};
 pub use kv::{EtcdStore, Event, KeyValue, KvStore, MemoryStore, StoreError};
-pub use registry::{JobFields, JobRecord, Registry, RegistryError, UnitState, DEFAULT_PREFIX};
+pub use registry::{
+    JobFields, JobRecord, MachineFields, Registry, RegistryError, UnitState, DEFAULT_PREFIX,
+};

@@ -3,6 +3,7 @@
 //! | key (under the prefix, default `/_coreos.com/fleet/`) | value | lifetime |
 //! |---|---|---|
 //! | `machines/<id>/object` | `{"ID","PublicIP","Metadata","Version"}` | the machine's lease |
+//! | `machines/<id>/metadata/<key>` | dynamic metadata value (`""` hides the key) | until changed |
 //! | `job/<unit>/object` | `{"Name","UnitHash":[20 numbers]}` | until destroyed |
 //! | `job/<unit>/target-state` | `inactive` / `loaded` / `launched` | until destroyed |
 //! | `job/<unit>/target` | machine ID (created only if absent, deleted only if unchanged) | engine |
@@ -18,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use fleet_model::api::MetadataOp;
 use fleet_model::{JobState, Machine};
 use serde::{Deserialize, Serialize};
 use systemd_unit::fleet::{self, UnitHash};
@@ -196,6 +198,67 @@ pub fn parse_machine(value: &[u8]) -> Option<Machine> {
         })
 }
 
+/// The raw machine keys: presence records and fleet 1.0's dynamic metadata, which outlives
+/// the presence (it may be set for a machine that is not registered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineFields {
+    objects: BTreeMap<String, Machine>,
+    dynamic: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl MachineFields {
+    /// Sets a key relative to the machines prefix (`<id>/object` or `<id>/metadata/<key>`);
+    /// unreadable records are logged and ignored.
+    pub fn set(&mut self, rel: &str, value: &[u8]) {
+        if let Some(id) = rel.strip_suffix("/object") {
+            match parse_machine(value) {
+                Some(m) => {
+                    self.objects.insert(id.to_string(), m);
+                }
+                None => tracing::warn!(machine = %id, "ignoring an unreadable machine record"),
+            }
+        } else if let Some((id, key)) = rel.split_once("/metadata/") {
+            self.dynamic
+                .entry(id.to_string())
+                .or_default()
+                .insert(key.to_string(), String::from_utf8_lossy(value).into_owned());
+        }
+    }
+
+    /// Removes a key relative to the machines prefix.
+    pub fn remove(&mut self, rel: &str) {
+        if let Some(id) = rel.strip_suffix("/object") {
+            self.objects.remove(id);
+        } else if let Some((id, key)) = rel.split_once("/metadata/") {
+            if let Some(d) = self.dynamic.get_mut(id) {
+                d.remove(key);
+                if d.is_empty() {
+                    self.dynamic.remove(id);
+                }
+            }
+        }
+    }
+
+    /// The live machines, by ID, with dynamic metadata laid over the configured metadata:
+    /// a value replaces the configured one, an empty value hides it.
+    pub fn machines(&self) -> Vec<Machine> {
+        self.objects
+            .iter()
+            .map(|(id, m)| {
+                let mut m = m.clone();
+                for (k, v) in self.dynamic.get(id).into_iter().flatten() {
+                    if v.is_empty() {
+                        m.metadata.remove(k);
+                    } else {
+                        m.metadata.insert(k.clone(), v.clone());
+                    }
+                }
+                m
+            })
+            .collect()
+    }
+}
+
 /// fleet's registry on a store.
 #[derive(Debug)]
 pub struct Registry<S> {
@@ -255,33 +318,33 @@ impl<S: KvStore> Registry<S> {
             .await?)
     }
 
-    /// Every live machine.
+    /// Every live machine, sorted by ID, with its dynamic metadata applied.
     pub async fn machines(&self) -> R<Vec<Machine>> {
-        let (kvs, _) = self.store.get_prefix(&self.key("machines/")).await?;
-        Ok(kvs
-            .iter()
-            .filter(|kv| kv.key.ends_with("/object"))
-            .filter_map(
-                |kv| match serde_json::from_slice::<MachineJson>(&kv.value) {
-                    Ok(m) => Some(Machine {
-                        id: m.ID,
-                        public_ip: m.PublicIP,
-                        metadata: m.Metadata.unwrap_or_default(),
-                        version: m.Version,
-                    }),
-                    Err(e) => {
-                        tracing::warn!(key = %kv.key, "ignoring a machine record: {e}");
-                        None
-                    }
-                },
-            )
-            .collect())
+        let mp = self.machines_prefix();
+        let (kvs, _) = self.store.get_prefix(&mp).await?;
+        let mut fields = MachineFields::default();
+        for kv in kvs {
+            fields.set(&kv.key[mp.len()..], &kv.value);
+        }
+        Ok(fields.machines())
+    }
+
+    /// Applies validated metadata operations (fleet 1.0's PATCH), each a plain write: a
+    /// removal writes `""`, which hides the configured value.
+    pub async fn set_machine_metadata(&self, ops: &[MetadataOp]) -> R<()> {
+        for op in ops {
+            let key = self.key(&format!("machines/{}/metadata/{}", op.machine, op.key));
+            let value = op.value.clone().unwrap_or_default().into_bytes();
+            self.store.put(&key, value, None).await?;
+        }
+        Ok(())
     }
 
     // --- units and jobs ---------------------------------------------------------------
 
-    /// Creates a unit from its text with a desired state; fails if the unit exists.
-    pub async fn create_unit(&self, name: &str, text: &str, state: JobState) -> R<UnitHash> {
+    /// Stores a unit's content (content-addressed, written once) and returns its hash and
+    /// the job object that names it.
+    async fn store_unit(&self, name: &str, text: &str) -> R<(UnitHash, Vec<u8>)> {
         let options = fleet::deserialize(text).map_err(|source| RegistryError::BadUnit {
             name: name.to_string(),
             source,
@@ -297,12 +360,21 @@ impl<S: KvStore> Registry<S> {
                 None,
             )
             .await?;
+        if let Ok(mut cache) = self.units.lock() {
+            cache.insert(hash, canonical);
+        }
         let global = fleet_model::Requirements::from_options(name, &options).global;
         let object = json(&JobJson {
             Name: name.to_string(),
             UnitHash: hash.0,
             Global: global,
         });
+        Ok((hash, object))
+    }
+
+    /// Creates a unit from its text with a desired state; fails if the unit exists.
+    pub async fn create_unit(&self, name: &str, text: &str, state: JobState) -> R<UnitHash> {
+        let (hash, object) = self.store_unit(name, text).await?;
         if !self
             .store
             .create(&self.key(&format!("job/{name}/object")), object, None)
@@ -317,8 +389,17 @@ impl<S: KvStore> Registry<S> {
                 None,
             )
             .await?;
-        if let Ok(mut cache) = self.units.lock() {
-            cache.insert(hash, canonical);
+        Ok(hash)
+    }
+
+    /// Gives an existing unit new content (fleet 1.0's replace), keeping its desired state
+    /// and placement: the agent that runs it reloads it, and the engine moves it if its
+    /// machine no longer fits the new requirements.
+    pub async fn replace_unit(&self, name: &str, text: &str) -> R<UnitHash> {
+        let (hash, object) = self.store_unit(name, text).await?;
+        let key = self.key(&format!("job/{name}/object"));
+        if !self.store.put_if_exists(&key, &key, object).await? {
+            return Err(RegistryError::NoSuchUnit(name.to_string()));
         }
         Ok(hash)
     }

@@ -104,6 +104,21 @@ async fn registry_flows<S: KvStore>(store: S) {
             .await,
         Err(fleet_store::RegistryError::JobExists(_))
     ));
+    // Replacing content keeps the unit and its desired state; only existing units.
+    let other = reg
+        .replace_unit("hello.service", "[Service]\nExecStart=/bin/true\n")
+        .await
+        .unwrap();
+    assert_ne!(other, hash);
+    assert_eq!(reg.job("hello.service").await.unwrap().unwrap().hash, other);
+    assert!(matches!(
+        reg.replace_unit("nope.service", HELLO).await,
+        Err(fleet_store::RegistryError::NoSuchUnit(_))
+    ));
+    assert_eq!(
+        reg.replace_unit("hello.service", HELLO).await.unwrap(),
+        hash
+    );
     reg.set_target_state("hello.service", JobState::Launched)
         .await
         .unwrap();
@@ -134,6 +149,31 @@ async fn registry_flows<S: KvStore>(store: S) {
     );
     let ms = reg.machines().await.unwrap();
     assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].metadata.get("role").map(String::as_str), Some("web"));
+    // Dynamic metadata (fleet 1.0's PATCH) lies over the configured metadata; "" hides a
+    // key; keys of unregistered machines wait for them.
+    let op = |machine: &str, key: &str, value: Option<&str>| fleet_model::api::MetadataOp {
+        machine: machine.into(),
+        key: key.into(),
+        value: value.map(Into::into),
+    };
+    reg.set_machine_metadata(&[
+        op("m1", "role", None),
+        op("m1", "disk", Some("ssd")),
+        op("m9", "x", Some("y")),
+    ])
+    .await
+    .unwrap();
+    let ms = reg.machines().await.unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(
+        ms[0].metadata,
+        [("disk".to_string(), "ssd".to_string())].into()
+    );
+    reg.set_machine_metadata(&[op("m1", "role", Some("web"))])
+        .await
+        .unwrap();
+    let ms = reg.machines().await.unwrap();
     assert_eq!(ms[0].metadata.get("role").map(String::as_str), Some("web"));
 
     // Scheduling: create-only target, compare-and-delete unschedule.

@@ -136,9 +136,16 @@ impl Client {
                 Err(e) => Err(e.to_string()),
             },
             Self::Api(a) => {
+                // fleetctl sends options alone for an inactive unit: on an existing unit a
+                // desired state would override whatever state it is in.
+                let desired_state = if state == JobState::Inactive {
+                    String::new()
+                } else {
+                    state.to_string()
+                };
                 let body = api::Unit {
                     name: name.into(),
-                    desired_state: state.to_string(),
+                    desired_state,
                     options: options.iter().cloned().map(Into::into).collect(),
                     ..api::Unit::default()
                 };
@@ -146,6 +153,30 @@ impl Client {
                     StatusCode::CREATED => Ok(Created::New),
                     _ => Ok(Created::Existed),
                 }
+            }
+        }
+    }
+
+    /// Gives an existing unit new content (fleet 1.0's replace), keeping its state.
+    pub async fn replace_unit(
+        &self,
+        name: &str,
+        text: &str,
+        options: &[UnitOption],
+    ) -> Result<(), String> {
+        match self {
+            Self::Etcd(r) => r
+                .replace_unit(name, text)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Self::Api(a) => {
+                let body = api::Unit {
+                    name: name.into(),
+                    options: options.iter().cloned().map(Into::into).collect(),
+                    ..api::Unit::default()
+                };
+                a.put(name, &body).await.map(|_| ())
             }
         }
     }
@@ -158,9 +189,16 @@ impl Client {
                 .await
                 .map_err(|e| e.to_string()),
             Self::Api(a) => {
+                // fleetctl sends options alone for an inactive unit: on an existing unit a
+                // desired state would override whatever state it is in.
+                let desired_state = if state == JobState::Inactive {
+                    String::new()
+                } else {
+                    state.to_string()
+                };
                 let body = api::Unit {
                     name: name.into(),
-                    desired_state: state.to_string(),
+                    desired_state,
                     ..api::Unit::default()
                 };
                 a.put(name, &body).await.map(|_| ())

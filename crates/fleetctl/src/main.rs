@@ -2,7 +2,8 @@
 //!
 //! Commands, flags, table layouts, messages and exit codes follow fleet v0.11: `list-machines`,
 //! `list-units`, `list-unit-files` (`--fields`, `--full`/`-l`, `--no-legend`), `submit`,
-//! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`), `destroy`, `cat`,
+//! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`, and fleet 0.13's
+//! `--replace` on submit/load/start), `destroy`, `cat`,
 //! `status`, `journal`, `ssh`, `version`, `help`. Global flags go before the command and can
 //! come from `FLEETCTL_*`.
 //!
@@ -159,17 +160,112 @@ async fn registry(g: &Global) -> Result<Client, String> {
     .await
 }
 
-/// Finds or creates a unit for a command-line argument (fleet's lazy creation order).
+/// The local file `arg` names or, for an instance, its template beside it (the order of
+/// fleet's local-differs check); `true` when it is the template.
+fn local_unit(arg: &str) -> Result<(String, bool), String> {
+    let path = std::path::Path::new(arg);
+    if path.exists() {
+        return std::fs::read_to_string(path)
+            .map(|t| (t, false))
+            .map_err(|e| format!("failed getting Unit({arg}) from file: {e}"));
+    }
+    let base = path.file_name().and_then(|b| b.to_str()).unwrap_or(arg);
+    let info = NameInfo::parse(base)
+        .ok_or_else(|| format!("error extracting information from unit name {arg}"))?;
+    let Some(template) = info.template.as_ref().filter(|_| info.is_instance()) else {
+        return Err(format!(
+            "error Unit {arg} does not seem to be a template unit"
+        ));
+    };
+    let tpath = path
+        .parent()
+        .unwrap_or(std::path::Path::new(""))
+        .join(template);
+    std::fs::read_to_string(&tpath)
+        .map(|t| (t, true))
+        .map_err(|e| format!("stat {}: {e}", tpath.display()))
+}
+
+/// What `ensure_unit` did with an argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ensured {
+    /// The unit was there (or was created now, see `created`).
+    Present,
+    /// `--replace` gave the existing unit new content.
+    Replaced,
+}
+
+/// For a unit that exists: fleet 1.0's local-differs warning, and with `--replace` the
+/// replacement of changed content when the unit's desired state allows `command` to.
+async fn check_existing(
+    reg: &Client,
+    arg: &str,
+    job: &JobRecord,
+    replace: Option<JobState>,
+) -> Result<Ensured, String> {
+    let different = match local_unit(arg) {
+        Ok((text, template)) => {
+            let local = systemd_unit::fleet::UnitHash::of_text(&text).ok();
+            let differs = local != Some(job.hash);
+            if differs && replace.is_none() {
+                let what = if template {
+                    "local template unit file"
+                } else {
+                    "local unit file"
+                };
+                err(format!(
+                    "WARNING: Unit {} in registry differs from {what} {arg}. Add --replace to override.",
+                    job.name
+                ));
+            }
+            differs.then_some(text)
+        }
+        Err(e) if replace.is_some() => return Err(e),
+        Err(_) => None,
+    };
+    let Some(command) = replace else {
+        return Ok(Ensured::Present);
+    };
+    let Some(text) = different else {
+        out(format!(
+            "Found same Unit({}) in Registry, nothing to do",
+            job.name
+        ));
+        return Ok(Ensured::Present);
+    };
+    // submit replaces only inactive units, load inactive or loaded ones, start any.
+    if job.target_state > command {
+        err(format!(
+            "Warning: can not replace Unit({}) in state '{}', use the appropriate command",
+            job.name, job.target_state
+        ));
+        return Ok(Ensured::Present);
+    }
+    let options = systemd_unit::fleet::deserialize(&text)
+        .map_err(|e| format!("failed getting Unit({arg}) from file: {e}"))?;
+    Requirements::from_options(&job.name, &options)
+        .validate()
+        .map_err(|e| e.to_string())?;
+    reg.replace_unit(&job.name, &text, &options)
+        .await
+        .map_err(|e| format!("failed creating unit {}: {e}", job.name))?;
+    Ok(Ensured::Replaced)
+}
+
+/// Finds or creates a unit for a command-line argument (fleet's lazy creation order);
+/// `replace` is the command's state when `--replace` was given.
 async fn ensure_unit(
     reg: &Client,
     arg: &str,
     jobs: &[JobRecord],
     created: &mut Vec<String>,
-) -> Result<String, String> {
+    replace: Option<JobState>,
+) -> Result<(String, Ensured), String> {
     let name = mangle(arg);
     validate_name(&name).map_err(|e| e.to_string())?;
-    if jobs.iter().any(|j| j.name == name) {
-        return Ok(name);
+    if let Some(job) = jobs.iter().find(|j| j.name == name) {
+        let how = check_existing(reg, arg, job, replace).await?;
+        return Ok((name, how));
     }
     let info = NameInfo::parse(&name).ok_or_else(|| format!("invalid unit name {name}"))?;
     let dir = std::path::Path::new(arg)
@@ -219,7 +315,7 @@ async fn ensure_unit(
         Ok(Created::Existed) => {}
         Err(e) => return Err(format!("failed creating unit {name}: {e}")),
     }
-    Ok(name)
+    Ok((name, Ensured::Present))
 }
 
 async fn wait_for(
@@ -289,8 +385,17 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
                 None => continue, // unknown units are silently skipped
             }
         } else {
-            match ensure_unit(&reg, u, &jobs, &mut created).await {
-                Ok(n) => n,
+            let replace = flags.contains_key("replace").then_some(want);
+            match ensure_unit(&reg, u, &jobs, &mut created, replace).await {
+                Ok((n, Ensured::Replaced)) => {
+                    // Already in the wanted state: report it once the new content is there.
+                    if jobs.iter().any(|j| j.name == n && j.target_state == want) {
+                        names.push(n);
+                        continue;
+                    }
+                    n
+                }
+                Ok((n, Ensured::Present)) => n,
                 Err(e) => {
                     err(format!("Error creating units: {e}"));
                     return Ok(ExitCode::FAILURE);
@@ -614,12 +719,13 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         "submit" => {
-            let (_, units) = parse_flags(args, &[])?;
+            let (flags, units) = parse_flags(args, &[])?;
             let reg = registry(&g).await?;
             let jobs = reg.jobs().await?;
             let mut created = Vec::new();
+            let replace = flags.contains_key("replace").then_some(JobState::Inactive);
             for u in &units {
-                if let Err(e) = ensure_unit(&reg, u, &jobs, &mut created).await {
+                if let Err(e) = ensure_unit(&reg, u, &jobs, &mut created, replace).await {
                     err(format!("Error creating units: {e}"));
                     return Ok(ExitCode::FAILURE);
                 }

@@ -154,6 +154,70 @@ async fn fleetctl_over_the_api() {
     let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
     assert!(cat.contains("Description=Hello"), "{cat}");
 
+    // A changed local file: a warning without --replace; with it, new content, as far as
+    // the unit's desired state allows the command (fleet 0.13/1.0).
+    std::fs::write(
+        unit,
+        "[Unit]\nDescription=Hello again\n\n[Service]\nExecStart=/bin/sh -c 'while true; do echo hi; sleep 2; done'\n",
+    )
+    .unwrap();
+    let (code, _, err) = fleetctl(&sock, &["start", unit]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err,
+        format!("WARNING: Unit hello.service in registry differs from local unit file {unit}. Add --replace to override.\n")
+    );
+    let (code, _, err) = fleetctl(&sock, &["submit", "--replace", unit]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        err,
+        "Warning: can not replace Unit(hello.service) in state 'launched', use the appropriate command\n"
+    );
+    let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
+    assert!(cat.contains("Description=Hello\n"), "{cat}");
+    let (code, out, err) = fleetctl(&sock, &["start", "--replace", unit]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "Unit hello.service launched on 0f1e2d3c.../172.20.0.21\n"
+    );
+    let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
+    assert!(cat.contains("Description=Hello again"), "{cat}");
+    // The machine runs the new version: its reported hash follows.
+    let hash = reg
+        .job("hello.service")
+        .await
+        .unwrap()
+        .unwrap()
+        .hash
+        .to_string();
+    let start = std::time::Instant::now();
+    while !reg
+        .states()
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.unit == "hello.service" && s.hash == hash)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "old version still reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out, err) = fleetctl(&sock, &["start", "--replace", unit]).await;
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        "Found same Unit(hello.service) in Registry, nothing to do\n"
+    );
+    let (code, _, err) = fleetctl(&sock, &["start", "--replace", "hello.service"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "Error creating units: error Unit hello.service does not seem to be a template unit\n"
+    );
+
     let (code, out, err) = fleetctl(&sock, &["stop", "hello.service"]).await;
     assert_eq!(
         (code, out.as_str()),

@@ -181,6 +181,11 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         })
         .collect();
     let mut globals: BTreeMap<(String, UnitHash), Requirements> = BTreeMap::new();
+    // The metadata global units are matched against: the configured metadata with fleet
+    // 1.0's dynamic metadata (the API's PATCH) laid over it.
+    let mut metadata = cache
+        .metadata_of(&me.id)
+        .unwrap_or_else(|| me.metadata.clone());
     let mut dirty = true;
     let mut settle: Option<tokio::time::Instant> = None;
     let mut republish = false;
@@ -208,7 +213,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                             let opts = systemd_unit::fleet::deserialize(&text).unwrap_or_default();
                             Requirements::from_options(&r.name, &opts)
                         });
-                        req.metadata_matches(&me.metadata)
+                        req.metadata_matches(&metadata)
                     } else {
                         r.target.as_deref() == Some(me.id.as_str())
                     };
@@ -328,12 +333,16 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 // A machine change may carry job changes read in the same batch, so both
                 // look at the changed units. Only units that are here or are meant to be
                 // here matter.
-                Change::Machines | Change::Jobs => {
+                change @ (Change::Machines | Change::Jobs) => {
                     let mine = cache.take_changed().iter().any(|u| {
                         current.contains_key(u)
                             || cache.target_of(u).as_deref() == Some(me.id.as_str())
                             || cache.is_global(u)
                     });
+                    // While this machine is briefly absent (a lapsed lease) its metadata stands.
+                    let now = cache.metadata_of(&me.id).unwrap_or_else(|| metadata.clone());
+                    let mine = mine || (change == Change::Machines && now != metadata);
+                    metadata = now;
                     if mine && !dirty {
                         dirty = true;
                         settle = Some(tokio::time::Instant::now() + SETTLE);

@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use fleet_model::api::{
-    ErrorBody, ErrorReply, Machine as MachineJson, MachinePage, StatePage, Unit as UnitJson,
-    UnitPage, UnitState as StateJson,
+    parse_metadata_patch, ErrorBody, ErrorReply, Machine as MachineJson, MachinePage, StatePage,
+    Unit as UnitJson, UnitPage, UnitState as StateJson,
 };
 use fleet_model::name::{validate_name, NameInfo};
 use fleet_model::{JobState, Machine, Requirements};
@@ -231,22 +231,28 @@ pub async fn handle<S: KvStore>(
             });
             json_response(v, StatusCode::OK, &doc)
         }
+        "/machines" if method == Method::PATCH => match parse_metadata_patch(&body) {
+            Err(e) => error(v, StatusCode::BAD_REQUEST, &e.to_string()),
+            Ok(ops) => match reg.set_machine_metadata(&ops).await {
+                Ok(()) => empty(v, StatusCode::NO_CONTENT),
+                Err(e) => internal(v, &e),
+            },
+        },
         "/machines" => {
             let page = match collection_page(
                 v,
                 &method,
                 &uri,
-                StatusCode::BAD_REQUEST,
-                "only HTTP GET supported against this resource",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and PATCH supported against this resource",
             ) {
                 Ok(p) => p,
                 Err(r) => return r,
             };
-            let mut ms = match reg.machines().await {
+            let ms = match reg.machines().await {
                 Ok(m) => m,
                 Err(e) => return internal(v, &e),
             };
-            ms.sort_by(|a, b| a.id.cmp(&b.id));
             let (items, next) =
                 paginate(ms.into_iter().map(machine_json).collect::<Vec<_>>(), page);
             let body = MachinePage {
@@ -450,30 +456,61 @@ async fn unit_item<S: KvStore>(
                         Err(e) => internal(v, &e),
                     }
                 }
-                Some(_) => {
-                    if unit.desired_state.is_empty() {
-                        return error(
-                            v,
-                            StatusCode::CONFLICT,
-                            "must provide DesiredState to update existing unit",
-                        );
+                Some(j) => {
+                    // fleet 1.0: options that differ from the stored unit replace its content
+                    // (what `fleetctl --replace` sends); the same options change nothing.
+                    let opts: Vec<systemd_unit::fleet::UnitOption> =
+                        unit.options.iter().cloned().map(Into::into).collect();
+                    let replace = !opts.is_empty()
+                        && systemd_unit::fleet::UnitHash::of_options(&opts) != j.hash;
+                    if replace {
+                        if let Err(e) = Requirements::from_options(name, &opts).validate() {
+                            return error(v, StatusCode::BAD_REQUEST, &e.to_string());
+                        }
                     }
-                    let Some(state) = JobState::parse(&unit.desired_state) else {
-                        return error(v, StatusCode::BAD_REQUEST, "invalid desiredState");
+                    let state = if unit.desired_state.is_empty() {
+                        if !replace {
+                            return error(
+                                v,
+                                StatusCode::CONFLICT,
+                                "must provide DesiredState to update existing unit",
+                            );
+                        }
+                        None
+                    } else {
+                        let Some(state) = JobState::parse(&unit.desired_state) else {
+                            return error(v, StatusCode::BAD_REQUEST, "invalid desiredState");
+                        };
+                        if state != JobState::Inactive
+                            && NameInfo::parse(name).is_some_and(|i| i.is_template())
+                        {
+                            return error(
+                                v,
+                                StatusCode::BAD_REQUEST,
+                                &format!("cannot activate template {name:?}"),
+                            );
+                        }
+                        Some(state)
                     };
-                    if state != JobState::Inactive
-                        && NameInfo::parse(name).is_some_and(|i| i.is_template())
-                    {
-                        return error(
-                            v,
-                            StatusCode::BAD_REQUEST,
-                            &format!("cannot activate template {name:?}"),
-                        );
+                    if replace {
+                        let text = systemd_unit::fleet::serialize(&opts);
+                        if let Err(e) = reg.replace_unit(name, &text).await {
+                            return internal(v, &e);
+                        }
                     }
-                    match reg.set_target_state(name, state).await {
-                        Ok(()) => empty(v, StatusCode::NO_CONTENT),
-                        Err(e) => internal(v, &e),
+                    if let Some(state) = state {
+                        if let Err(e) = reg.set_target_state(name, state).await {
+                            return internal(v, &e);
+                        }
                     }
+                    empty(
+                        v,
+                        if replace {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::NO_CONTENT
+                        },
+                    )
                 }
             }
         }

@@ -121,6 +121,149 @@ async fn api_serves_fleet_v1() {
             "primaryIP": "172.20.0.11",
         }]})
     );
+    // fleet 1.0's metadata PATCH: a unit that asks for metadata no machine has waits,
+    // and is placed once the metadata is added.
+    let wants = r#"{"desiredState":"launched","options":[
+        {"section":"Service","name":"ExecStart","value":"/bin/true"},
+        {"section":"X-Fleet","name":"MachineMetadata","value":"foo=bar"}]}"#;
+    let r = request(
+        &sock,
+        "PUT",
+        "/fleet/v1/units/wants-foo.service",
+        Some(wants),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let global = r#"{"desiredState":"launched","options":[
+        {"section":"Service","name":"ExecStart","value":"/bin/true"},
+        {"section":"X-Fleet","name":"Global","value":"true"},
+        {"section":"X-Fleet","name":"MachineMetadata","value":"foo=bar"}]}"#;
+    let r = request(
+        &sock,
+        "PUT",
+        "/fleet/v1/units/global-foo.service",
+        Some(global),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = request(&sock, "GET", "/fleet/v1/state", None).await;
+    assert_eq!(r.body.trim(), "{}");
+    let r = request(&sock, "GET", "/fleet/v1/units/wants-foo.service", None).await;
+    assert_eq!(r.json().get("machineID"), None, "{}", r.body);
+    // Every operation is validated before any is applied (TestMachinesPatchBad).
+    let id = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    for (body, message) in [
+        (
+            format!(
+                r#"[{{"op":"add","path":"/{id}/metadata/foo","value":{{"value":"bar"}}}},{{"op":"noop","path":"/{id}/metadata/x","value":{{"value":"y"}}}}]"#
+            ),
+            "invalid op: expect add, remove, or replace",
+        ),
+        (
+            format!(r#"[{{"op":"add","path":"/{id}/foo","value":{{"value":"bar"}}}}]"#),
+            "machine metadata path invalid",
+        ),
+        (
+            format!(r#"[{{"op":"add","path":"/{id}/metadata/foo","value":{{"value":""}}}}]"#),
+            "invalid value: add and replace require a value",
+        ),
+    ] {
+        let r = request(&sock, "PATCH", "/fleet/v1/machines", Some(&body)).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.headers.contains("content-type: application/json"),
+            "{}",
+            r.headers
+        );
+        assert_eq!(r.json()["error"]["message"], message);
+    }
+    let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
+    assert_eq!(
+        r.json()["machines"][0]["metadata"],
+        serde_json::json!({"role": "web"})
+    );
+    // TestMachinesPatchAddModify: add, replace, and a machine that is not registered.
+    let body = format!(
+        r#"[{{"op":"add","path":"/{id}/metadata/foo","Value":{{"value":"bar"}}}},
+            {{"op":"replace","path":"/{id}/metadata/role","value":{{"value":"db"}}}},
+            {{"op":"add","path":"/elsewhere/metadata/ping","value":{{"value":"splat"}}}}]"#
+    );
+    let r = request(&sock, "PATCH", "/fleet/v1/machines", Some(&body)).await;
+    assert_eq!((r.status, r.body.as_str()), (204, ""));
+    let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
+    assert_eq!(
+        r.json()["machines"],
+        serde_json::json!([{"id": id, "metadata": {"foo": "bar", "role": "db"}, "primaryIP": "172.20.0.11"}])
+    );
+    let start = Instant::now();
+    loop {
+        let r = request(&sock, "GET", "/fleet/v1/units/wants-foo.service", None).await;
+        if r.json()["machineID"] == id {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never placed: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Global units follow the dynamic metadata too (the agent matches them).
+    let start = Instant::now();
+    loop {
+        let r = request(
+            &sock,
+            "GET",
+            "/fleet/v1/state?unitName=global-foo.service",
+            None,
+        )
+        .await;
+        if r.json()["states"][0]["machineID"] == id {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "global never ran: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // TestMachinesPatchDelete: removal hides the configured key too.
+    let body = format!(
+        r#"[{{"op":"remove","path":"/{id}/metadata/foo"}},{{"op":"remove","path":"/{id}/metadata/role"}}]"#
+    );
+    let r = request(&sock, "PATCH", "/fleet/v1/machines", Some(&body)).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
+    assert_eq!(
+        r.json()["machines"],
+        serde_json::json!([{"id": id, "primaryIP": "172.20.0.11"}])
+    );
+    let start = Instant::now();
+    loop {
+        let r = request(
+            &sock,
+            "GET",
+            "/fleet/v1/state?unitName=global-foo.service",
+            None,
+        )
+        .await;
+        if r.body.trim() == "{}" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "global stayed: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for unit in ["wants-foo.service", "global-foo.service"] {
+        let r = request(&sock, "DELETE", &format!("/fleet/v1/units/{unit}"), None).await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
     // The legacy prefix answers too; no units is an empty object (omitempty).
     let r = request(&sock, "GET", "/v1-alpha/units", None).await;
     assert_eq!((r.status, r.body.trim()), (200, "{}"));
@@ -205,7 +348,11 @@ async fn api_serves_fleet_v1() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["message"], "token limit must be 100");
     let r = request(&sock, "POST", "/fleet/v1/machines", Some("{}")).await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        r.json()["error"]["message"],
+        "only GET and PATCH supported against this resource"
+    );
 
     // Delete: gone from units and, once the agent unloads it, from states.
     let r = request(&sock, "DELETE", "/fleet/v1/units/hello.service", None).await;
