@@ -259,6 +259,8 @@ pub const FLEET: &[Field] = &[
     e("etcd_key_prefix", Str, "FLEET_ETCD_KEY_PREFIX"),
     e("etcd_request_timeout", Float, "FLEET_ETCD_REQUEST_TIMEOUT"),
     e("etcd_servers", Str, "FLEET_ETCD_SERVERS"),
+    // Ferrite's addition: stop units when the machine is cut off from etcd.
+    e("fencing", Bool, "FLEET_FENCING"),
     e("metadata", Str, "FLEET_METADATA"),
     e("public_ip", Str, "FLEET_PUBLIC_IP"),
     e("token_limit", Int, "FLEET_TOKEN_LIMIT"),

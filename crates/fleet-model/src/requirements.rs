@@ -21,6 +21,9 @@ pub struct Requirements {
     pub replaces: Vec<String>,
     /// `Global`: runs on every machine whose metadata matches.
     pub global: bool,
+    /// `Fencing` (Ferrite's addition): stop this unit when its machine cannot renew its
+    /// presence, before another machine may start it; unset follows the cluster's setting.
+    pub fencing: Option<bool>,
     /// Keys fleet does not know (fleetctl warns and accepts the unit).
     pub unknown: Vec<String>,
 }
@@ -158,6 +161,11 @@ impl Requirements {
                 "Global" => {
                     if let Some(v) = values.last() {
                         r.global = truthy(v);
+                    }
+                }
+                "Fencing" => {
+                    if let Some(v) = values.last() {
+                        r.fencing = Some(truthy(v));
                     }
                 }
                 _ => r.unknown.push(opt.name.clone()),
@@ -305,6 +313,12 @@ mod tests {
         assert_eq!(r.conflicts, vec!["b.service"]);
         assert_eq!(r.unknown, vec!["Bogus"]);
         assert!(r.global);
+        assert_eq!(r.fencing, None);
+        assert_eq!(req("f.service", "Fencing=true").fencing, Some(true));
+        assert_eq!(
+            req("f.service", "Fencing=yes\nFencing=no").fencing,
+            Some(false)
+        );
         let r = req("a.service", "MachineID=first\nMachineID=second");
         assert_eq!(r.machine_id.as_deref(), Some("first"));
         let r = req(

@@ -29,6 +29,9 @@ pub enum StoreError {
     /// The in-memory store's lock was poisoned by a panic elsewhere.
     #[error("in-memory store is poisoned")]
     Poisoned,
+    /// This view of the in-memory store is cut off (a simulated partition).
+    #[error("in-memory store: cut off")]
+    CutOff,
 }
 
 impl StoreError {
@@ -41,7 +44,7 @@ impl StoreError {
                 etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
                 _ => false,
             },
-            Self::Poisoned => false,
+            Self::Poisoned | Self::CutOff => false,
         }
     }
 }
@@ -404,10 +407,15 @@ impl Inner {
 
 /// An in-memory store with etcd's semantics, shared by its clones. Leases expire on a
 /// 50 ms tick (a Tokio task that ends when the last clone is dropped).
+///
+/// [`MemoryStore::view`] gives a handle that can be cut off from the data
+/// ([`MemoryStore::set_reachable`]), as a machine is by a network partition: its requests
+/// fail and its watches end, while other handles carry on.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     requests: Arc<AtomicU64>,
+    reachable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for MemoryStore {
@@ -435,10 +443,29 @@ impl MemoryStore {
         Self {
             inner,
             requests: Arc::new(AtomicU64::new(0)),
+            reachable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
+    /// Another handle on the same data that can be cut off on its own.
+    pub fn view(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            requests: self.requests.clone(),
+            reachable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Cuts this handle (and its clones) off, or joins it again. Cut off, every request
+    /// fails and every watch opened through it ends.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::SeqCst);
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> R<T> {
+        if !self.reachable.load(Ordering::SeqCst) {
+            return Err(StoreError::CutOff);
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.inner.lock().map_err(|_| StoreError::Poisoned)?;
         inner.expire(Instant::now());
@@ -553,10 +580,22 @@ impl KvStore for MemoryStore {
             i.watchers.push((prefix.to_string(), utx));
         })?;
         let (tx, rx) = mpsc::channel(1024);
+        let reachable = self.reachable.clone();
         tokio::spawn(async move {
-            while let Some(e) = urx.recv().await {
-                if tx.send(e).await.is_err() {
-                    return;
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tokio::select! {
+                    e = urx.recv() => match e {
+                        Some(e) if reachable.load(Ordering::SeqCst) => {
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    },
+                    _ = tick.tick() => if !reachable.load(Ordering::SeqCst) {
+                        return;
+                    },
                 }
             }
         });

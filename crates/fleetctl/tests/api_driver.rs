@@ -76,6 +76,7 @@ async fn fleetctl_over_the_api() {
             machine,
             ttl: 5,
             resync: Duration::from_secs(30),
+            fencing: false,
         },
         SimManager::default(),
         stop_rx.clone(),

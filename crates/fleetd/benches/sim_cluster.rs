@@ -102,6 +102,7 @@ async fn main() {
                 machine: m,
                 ttl: 10,
                 resync: Duration::from_secs(600),
+                fencing: false,
             };
             run_agent(agent_reg, cfg, SimManager::default(), rx, None)
                 .await

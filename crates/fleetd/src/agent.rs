@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct AgentConfig {
     pub ttl: i64,
     /// A full pass at least this often, even without events.
     pub resync: Duration,
+    /// Fence every unit that does not say otherwise (`fencing` in fleet.conf).
+    pub fencing: bool,
 }
 
 /// One unit as this agent has it.
@@ -49,6 +52,8 @@ pub struct AgentConfig {
 struct Local {
     state: JobState,
     hash: UnitHash,
+    /// Stopped when the presence lease cannot be renewed (see [`run_agent`]).
+    fenced: bool,
 }
 
 /// The tasks of one pass, in fleet's order: unload, load, reload, stop, start.
@@ -94,11 +99,24 @@ fn tasks(
     t
 }
 
-/// Runs the agent until `stop` turns true. `purge` on the way out unloads every unit and
-/// removes the machine, as fleet did on a graceful stop; without it the units keep running
-/// (the cut-off case).
 /// How long a burst of unit changes may settle before the agent acts on it.
 const SETTLE: Duration = Duration::from_millis(30);
+
+/// The longest wait before retrying after etcd failed.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What renewing the presence lease came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tended {
+    /// Renewed (or not due), as before.
+    Quiet,
+    /// Renewed after failures: etcd is reachable again with the lease intact.
+    Recovered,
+    /// The lease had lapsed: this machine registered again under a new lease.
+    Regained,
+    /// etcd could not be reached; the lease stands until it expires.
+    Failed,
+}
 
 /// This machine's presence: its lease, renewed every third of the TTL. Long passes call
 /// [`Presence::tend`] between units, so a busy agent never lets its lease lapse.
@@ -107,32 +125,337 @@ struct Presence {
     ttl: i64,
     period: Duration,
     next: tokio::time::Instant,
+    /// When the last successful renewal or registration was sent, in milliseconds since
+    /// `epoch`: etcd keeps the lease at least until then + TTL. Shared with the fencing
+    /// timer, which watches it while a pass runs.
+    renewed: Arc<AtomicU64>,
+    epoch: tokio::time::Instant,
+    failing: bool,
 }
 
 impl Presence {
-    /// Renews the lease if due; after a lapse registers again. True if it re-registered.
-    async fn tend<S: KvStore>(&mut self, reg: &Registry<S>, me: &Machine) -> Result<bool, Error> {
-        if tokio::time::Instant::now() < self.next {
-            return Ok(false);
+    fn new(lease: i64, ttl: i64, sent: tokio::time::Instant) -> Self {
+        let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+        Self {
+            lease,
+            ttl,
+            period,
+            next: sent + period,
+            renewed: Arc::new(AtomicU64::new(0)),
+            epoch: sent,
+            failing: false,
         }
-        self.next = tokio::time::Instant::now() + self.period;
-        if reg.store().keep_alive(self.lease).await? {
-            return Ok(false);
+    }
+
+    fn mark(&self, sent: tokio::time::Instant) {
+        let ms = sent.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.renewed.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    /// Renews the lease if due, waiting at most one renewal period; after a lapse registers
+    /// again.
+    async fn tend<S: KvStore>(&mut self, reg: &Registry<S>, me: &Machine) -> Result<Tended, Error> {
+        let now = tokio::time::Instant::now();
+        if now < self.next {
+            return Ok(Tended::Quiet);
         }
-        self.regain(reg, me).await?;
-        Ok(true)
+        self.next = now + self.period;
+        match tokio::time::timeout(self.period, reg.store().keep_alive(self.lease)).await {
+            Ok(Ok(true)) => {
+                self.mark(now);
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(machine = %me.id, "etcd reachable again; presence renewed");
+                    return Ok(Tended::Recovered);
+                }
+                Ok(Tended::Quiet)
+            }
+            Ok(Ok(false)) => {
+                self.regain(reg, me).await?;
+                Ok(Tended::Regained)
+            }
+            Ok(Err(e)) if e.is_lease_lost() => {
+                self.regain(reg, me).await?;
+                Ok(Tended::Regained)
+            }
+            failure => {
+                if !self.failing {
+                    let why = match failure {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {:?}", self.period),
+                    };
+                    tracing::warn!(machine = %me.id, "cannot renew presence: {why}");
+                }
+                self.failing = true;
+                Ok(Tended::Failed)
+            }
+        }
     }
 
     /// A new lease and presence record, after the old lease lapsed.
     async fn regain<S: KvStore>(&mut self, reg: &Registry<S>, me: &Machine) -> Result<(), Error> {
         tracing::warn!(machine = %me.id, "presence lease lost; registering again");
-        self.lease = reg.store().grant_lease(self.ttl).await?;
-        reg.register_machine(me, self.lease).await?;
+        let sent = tokio::time::Instant::now();
+        let lease = reg.store().grant_lease(self.ttl).await?;
+        reg.register_machine(me, lease).await?;
+        self.lease = lease;
+        self.mark(sent);
+        self.failing = false;
         self.next = tokio::time::Instant::now() + self.period;
+        Ok(())
+    }
+
+    /// When fenced units must stop if no renewal succeeds first: half the TTL after the
+    /// last renewal was sent, which leaves the other half for them to stop before etcd
+    /// may expire the lease and the engine place them elsewhere.
+    fn fence_at(&self) -> tokio::time::Instant {
+        fence_at(&self.renewed, self.epoch, self.ttl)
+    }
+}
+
+fn fence_at(renewed: &AtomicU64, epoch: tokio::time::Instant, ttl: i64) -> tokio::time::Instant {
+    epoch
+        + Duration::from_millis(renewed.load(Ordering::SeqCst))
+        + Duration::from_millis(ttl.max(1) as u64 * 500)
+}
+
+/// Resolves once the fencing moment passes with no renewal in between.
+async fn fence_due(renewed: Arc<AtomicU64>, epoch: tokio::time::Instant, ttl: i64) {
+    loop {
+        let at = fence_at(&renewed, epoch, ttl);
+        if tokio::time::Instant::now() >= at {
+            return;
+        }
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// The agent's own state between passes.
+struct Agent<S, M> {
+    reg: Arc<Registry<S>>,
+    me: Machine,
+    manager: M,
+    /// Fence units that do not say otherwise (the cluster's `fencing` setting).
+    fencing: bool,
+    presence: Presence,
+    current: BTreeMap<String, Local>,
+    /// Requirements of global units, by content.
+    globals: BTreeMap<(String, UnitHash), Requirements>,
+    /// The metadata global units are matched against: the configured metadata with fleet
+    /// 1.0's dynamic metadata (the API's PATCH) laid over it.
+    metadata: BTreeMap<String, String>,
+    /// Everything must be published again (after registering anew).
+    republish: bool,
+}
+
+impl<S: KvStore, M: UnitManager> Agent<S, M> {
+    fn fenced(&self, name: &str, text: &str) -> bool {
+        let opts = systemd_unit::fleet::deserialize(text).unwrap_or_default();
+        Requirements::from_options(name, &opts)
+            .fencing
+            .unwrap_or(self.fencing)
+    }
+
+    /// Whether fenced units are running (so the fencing timer matters).
+    fn fence_armed(&self) -> bool {
+        self.current
+            .values()
+            .any(|l| l.fenced && l.state == JobState::Launched)
+    }
+
+    async fn tend(&mut self) -> Result<(), Error> {
+        if self.presence.tend(&self.reg, &self.me).await? == Tended::Regained {
+            self.republish = true;
+        }
+        Ok(())
+    }
+
+    /// One pass: make this machine's units match the schedule, in fleet's task order.
+    async fn pass(&mut self, cache: &ClusterCache<S>) -> Result<(), Error> {
+        let me = self.me.id.clone();
+        let records = cache
+            .jobs(|r| r.global || r.target.as_deref() == Some(me.as_str()))
+            .await?;
+        let mut desired = BTreeMap::new();
+        for r in records {
+            if r.target_state == JobState::Inactive {
+                continue;
+            }
+            let Some(text) = r.unit else { continue };
+            let mine = if r.global {
+                let req = self
+                    .globals
+                    .entry((r.name.clone(), r.hash))
+                    .or_insert_with(|| {
+                        let opts = systemd_unit::fleet::deserialize(&text).unwrap_or_default();
+                        Requirements::from_options(&r.name, &opts)
+                    });
+                req.metadata_matches(&self.metadata)
+            } else {
+                r.target.as_deref() == Some(me.as_str())
+            };
+            if mine {
+                desired.insert(r.name, (r.target_state, r.hash, text));
+            }
+        }
+        let mut t = tasks(&desired, &self.current);
+        // Past the fencing moment, fenced units stay stopped until the lease is renewed.
+        if tokio::time::Instant::now() >= self.presence.fence_at() {
+            t.start.retain(|n| {
+                !desired
+                    .get(n)
+                    .is_some_and(|(_, _, text)| self.fenced(n, text))
+            });
+        }
+        let changed_files = !t.unload.is_empty() || !t.load.is_empty();
+        for name in &t.unload {
+            self.tend().await?;
+            self.manager
+                .unload(name)
+                .await
+                .map_err(|e| Error::Unit(name.clone(), e))?;
+            self.current.remove(name);
+            self.reg.clear_job_state(name).await?;
+            self.reg.remove_state(name, &me).await?;
+        }
+        for (name, text) in &t.load {
+            self.tend().await?;
+            self.manager
+                .load(name, text)
+                .await
+                .map_err(|e| Error::Unit(name.clone(), e))?;
+            if let Some((_, hash, _)) = desired.get(name) {
+                let fenced = self.fenced(name, text);
+                self.current.insert(
+                    name.clone(),
+                    Local {
+                        state: JobState::Loaded,
+                        hash: *hash,
+                        fenced,
+                    },
+                );
+            }
+        }
+        if changed_files {
+            self.manager
+                .reload()
+                .await
+                .map_err(|e| Error::Unit("daemon-reload".into(), e))?;
+        }
+        for name in &t.stop {
+            self.tend().await?;
+            self.reg.clear_job_state(name).await?;
+            self.manager
+                .stop(name)
+                .await
+                .map_err(|e| Error::Unit(name.clone(), e))?;
+            if let Some(c) = self.current.get_mut(name) {
+                c.state = JobState::Loaded;
+            }
+        }
+        for name in &t.start {
+            self.tend().await?;
+            if let Some(c) = self.current.get_mut(name) {
+                c.state = JobState::Launched;
+            }
+            self.reg
+                .set_job_state(name, &me, self.presence.lease)
+                .await?;
+            self.manager
+                .start(name)
+                .await
+                .map_err(|e| Error::Unit(name.clone(), e))?;
+        }
+        let touched: Vec<String> = if self.republish {
+            for (name, c) in &self.current {
+                if c.state == JobState::Launched {
+                    self.reg
+                        .set_job_state(name, &me, self.presence.lease)
+                        .await?;
+                }
+            }
+            self.republish = false;
+            self.current.keys().cloned().collect()
+        } else {
+            t.load
+                .iter()
+                .map(|(n, _)| n)
+                .chain(&t.stop)
+                .chain(&t.start)
+                .cloned()
+                .collect()
+        };
+        for name in &touched {
+            self.tend().await?;
+            let Some(hash) = self.current.get(name.as_str()).map(|c| c.hash) else {
+                continue;
+            };
+            let (load, active, sub) = self.manager.state(name).await;
+            let st = UnitState {
+                unit: name.clone(),
+                machine_id: me.clone(),
+                load_state: load,
+                active_state: active,
+                sub_state: sub,
+                hash: hash.to_string(),
+            };
+            self.reg
+                .publish_state(&st, &self.me, self.presence.lease)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the fenced units now: the lease has not been renewed for half its TTL. Only
+    /// systemd is touched; etcd is not reachable.
+    async fn fence(&mut self) {
+        let names: Vec<String> = self
+            .current
+            .iter()
+            .filter(|(_, l)| l.fenced && l.state == JobState::Launched)
+            .map(|(n, _)| n.clone())
+            .collect();
+        tracing::warn!(
+            machine = %self.me.id,
+            "fencing: presence not renewed for {} ms; stopping {}",
+            self.presence.ttl * 500,
+            names.join(" ")
+        );
+        for name in &names {
+            if let Err(e) = self.manager.stop(name).await {
+                tracing::warn!(unit = %name, "fencing: stop failed: {e}");
+            }
+            if let Some(l) = self.current.get_mut(name) {
+                l.state = JobState::Loaded;
+            }
+        }
+    }
+
+    /// Graceful stop, as fleet's: unload every unit, then remove this machine's records.
+    async fn purge(&mut self) -> Result<(), Error> {
+        for name in self.current.keys() {
+            if let Err(e) = self.manager.unload(name).await {
+                tracing::warn!(unit = %name, "unloading on shutdown: {e}");
+            }
+        }
+        for name in self.current.keys() {
+            self.reg.clear_job_state(name).await?;
+            self.reg.remove_state(name, &self.me.id).await?;
+        }
+        self.reg.unregister_machine(&self.me.id).await?;
+        self.reg.store().revoke(self.presence.lease).await?;
         Ok(())
     }
 }
 
+/// Runs the agent until `stop` turns true; then purges, as fleet did on a graceful stop:
+/// unloads every unit and removes the machine. `ready` turns true once the machine is
+/// registered.
+///
+/// etcd failures after registration are never fatal: a failed pass is retried with
+/// backoff, and units keep running through an outage (fleet's behaviour) — except fenced
+/// units (`[X-Fleet] Fencing=true`, or every unit with the cluster's `fencing`), which are
+/// stopped half a TTL after the last renewal when none succeeds, so they are down before
+/// etcd may expire the lease and another machine start them.
 pub async fn run_agent<S: KvStore, M: UnitManager>(
     reg: Arc<Registry<S>>,
     cfg: AgentConfig,
@@ -142,6 +465,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
 ) -> Result<(), Error> {
     let store = reg.store().clone();
     let me = cfg.machine.clone();
+    let sent = tokio::time::Instant::now();
     let lease = store.grant_lease(cfg.ttl).await?;
     // A previous run that crashed may still hold the presence key until its lease lapses.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.ttl.max(1) as u64 + 2);
@@ -155,40 +479,44 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     if let Some(r) = &ready {
         let _ = r.send(true);
     }
-    let period = Duration::from_millis((cfg.ttl.max(1) as u64 * 1000) / 3);
-    let mut presence = Presence {
-        lease,
-        ttl: cfg.ttl,
-        period,
-        next: tokio::time::Instant::now() + period,
-    };
+    let presence = Presence::new(lease, cfg.ttl, sent);
     let mut cache = ClusterCache::start(reg.clone()).await?;
-    // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
-    // state): desired ones are loaded again (a no-op for running units), others unloaded.
-    let mut current: BTreeMap<String, Local> = manager
-        .existing()
-        .await
-        .into_iter()
-        .filter_map(|(name, text)| {
-            let hash = UnitHash::of_text(&text).ok()?;
-            Some((
-                name,
-                Local {
-                    state: JobState::Inactive,
-                    hash,
-                },
-            ))
-        })
-        .collect();
-    let mut globals: BTreeMap<(String, UnitHash), Requirements> = BTreeMap::new();
-    // The metadata global units are matched against: the configured metadata with fleet
-    // 1.0's dynamic metadata (the API's PATCH) laid over it.
-    let mut metadata = cache
+    let metadata = cache
         .metadata_of(&me.id)
         .unwrap_or_else(|| me.metadata.clone());
+    let existing = manager.existing().await;
+    let mut agent = Agent {
+        reg: reg.clone(),
+        me: me.clone(),
+        manager,
+        fencing: cfg.fencing,
+        presence,
+        current: BTreeMap::new(),
+        globals: BTreeMap::new(),
+        metadata,
+        republish: false,
+    };
+    // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
+    // state): desired ones are loaded again (a no-op for running units), others unloaded.
+    for (name, text) in existing {
+        let Ok(hash) = UnitHash::of_text(&text) else {
+            continue;
+        };
+        let fenced = agent.fenced(&name, &text);
+        agent.current.insert(
+            name,
+            Local {
+                state: JobState::Inactive,
+                hash,
+                fenced,
+            },
+        );
+    }
     let mut dirty = true;
     let mut settle: Option<tokio::time::Instant> = None;
-    let mut republish = false;
+    let mut backoff = SETTLE;
+    // False while the watches are down and being re-established.
+    let mut watching = true;
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -198,196 +526,153 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         if dirty && !settling {
             dirty = false;
             settle = None;
-            let pass = async {
-                let records = cache
-                    .jobs(|r| r.global || r.target.as_deref() == Some(me.id.as_str()))
-                    .await?;
-                let mut desired = BTreeMap::new();
-                for r in records {
-                    if r.target_state == JobState::Inactive {
-                        continue;
-                    }
-                    let Some(text) = r.unit else { continue };
-                    let mine = if r.global {
-                        let req = globals.entry((r.name.clone(), r.hash)).or_insert_with(|| {
-                            let opts = systemd_unit::fleet::deserialize(&text).unwrap_or_default();
-                            Requirements::from_options(&r.name, &opts)
-                        });
-                        req.metadata_matches(&metadata)
-                    } else {
-                        r.target.as_deref() == Some(me.id.as_str())
-                    };
-                    if mine {
-                        desired.insert(r.name, (r.target_state, r.hash, text));
-                    }
-                }
-                let t = tasks(&desired, &current);
-                let changed_files = !t.unload.is_empty() || !t.load.is_empty();
-                for name in &t.unload {
-                    republish |= presence.tend(&reg, &me).await?;
-                    manager
-                        .unload(name)
-                        .await
-                        .map_err(|e| Error::Unit(name.clone(), e))?;
-                    reg.clear_job_state(name).await?;
-                    reg.remove_state(name, &me.id).await?;
-                    current.remove(name);
-                }
-                for (name, text) in &t.load {
-                    republish |= presence.tend(&reg, &me).await?;
-                    manager
-                        .load(name, text)
-                        .await
-                        .map_err(|e| Error::Unit(name.clone(), e))?;
-                    if let Some((_, hash, _)) = desired.get(name) {
-                        current.insert(
-                            name.clone(),
-                            Local {
-                                state: JobState::Loaded,
-                                hash: *hash,
-                            },
-                        );
-                    }
-                }
-                if changed_files {
-                    manager
-                        .reload()
-                        .await
-                        .map_err(|e| Error::Unit("daemon-reload".into(), e))?;
-                }
-                for name in &t.stop {
-                    republish |= presence.tend(&reg, &me).await?;
-                    reg.clear_job_state(name).await?;
-                    manager
-                        .stop(name)
-                        .await
-                        .map_err(|e| Error::Unit(name.clone(), e))?;
-                    if let Some(c) = current.get_mut(name) {
-                        c.state = JobState::Loaded;
-                    }
-                }
-                for name in &t.start {
-                    republish |= presence.tend(&reg, &me).await?;
-                    if let Some(c) = current.get_mut(name) {
-                        c.state = JobState::Launched;
-                    }
-                    reg.set_job_state(name, &me.id, presence.lease).await?;
-                    manager
-                        .start(name)
-                        .await
-                        .map_err(|e| Error::Unit(name.clone(), e))?;
-                }
-                let touched: Vec<String> = if std::mem::take(&mut republish) {
-                    for (name, c) in &current {
-                        if c.state == JobState::Launched {
-                            reg.set_job_state(name, &me.id, presence.lease).await?;
-                        }
-                    }
-                    current.keys().cloned().collect()
-                } else {
-                    t.load
-                        .iter()
-                        .map(|(n, _)| n)
-                        .chain(&t.stop)
-                        .chain(&t.start)
-                        .cloned()
-                        .collect()
-                };
-                for name in &touched {
-                    republish |= presence.tend(&reg, &me).await?;
-                    if let Some(c) = current.get(name.as_str()) {
-                        let (load, active, sub) = manager.state(name).await;
-                        let st = UnitState {
-                            unit: name.clone(),
-                            machine_id: me.id.clone(),
-                            load_state: load,
-                            active_state: active,
-                            sub_state: sub,
-                            hash: c.hash.to_string(),
-                        };
-                        reg.publish_state(&st, &me, presence.lease).await?;
-                    }
-                }
-                Ok::<(), Error>(())
+            let armed = agent.fence_armed();
+            let renewed = agent.presence.renewed.clone();
+            let epoch = agent.presence.epoch;
+            let outcome = tokio::select! {
+                r = agent.pass(&cache) => Some(r),
+                // A pass stuck on an unreachable etcd must not delay fencing.
+                _ = fence_due(renewed, epoch, cfg.ttl), if armed => None,
             };
-            match pass.await {
-                Ok(()) => {}
-                Err(e) if e.is_lease_lost() => {
-                    // Cut off past the TTL mid-pass: register again and republish everything.
-                    presence.regain(&reg, &me).await?;
-                    republish = true;
+            match outcome {
+                Some(Ok(())) => backoff = SETTLE,
+                None => {
+                    agent.fence().await;
                     dirty = true;
+                    settle = Some(tokio::time::Instant::now() + backoff);
                 }
-                Err(e) => return Err(e),
+                Some(Err(e)) if e.is_lease_lost() => {
+                    // Cut off past the TTL mid-pass: register again and republish everything.
+                    if let Err(e) = agent.presence.regain(&reg, &me).await {
+                        tracing::warn!("registering again: {e}");
+                    }
+                    agent.republish = true;
+                    dirty = true;
+                    settle = Some(tokio::time::Instant::now() + backoff);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("agent pass failed, retrying in {backoff:?}: {e}");
+                    dirty = true;
+                    settle = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 4).min(MAX_BACKOFF);
+                }
             }
             // Re-registered during the pass: the next pass republishes what this one did not.
-            dirty |= republish;
+            dirty |= agent.republish;
         }
+        let armed = agent.fence_armed();
+        let fence_at = agent.presence.fence_at();
         tokio::select! {
             _ = stop.changed() => break,
-            change = cache.next() => match change {
+            change = cache.next(), if watching => match change {
                 Change::Closed => {
-                    cache = ClusterCache::start(reg.clone()).await?;
-                    dirty = true;
+                    watching = false;
+                    settle = Some(tokio::time::Instant::now() + backoff);
                 }
                 // A machine change may carry job changes read in the same batch, so both
                 // look at the changed units. Only units that are here or are meant to be
                 // here matter.
                 change @ (Change::Machines | Change::Jobs) => {
                     let mine = cache.take_changed().iter().any(|u| {
-                        current.contains_key(u)
+                        agent.current.contains_key(u)
                             || cache.target_of(u).as_deref() == Some(me.id.as_str())
                             || cache.is_global(u)
                     });
                     // While this machine is briefly absent (a lapsed lease) its metadata stands.
-                    let now = cache.metadata_of(&me.id).unwrap_or_else(|| metadata.clone());
-                    let mine = mine || (change == Change::Machines && now != metadata);
-                    metadata = now;
+                    let now = cache
+                        .metadata_of(&me.id)
+                        .unwrap_or_else(|| agent.metadata.clone());
+                    let mine = mine || (change == Change::Machines && now != agent.metadata);
+                    agent.metadata = now;
                     if mine && !dirty {
                         dirty = true;
                         settle = Some(tokio::time::Instant::now() + SETTLE);
                     }
                 }
             },
-            _ = tokio::time::sleep_until(presence.next) => {
-                if presence.tend(&reg, &me).await? {
+            _ = tokio::time::sleep_until(agent.presence.next) => {
+                match agent.presence.tend(&reg, &me).await {
                     // Cut off for longer than the TTL: republish everything.
-                    republish = true;
-                    dirty = true;
+                    Ok(Tended::Regained) => {
+                        agent.republish = true;
+                        dirty = true;
+                    }
+                    // Back before the lease lapsed: fenced units may start again.
+                    Ok(Tended::Recovered) => dirty = true,
+                    Ok(Tended::Quiet | Tended::Failed) => {}
+                    Err(e) => tracing::warn!("registering again: {e}"),
+                }
+                // The API answers 503 while etcd cannot be reached, as fleet's did.
+                if let Some(r) = &ready {
+                    r.send_if_modified(|up| {
+                        let now = !agent.presence.failing;
+                        std::mem::replace(up, now) != now
+                    });
                 }
             },
+            _ = tokio::time::sleep_until(fence_at), if armed => {
+                agent.fence().await;
+            },
             _ = resync.tick() => dirty = true,
-            _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {}
+            _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
+                if !watching {
+                    match ClusterCache::start(reg.clone()).await {
+                        Ok(c) => {
+                            cache = c;
+                            watching = true;
+                            dirty = true;
+                        }
+                        Err(e) => {
+                            tracing::debug!("watching the registry again: {e}");
+                            settle = Some(tokio::time::Instant::now() + backoff);
+                            backoff = (backoff * 4).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+            }
         }
     }
     if *stop.borrow() {
-        // Graceful stop: purge, as fleet did.
-        for name in current.keys() {
-            let _ = manager.unload(name).await;
-            reg.clear_job_state(name).await?;
-            reg.remove_state(name, &me.id).await?;
-        }
-        reg.unregister_machine(&me.id).await?;
-        store.revoke(presence.lease).await?;
+        agent.purge().await?;
     }
     Ok(())
 }
 
-/// A unit manager that only remembers: for tests and simulated clusters.
+/// A unit manager that only remembers: for tests and simulated clusters. Its clones share
+/// what it remembers, so a test can watch the units of an agent it started.
 #[derive(Debug, Default, Clone)]
 pub struct SimManager {
     /// name → (loaded, running).
-    pub units: BTreeMap<String, (bool, bool)>,
+    units: Arc<std::sync::Mutex<BTreeMap<String, (bool, bool)>>>,
+}
+
+impl SimManager {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, (bool, bool)>) -> T) -> T {
+        match self.units.lock() {
+            Ok(mut u) => f(&mut u),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// The units running now.
+    pub fn running(&self) -> Vec<String> {
+        self.with(|u| {
+            u.iter()
+                .filter(|(_, (_, running))| *running)
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
+    }
 }
 
 impl UnitManager for SimManager {
     async fn load(&mut self, name: &str, _text: &str) -> Result<(), String> {
-        self.units.insert(name.to_string(), (true, false));
+        self.with(|u| u.insert(name.to_string(), (true, false)));
         Ok(())
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
-        self.units.remove(name);
+        self.with(|u| u.remove(name));
         Ok(())
     }
 
@@ -396,19 +681,21 @@ impl UnitManager for SimManager {
     }
 
     async fn start(&mut self, name: &str) -> Result<(), String> {
-        match self.units.get_mut(name) {
+        self.with(|u| match u.get_mut(name) {
             Some(u) => {
                 u.1 = true;
                 Ok(())
             }
             None => Err(format!("{name} is not loaded")),
-        }
+        })
     }
 
     async fn stop(&mut self, name: &str) -> Result<(), String> {
-        if let Some(u) = self.units.get_mut(name) {
-            u.1 = false;
-        }
+        self.with(|u| {
+            if let Some(u) = u.get_mut(name) {
+                u.1 = false;
+            }
+        });
         Ok(())
     }
 
@@ -417,7 +704,7 @@ impl UnitManager for SimManager {
     }
 
     async fn state(&mut self, name: &str) -> (String, String, String) {
-        match self.units.get(name) {
+        match self.with(|u| u.get(name).copied()) {
             Some((_, true)) => ("loaded".into(), "active".into(), "running".into()),
             Some((_, false)) => ("loaded".into(), "inactive".into(), "dead".into()),
             None => ("not-found".into(), "inactive".into(), "dead".into()),
@@ -458,6 +745,7 @@ mod tests {
             Local {
                 state: JobState::Loaded,
                 hash: h(2),
+                fenced: false,
             },
         );
         current.insert(
@@ -465,6 +753,7 @@ mod tests {
             Local {
                 state: JobState::Launched,
                 hash: h(3),
+                fenced: false,
             },
         );
         current.insert(
@@ -472,6 +761,7 @@ mod tests {
             Local {
                 state: JobState::Launched,
                 hash: h(4),
+                fenced: false,
             },
         );
         current.insert(
@@ -479,6 +769,7 @@ mod tests {
             Local {
                 state: JobState::Launched,
                 hash: h(5),
+                fenced: false,
             },
         );
         let t = tasks(&desired, &current);

@@ -27,6 +27,9 @@ pub struct Config {
     pub disable_engine: bool,
     /// `etcd_request_timeout`, seconds.
     pub etcd_request_timeout: f64,
+    /// `fencing` (Ferrite's addition): stop every unit that does not say otherwise when
+    /// this machine cannot renew its presence, before another machine may take it over.
+    pub fencing: bool,
     /// Keys that were not understood.
     pub unknown: Vec<String>,
 }
@@ -45,6 +48,7 @@ impl Default for Config {
             engine_reconcile_interval: 2.0,
             disable_engine: false,
             etcd_request_timeout: 1.0,
+            fencing: false,
             unknown: Vec::new(),
         }
     }
@@ -129,6 +133,7 @@ impl Config {
                 self.etcd_request_timeout = parse_duration(v).ok_or_else(|| bad("not a number"))?;
             }
             "disable_engine" => self.disable_engine = truthy(v),
+            "fencing" => self.fencing = truthy(v),
             "verbosity"
             | "etcd_cafile"
             | "etcd_certfile"

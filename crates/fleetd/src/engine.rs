@@ -100,17 +100,52 @@ async fn pass<S: KvStore>(
 /// Runs the engine until `stop` turns true: tries to lead whenever there is no leader
 /// (the leader key's deletion is watched, so a dead leader is replaced as soon as its lease
 /// lapses), and while leading reconciles on every change.
+///
+/// etcd failures end only the current session: it starts again after a backoff (up to 5 s),
+/// so a machine cut off from etcd keeps its engine and rejoins when etcd is back. A leader
+/// cut off stops leading when its lease lapses; another engine takes over.
 pub async fn run_engine<S: KvStore>(
     reg: Arc<Registry<S>>,
     cfg: EngineConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<EngineStats, Error> {
+    let mut stats = EngineStats::default();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = tokio::time::Instant::now();
+        match session(&reg, &cfg, &mut stop, &mut stats).await {
+            Ok(()) => return Ok(stats),
+            Err(e) if *stop.borrow() => {
+                tracing::warn!("engine stopping: {e}");
+                return Ok(stats);
+            }
+            Err(e) => {
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(100);
+                }
+                tracing::warn!("engine: {e}; starting again in {backoff:?}");
+                tokio::select! {
+                    _ = stop.changed() => return Ok(stats),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One engine session, from reading the cluster to `stop` or the first etcd failure.
+async fn session<S: KvStore>(
+    reg: &Arc<Registry<S>>,
+    cfg: &EngineConfig,
+    stop: &mut watch::Receiver<bool>,
+    stats: &mut EngineStats,
+) -> Result<(), Error> {
     let store = reg.store().clone();
     let mut cache = ClusterCache::start(reg.clone()).await?;
     let leader_key = reg.leader_key();
     let (_, rev) = store.get_prefix(&leader_key).await?;
     let mut leader_events = store.watch_prefix(&leader_key, rev).await?;
-    let mut stats = EngineStats::default();
     let mut reqs = ReqCache::new();
     let mut lease: Option<i64> = None;
     let mut leading = false;
@@ -139,7 +174,7 @@ pub async fn run_engine<S: KvStore>(
             }
         }
         if leading && dirty {
-            stats.decisions += pass(&reg, &cache, &mut reqs).await?;
+            stats.decisions += pass(reg, &cache, &mut reqs).await?;
             stats.passes += 1;
             dirty = false;
         }
@@ -188,5 +223,5 @@ pub async fn run_engine<S: KvStore>(
     if let Some(l) = lease {
         store.revoke(l).await?;
     }
-    Ok(stats)
+    Ok(())
 }

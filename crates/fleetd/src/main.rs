@@ -86,6 +86,7 @@ async fn run(config: PathBuf) -> Result<()> {
         machine,
         ttl: cfg.agent_ttl,
         resync: Duration::from_secs(60),
+        fencing: cfg.fencing,
     };
     let (ready_tx, ready_rx) = watch::channel(false);
     let listener = api_listener().context("opening the fleet API socket")?;

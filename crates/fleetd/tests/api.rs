@@ -89,6 +89,7 @@ async fn api_serves_fleet_v1() {
             machine,
             ttl: 5,
             resync: Duration::from_secs(30),
+            fencing: false,
         },
         SimManager::default(),
         stop_rx.clone(),

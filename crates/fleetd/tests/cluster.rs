@@ -1,6 +1,7 @@
 //! fleetd's roles together: engines and agents of several machines on one store, with the
 //! simulated unit manager. Placement, failover when a machine dies (its lease lapses, no
-//! purge), graceful stop (purge, immediate), engine leader failover.
+//! purge), graceful stop (purge, immediate), engine leader failover, and a machine cut off
+//! from the store (plain units kept, fenced units stopped before they move, recovery).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ fn start_node<S: KvStore>(reg: &Arc<Registry<S>>, id: &str, ttl: i64) -> Node {
                 machine,
                 ttl,
                 resync: Duration::from_secs(30),
+                fencing: false,
             };
             run_agent(reg, cfg, SimManager::default(), rx, None)
                 .await
@@ -226,4 +228,190 @@ async fn a_new_leader_takes_over_when_the_engine_leader_dies() {
     for n in &nodes {
         let _ = n.stop.send(true);
     }
+}
+
+/// A machine of its own store view and unit manager, so a test can cut it off and watch
+/// what it runs.
+struct Member {
+    id: String,
+    view: MemoryStore,
+    units: SimManager,
+    stop: watch::Sender<bool>,
+}
+
+fn start_member(store: &MemoryStore, id: &str, ttl: i64, fencing: bool) -> Member {
+    let view = store.view();
+    let reg = Arc::new(Registry::new(view.clone(), "/p/"));
+    let units = SimManager::default();
+    let (tx, rx) = watch::channel(false);
+    let machine = Machine {
+        id: id.into(),
+        public_ip: String::new(),
+        metadata: Default::default(),
+        version: "0.1.0".into(),
+    };
+    let cfg = AgentConfig {
+        machine,
+        ttl,
+        resync: Duration::from_secs(30),
+        fencing,
+    };
+    tokio::spawn(run_agent(reg.clone(), cfg, units.clone(), rx.clone(), None));
+    let ecfg = EngineConfig {
+        machine_id: id.into(),
+        lease_ttl: ttl,
+        resync: Duration::from_secs(30),
+    };
+    tokio::spawn(run_engine(reg, ecfg, rx));
+    Member {
+        id: id.into(),
+        view,
+        units,
+        stop: tx,
+    }
+}
+
+/// What the cut-off machine and the others ran, sampled every 5 ms from the cut.
+#[derive(Debug, Default)]
+struct Timeline {
+    /// When `fenced.service` stopped on the cut-off machine.
+    fenced_stopped: Option<Duration>,
+    /// When `fenced.service` first ran elsewhere.
+    fenced_elsewhere: Option<Duration>,
+    /// When `plain.service` first ran elsewhere.
+    plain_elsewhere: Option<Duration>,
+    /// Whether `plain.service` ran on the cut-off machine at every sample.
+    plain_kept: bool,
+}
+
+async fn watch_partition(cut: &Member, others: &[&Member], until: Duration) -> Timeline {
+    let start = Instant::now();
+    let mut t = Timeline {
+        plain_kept: true,
+        ..Timeline::default()
+    };
+    while start.elapsed() < until {
+        let now = start.elapsed();
+        let here = cut.units.running();
+        let there: Vec<String> = others.iter().flat_map(|m| m.units.running()).collect();
+        if !here.iter().any(|u| u == "fenced.service") && t.fenced_stopped.is_none() {
+            t.fenced_stopped = Some(now);
+        }
+        t.plain_kept &= here.iter().any(|u| u == "plain.service");
+        if there.iter().any(|u| u == "fenced.service") && t.fenced_elsewhere.is_none() {
+            t.fenced_elsewhere = Some(now);
+        }
+        if there.iter().any(|u| u == "plain.service") && t.plain_elsewhere.is_none() {
+            t.plain_elsewhere = Some(now);
+        }
+        if t.fenced_elsewhere.is_some() && t.plain_elsewhere.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_move() {
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let ttl = 2;
+    let members: Vec<Member> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|id| start_member(&store, id, ttl, false))
+        .collect();
+    let start = Instant::now();
+    while reg.machines().await.unwrap().len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no machines");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reg.create_unit("plain.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    reg.create_unit(
+        "fenced.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nMachineOf=plain.service\nFencing=true\n",
+        JobState::Launched,
+    )
+    .await
+    .unwrap();
+    eventually(&reg, "both launched", |j| launched_everywhere(j, 2)).await;
+    let (jobs, _) = reg.jobs().await.unwrap();
+    let target = jobs[0].target.clone().unwrap();
+    let cut = members.iter().find(|m| m.id == target).unwrap();
+    let others: Vec<&Member> = members.iter().filter(|m| m.id != target).collect();
+    assert_eq!(cut.units.running(), vec!["fenced.service", "plain.service"]);
+
+    // The partition: the machine's requests fail and its watches end.
+    cut.view.set_reachable(false);
+    let t = watch_partition(cut, &others, Duration::from_secs(30)).await;
+    eprintln!("partition timeline (TTL {ttl} s): {t:?}");
+    // Fleet's behaviour for plain units: kept running through the outage, so for a while
+    // the moved unit runs twice.
+    assert!(t.plain_kept, "plain.service stopped on the cut-off machine");
+    assert!(t.plain_elsewhere.is_some(), "plain.service never moved");
+    // Fencing: stopped on the cut-off machine before it started anywhere else, so at
+    // most one copy ran at any moment.
+    let stopped = t.fenced_stopped.expect("fenced.service never stopped");
+    let elsewhere = t.fenced_elsewhere.expect("fenced.service never moved");
+    assert!(stopped < elsewhere, "{t:?}");
+
+    // The link comes back: the machine registers again and stops the moved units.
+    cut.view.set_reachable(true);
+    let start = Instant::now();
+    loop {
+        let machines = reg.machines().await.unwrap().len();
+        let here = cut.units.running();
+        if machines == 3 && here.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "after the partition: {machines} machines, {here:?} still running on {}",
+            cut.id
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (jobs, _) = reg.jobs().await.unwrap();
+    assert!(jobs
+        .iter()
+        .all(|j| j.target.as_deref() != Some(target.as_str())));
+    for m in &members {
+        m.stop.send(true).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_outage_restarts_fenced_units_where_they_were() {
+    // Cluster-wide fencing, a cut shorter than the TTL but longer than half of it: the
+    // unit stops, the lease survives, and it starts again on the same machine.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 4, true);
+    reg.create_unit("plain.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
+    m.view.set_reachable(false);
+    let start = Instant::now();
+    while m.units.running() == vec!["plain.service"] {
+        assert!(start.elapsed() < Duration::from_secs(30), "never fenced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let fenced_after = start.elapsed();
+    m.view.set_reachable(true);
+    let start = Instant::now();
+    while m.units.running() != vec!["plain.service"] {
+        assert!(start.elapsed() < Duration::from_secs(30), "never restarted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "fenced {:.0} ms after the cut (TTL 4 s), running again {:.0} ms after it healed",
+        fenced_after.as_secs_f64() * 1e3,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let (jobs, _) = reg.jobs().await.unwrap();
+    assert_eq!(jobs[0].target.as_deref(), Some("solo"));
+    m.stop.send(true).unwrap();
 }
