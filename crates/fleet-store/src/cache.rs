@@ -130,6 +130,15 @@ impl<S: KvStore> ClusterCache<S> {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
+    /// A unit's desired state, from the cache.
+    pub fn target_state_of(&self, unit: &str) -> Option<fleet_model::JobState> {
+        self.jobs
+            .0
+            .get(unit)
+            .and_then(|f| f.get("target-state"))
+            .and_then(|v| fleet_model::JobState::parse(&String::from_utf8_lossy(v)))
+    }
+
     /// Whether a unit is global (from its job record's flag).
     pub fn is_global(&self, unit: &str) -> bool {
         self.jobs

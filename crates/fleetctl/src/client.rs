@@ -189,16 +189,9 @@ impl Client {
                 .await
                 .map_err(|e| e.to_string()),
             Self::Api(a) => {
-                // fleetctl sends options alone for an inactive unit: on an existing unit a
-                // desired state would override whatever state it is in.
-                let desired_state = if state == JobState::Inactive {
-                    String::new()
-                } else {
-                    state.to_string()
-                };
                 let body = api::Unit {
                     name: name.into(),
-                    desired_state,
+                    desired_state: state.to_string(),
                     ..api::Unit::default()
                 };
                 a.put(name, &body).await.map(|_| ())

@@ -34,6 +34,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMANDS: &[(&str, &str)] = &[
     ("cat", "Output the contents of a submitted unit"),
     ("destroy", "Destroy one or more units in the cluster"),
+    ("fd-forward", "Proxy stdin and stdout to a unix domain socket"),
     ("help", "Show a list of commands or help for one command"),
     ("journal", "Print the journal of a unit in the cluster to stdout"),
     ("list-machines", "Enumerate the current hosts in the cluster"),
@@ -46,6 +47,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("stop", "Instruct systemd to stop one or more units in the cluster."),
     ("submit", "Upload one or more units to the cluster without starting them"),
     ("unload", "Unschedule one or more units in the cluster."),
+    ("verify", "DEPRECATED - No longer works"),
     ("version", "Print the version and exit"),
 ];
 
@@ -258,7 +260,7 @@ async fn ensure_unit(
     reg: &Client,
     arg: &str,
     jobs: &[JobRecord],
-    created: &mut Vec<String>,
+    created: &mut Vec<(String, bool)>,
     replace: Option<JobState>,
 ) -> Result<(String, Ensured), String> {
     let name = mangle(arg);
@@ -311,7 +313,7 @@ async fn ensure_unit(
         .create_unit(&name, &text, &options, JobState::Inactive)
         .await
     {
-        Ok(Created::New) => created.push(name.clone()),
+        Ok(Created::New) => created.push((name.clone(), req.global)),
         Ok(Created::Existed) => {}
         Err(e) => return Err(format!("failed creating unit {name}: {e}")),
     }
@@ -369,10 +371,13 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
         JobState::Launched => "start",
     };
     let stop = flags.contains_key("__stop");
+    // As fleet: first every unit is found or created (and new ones reported), then the
+    // desired states are set, then the command waits.
     let mut names = Vec::new();
+    let mut wait = Vec::new();
     let mut created = Vec::new();
     for u in &units {
-        let name = if want == JobState::Inactive || stop {
+        if want == JobState::Inactive || stop {
             let n = mangle(u);
             match jobs.iter().find(|j| j.name == n) {
                 Some(j) => {
@@ -380,49 +385,51 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
                         err(format!("Unable to stop unit {n} in state inactive"));
                         return Ok(ExitCode::FAILURE);
                     }
-                    n
+                    names.push(n);
                 }
                 None => continue, // unknown units are silently skipped
             }
         } else {
             let replace = flags.contains_key("replace").then_some(want);
             match ensure_unit(&reg, u, &jobs, &mut created, replace).await {
-                Ok((n, Ensured::Replaced)) => {
+                Ok((n, Ensured::Replaced))
+                    if jobs.iter().any(|j| j.name == n && j.target_state == want) =>
+                {
                     // Already in the wanted state: report it once the new content is there.
-                    if jobs.iter().any(|j| j.name == n && j.target_state == want) {
-                        names.push(n);
-                        continue;
-                    }
-                    n
+                    wait.push(n);
                 }
-                Ok((n, Ensured::Present)) => n,
+                Ok((n, _)) => names.push(n),
                 Err(e) => {
                     err(format!("Error creating units: {e}"));
                     return Ok(ExitCode::FAILURE);
                 }
             }
-        };
+        }
+    }
+    for (n, _) in &created {
+        out(format!("Unit {n} inactive"));
+    }
+    for name in names {
         let existing = jobs.iter().find(|j| j.name == name);
         if existing.is_some_and(|j| j.target_state == want) {
             continue;
         }
-        if existing.is_some_and(|j| j.global)
-            || (existing.is_none() && is_global_text(&reg, &name).await)
-        {
-            reg.set_target_state(&name, want).await?;
+        let global = existing.is_some_and(|j| j.global)
+            || created.iter().any(|(n, global)| *n == name && *global);
+        reg.set_target_state(&name, want)
+            .await
+            .map_err(|e| e.to_string())?;
+        if global {
             out(format!(
                 "Triggered global unit {name} {}",
                 if stop { "stop" } else { verb }
             ));
-            continue;
+        } else {
+            wait.push(name);
         }
-        reg.set_target_state(&name, want)
-            .await
-            .map_err(|e| e.to_string())?;
-        names.push(name);
     }
     if flags.contains_key("no-block") {
-        for n in &names {
+        for n in &wait {
             out(format!(
                 "Triggered unit {n} {}",
                 if stop { "stop" } else { verb }
@@ -434,20 +441,11 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
         .get("block-attempts")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    for n in &created {
-        out(format!("Unit {n} inactive"));
-    }
-    if let Err(e) = wait_for(&reg, &names, want, attempts).await {
+    if let Err(e) = wait_for(&reg, &wait, want, attempts).await {
         err(format!("Error waiting for units: {e}"));
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn is_global_text(reg: &Client, name: &str) -> bool {
-    reg.jobs()
-        .await
-        .is_ok_and(|jobs| jobs.iter().any(|j| j.name == name && j.global))
 }
 
 async fn run(args: Vec<String>) -> Result<ExitCode, String> {
@@ -568,6 +566,17 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
         "version" => {
             out(format!("fleetctl version {VERSION}"));
             Ok(ExitCode::SUCCESS)
+        }
+        "verify" => {
+            err("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.");
+            Ok(ExitCode::from(2))
+        }
+        "fd-forward" => {
+            let [socket] = args else {
+                err("Provide a single argument");
+                return Ok(ExitCode::FAILURE);
+            };
+            fd_forward(socket).await
         }
         "list-machines" => {
             let (flags, _) = parse_flags(args, &["fields"])?;
@@ -730,7 +739,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
-            for n in created {
+            for (n, _) in created {
                 out(format!("Unit {n} inactive"));
             }
             Ok(ExitCode::SUCCESS)
@@ -790,10 +799,6 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 }
             }
         }
-        "verify" => {
-            err("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.");
-            Ok(ExitCode::from(2))
-        }
         other => {
             err(format!("fleetctl: unknown subcommand: {other:?}"));
             err("Run 'fleetctl help' for usage.");
@@ -802,11 +807,30 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
     }
 }
 
+/// Copies stdin to a unix socket and the socket to stdout (what `--tunnel` runs remotely).
+async fn fd_forward(socket: &str) -> Result<ExitCode, String> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("Unable to connect to {socket}: {e}"))?;
+    let (mut rd, mut wr) = stream.into_split();
+    let up = async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut wr).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut wr).await
+    };
+    let mut stdout = tokio::io::stdout();
+    let down = tokio::io::copy(&mut rd, &mut stdout);
+    let (a, b) = tokio::join!(up, down);
+    a.and(b.map(|_| ()))
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|e| format!("Unable to forward to {socket}: {e}"))
+}
+
 fn help() {
-    out("NAME:\n\tfleetctl - fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.\n\nUSAGE:\n\tfleetctl [global options] <command> [command options] [arguments...]\n\nCOMMANDS:");
+    out(format!("NAME:\n\tfleetctl - fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.\n\nUSAGE:\n\tfleetctl [global options] <command> [command options] [arguments...]\n\nVERSION:\n\t{VERSION}\n\nCOMMANDS:"));
     for (n, d) in COMMANDS {
         out(format!("\t{n}\t{d}"));
     }
+    out("\nGlobal options can also be configured via upper-case environment variables prefixed by \"FLEETCTL_\"\nFor example, \"some-flag\" => \"FLEETCTL_SOME_FLAG\"\n\nRun \"fleetctl help <command>\" for more details on a specific command.");
 }
 
 fn main() -> ExitCode {

@@ -225,6 +225,12 @@ async fn fleetctl_over_the_api() {
         (0, "Unit hello.service loaded on 0f1e2d3c.../172.20.0.21\n"),
         "{err}"
     );
+    let (code, out, err) = fleetctl(&sock, &["unload", "hello.service"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Unit hello.service inactive\n"),
+        "{err}"
+    );
     let (code, out, _) = fleetctl(&sock, &["destroy", "hello.service"]).await;
     assert_eq!((code, out.as_str()), (0, "Destroyed hello.service\n"));
     let (code, _, err) = fleetctl(&sock, &["destroy", "hello.service"]).await;

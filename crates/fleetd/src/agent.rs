@@ -102,8 +102,16 @@ fn tasks(
 /// How long a burst of unit changes may settle before the agent acts on it.
 const SETTLE: Duration = Duration::from_millis(30);
 
+/// After registering anew, how long units the engine unscheduled while this machine was
+/// away keep running here, waiting to be scheduled back (pinned units would otherwise be
+/// stopped and started again on every reconnection).
+const HOLD: Duration = Duration::from_secs(5);
+
+/// The longest a restart of the registry watches may take before it is tried again.
+const RESTART_LIMIT: Duration = Duration::from_secs(5);
+
 /// The longest wait before retrying after etcd failed.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// What renewing the presence lease came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +237,22 @@ async fn fence_due(renewed: Arc<AtomicU64>, epoch: tokio::time::Instant, ttl: i6
     }
 }
 
+/// What the fencing timer watches: the last renewal (shared with [`Presence`]), its epoch,
+/// and the TTL.
+type FenceClock = (Arc<AtomicU64>, tokio::time::Instant, i64);
+
+/// Runs `fut` unless the fencing moment passes first: then it is dropped and `None` says
+/// to fence now. Every await of the agent's loop that can hang on etcd goes through this.
+async fn unless_fenced<T>(fut: impl Future<Output = T>, clock: Option<FenceClock>) -> Option<T> {
+    match clock {
+        None => Some(fut.await),
+        Some((renewed, epoch, ttl)) => tokio::select! {
+            r = fut => Some(r),
+            _ = fence_due(renewed, epoch, ttl) => None,
+        },
+    }
+}
+
 /// The agent's own state between passes.
 struct Agent<S, M> {
     reg: Arc<Registry<S>>,
@@ -245,6 +269,8 @@ struct Agent<S, M> {
     metadata: BTreeMap<String, String>,
     /// Everything must be published again (after registering anew).
     republish: bool,
+    /// Until when unscheduled units are held after registering anew (see [`HOLD`]).
+    hold_until: Option<tokio::time::Instant>,
 }
 
 impl<S: KvStore, M: UnitManager> Agent<S, M> {
@@ -262,11 +288,29 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             .any(|l| l.fenced && l.state == JobState::Launched)
     }
 
+    /// The fencing timer's clock, when fenced units are running.
+    fn fence_clock(&self) -> Option<FenceClock> {
+        self.fence_armed().then(|| {
+            (
+                self.presence.renewed.clone(),
+                self.presence.epoch,
+                self.presence.ttl,
+            )
+        })
+    }
+
     async fn tend(&mut self) -> Result<(), Error> {
         if self.presence.tend(&self.reg, &self.me).await? == Tended::Regained {
-            self.republish = true;
+            self.regained();
         }
         Ok(())
+    }
+
+    /// Registered anew after the lease lapsed: republish everything, and hold units that
+    /// lost their placement meanwhile until the engine has had its say.
+    fn regained(&mut self) {
+        self.republish = true;
+        self.hold_until = Some(tokio::time::Instant::now() + HOLD);
     }
 
     /// One pass: make this machine's units match the schedule, in fleet's task order.
@@ -298,6 +342,20 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             }
         }
         let mut t = tasks(&desired, &self.current);
+        // Just back from a lapse: a unit that is merely unscheduled (not moved elsewhere)
+        // stays for now; the engine is about to place it, likely here again.
+        if self
+            .hold_until
+            .is_some_and(|h| tokio::time::Instant::now() < h)
+        {
+            t.unload.retain(|n| {
+                !(!desired.contains_key(n)
+                    && cache.target_of(n).is_none()
+                    && cache
+                        .target_state_of(n)
+                        .is_some_and(|s| s != JobState::Inactive))
+            });
+        }
         // Past the fencing moment, fenced units stay stopped until the lease is renewed.
         if tokio::time::Instant::now() >= self.presence.fence_at() {
             t.start.retain(|n| {
@@ -495,6 +553,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         globals: BTreeMap::new(),
         metadata,
         republish: false,
+        hold_until: None,
     };
     // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
     // state): desired ones are loaded again (a no-op for running units), others unloaded.
@@ -526,15 +585,9 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         if dirty && !settling {
             dirty = false;
             settle = None;
-            let armed = agent.fence_armed();
-            let renewed = agent.presence.renewed.clone();
-            let epoch = agent.presence.epoch;
-            let outcome = tokio::select! {
-                r = agent.pass(&cache) => Some(r),
-                // A pass stuck on an unreachable etcd must not delay fencing.
-                _ = fence_due(renewed, epoch, cfg.ttl), if armed => None,
-            };
-            match outcome {
+            // A pass stuck on an unreachable etcd must not delay fencing.
+            let clock = agent.fence_clock();
+            match unless_fenced(agent.pass(&cache), clock).await {
                 Some(Ok(())) => backoff = SETTLE,
                 None => {
                     agent.fence().await;
@@ -543,10 +596,10 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 }
                 Some(Err(e)) if e.is_lease_lost() => {
                     // Cut off past the TTL mid-pass: register again and republish everything.
-                    if let Err(e) = agent.presence.regain(&reg, &me).await {
-                        tracing::warn!("registering again: {e}");
+                    match agent.presence.regain(&reg, &me).await {
+                        Ok(()) => agent.regained(),
+                        Err(e) => tracing::warn!("registering again: {e}"),
                     }
-                    agent.republish = true;
                     dirty = true;
                     settle = Some(tokio::time::Instant::now() + backoff);
                 }
@@ -591,10 +644,15 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 }
             },
             _ = tokio::time::sleep_until(agent.presence.next) => {
-                match agent.presence.tend(&reg, &me).await {
+                let clock = agent.fence_clock();
+                let Some(tended) = unless_fenced(agent.presence.tend(&reg, &me), clock).await else {
+                    agent.fence().await;
+                    continue;
+                };
+                match tended {
                     // Cut off for longer than the TTL: republish everything.
                     Ok(Tended::Regained) => {
-                        agent.republish = true;
+                        agent.regained();
                         dirty = true;
                     }
                     // Back before the lease lapsed: fenced units may start again.
@@ -614,16 +672,29 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 agent.fence().await;
             },
             _ = resync.tick() => dirty = true,
+            // The hold after registering anew is over: look at the held units again.
+            _ = tokio::time::sleep_until(agent.hold_until.unwrap_or_else(tokio::time::Instant::now)), if agent.hold_until.is_some() => {
+                agent.hold_until = None;
+                dirty = true;
+            }
             _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
                 if !watching {
-                    match ClusterCache::start(reg.clone()).await {
-                        Ok(c) => {
+                    let clock = agent.fence_clock();
+                    let restart = tokio::time::timeout(RESTART_LIMIT, ClusterCache::start(reg.clone()));
+                    match unless_fenced(restart, clock).await {
+                        Some(Ok(Ok(c))) => {
                             cache = c;
                             watching = true;
                             dirty = true;
                         }
-                        Err(e) => {
-                            tracing::debug!("watching the registry again: {e}");
+                        None => {
+                            agent.fence().await;
+                            settle = Some(tokio::time::Instant::now());
+                        }
+                        Some(failed) => {
+                            if let Ok(Err(e)) = failed {
+                                tracing::debug!("watching the registry again: {e}");
+                            }
                             settle = Some(tokio::time::Instant::now() + backoff);
                             backoff = (backoff * 4).min(MAX_BACKOFF);
                         }

@@ -342,6 +342,15 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
     let cut = members.iter().find(|m| m.id == target).unwrap();
     let others: Vec<&Member> = members.iter().filter(|m| m.id != target).collect();
     assert_eq!(cut.units.running(), vec!["fenced.service", "plain.service"]);
+    // A unit pinned to the machine cannot move: it waits for the machine to come back.
+    reg.create_unit(
+        "stay.service",
+        &format!("{UNIT}\n[X-Fleet]\nMachineID={target}\n"),
+        JobState::Launched,
+    )
+    .await
+    .unwrap();
+    eventually(&reg, "stay launched", |j| launched_everywhere(j, 3)).await;
 
     // The partition: the machine's requests fail and its watches end.
     cut.view.set_reachable(false);
@@ -357,13 +366,19 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
     let elsewhere = t.fenced_elsewhere.expect("fenced.service never moved");
     assert!(stopped < elsewhere, "{t:?}");
 
-    // The link comes back: the machine registers again and stops the moved units.
+    // The link comes back: the machine registers again and stops the moved units; the
+    // pinned one, unscheduled meanwhile, is scheduled back and never stopped.
     cut.view.set_reachable(true);
     let start = Instant::now();
     loop {
         let machines = reg.machines().await.unwrap().len();
         let here = cut.units.running();
-        if machines == 3 && here.is_empty() {
+        assert!(
+            here.iter().any(|u| u == "stay.service"),
+            "stay.service was stopped"
+        );
+        let placed = reg.job("stay.service").await.unwrap().unwrap().target;
+        if machines == 3 && here == ["stay.service"] && placed.as_deref() == Some(target.as_str()) {
             break;
         }
         assert!(
@@ -373,9 +388,13 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Past the hold too: it stays.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(cut.units.running(), vec!["stay.service"]);
     let (jobs, _) = reg.jobs().await.unwrap();
     assert!(jobs
         .iter()
+        .filter(|j| j.name != "stay.service")
         .all(|j| j.target.as_deref() != Some(target.as_str())));
     for m in &members {
         m.stop.send(true).unwrap();

@@ -37,6 +37,7 @@ pub const PACKAGES: &[&str] = &[
     "dbus",
     "iproute2",
     "iputils-ping",
+    "curl",
     "etcd-server",
     "etcd-client",
     "docker.io",

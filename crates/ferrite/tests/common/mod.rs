@@ -1,0 +1,193 @@
+//! Shared by the tests that boot real machines: a cluster in its own state and run
+//! directories under a unique name, destroyed by a guard even when an assertion fails, and
+//! commands run in its machines.
+#![allow(
+    dead_code,
+    reason = "each test file uses the part of the helpers it needs"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+pub const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub struct Cluster {
+    /// The cluster's name.
+    pub name: String,
+    /// Its state directory (`FERRITE_STATE_DIR`).
+    pub state: tempfile::TempDir,
+    /// Its run directory (`FERRITE_RUN_DIR`).
+    pub run: tempfile::TempDir,
+    destroyed: bool,
+}
+
+impl Cluster {
+    pub fn new(tag: &str) -> Self {
+        let out = Command::new("id").arg("-u").output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "these tests boot real machines and need root (run scripts/test.sh as root)"
+        );
+        assert!(
+            Path::new(FERRITE)
+                .with_file_name("coreos-cloudinit")
+                .is_file(),
+            "coreos-cloudinit must be built beside ferrite (cargo build --workspace)"
+        );
+        Self {
+            name: format!("t{tag}{}", std::process::id() % 100_000),
+            state: tempfile::Builder::new()
+                .prefix("ferrite-state")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+            run: tempfile::Builder::new()
+                .prefix("ferrite-run")
+                .tempdir_in("/run")
+                .unwrap(),
+            destroyed: false,
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FERRITE);
+        c.args(args)
+            .env("FERRITE_STATE_DIR", self.state.path())
+            .env("FERRITE_RUN_DIR", self.run.path());
+        c
+    }
+
+    pub fn ferrite(&self, args: &[&str]) -> Output {
+        let mut a = vec![args[0], "--cluster", &self.name];
+        a.extend_from_slice(&args[1..]);
+        self.cmd(&a).stdin(Stdio::null()).output().unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.ferrite(args);
+        assert!(
+            o.status.success(),
+            "ferrite {args:?} failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// `ferrite ssh MACHINE -- sh -c SCRIPT`: (exit code, stdout).
+    pub fn sh(&self, machine: &str, script: &str) -> (i32, String) {
+        let o = self.ferrite(&["ssh", machine, "--", "sh", "-c", script]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// Retries `script` until its output contains `want` (bounded: `tries` × 1 s).
+    pub fn sh_until(&self, machine: &str, script: &str, want: &str, tries: u32) -> String {
+        let mut last = String::new();
+        for _ in 0..tries {
+            let (_, out) = self.sh(machine, script);
+            if out.contains(want) {
+                return out;
+            }
+            last = out;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("{machine}: {script:?} never printed {want:?}; last output:\n{last}");
+    }
+
+    pub fn machine_dir(&self, m: &str) -> PathBuf {
+        self.state
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("machines")
+            .join(m)
+    }
+
+    pub fn cluster_json(&self) -> serde_json::Value {
+        let p = self
+            .state
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("cluster.json");
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    pub fn destroy_and_check(&mut self) {
+        let json = self.cluster_json();
+        self.ok(&["destroy"]);
+        self.destroyed = true;
+        // Nothing left: processes, namespaces, mounts, cgroups, files.
+        for m in json["machines"].as_array().unwrap() {
+            if let Some(pid) = m["pid"].as_u64() {
+                let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("nspawn"));
+                assert!(!alive, "machine process {pid} survived destroy");
+            }
+            for cg in m["cgroups"].as_array().unwrap() {
+                assert!(
+                    !Path::new(cg.as_str().unwrap()).exists(),
+                    "cgroup {cg} survived destroy"
+                );
+            }
+        }
+        let netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !netns
+                .iter()
+                .any(|n| n.starts_with(&format!("ferrite-{}-", self.name))),
+            "namespaces survived destroy: {netns:?}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for dir in [self.state.path(), self.run.path()] {
+            assert!(
+                !mounts.contains(&dir.display().to_string()),
+                "mounts under {} survived destroy",
+                dir.display()
+            );
+        }
+        assert!(!self.state.path().join("clusters").join(&self.name).exists());
+        let needle = self.state.path().display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                assert!(
+                    !c.contains(&needle) || c.contains("cargo") || c.contains("machines-"),
+                    "process survived destroy: {c}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.destroyed {
+            let _ = self.ferrite(&["destroy"]);
+        }
+    }
+}
+
+pub fn ip_of(status: &str, machine: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(machine))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap()
+        .to_string()
+}
