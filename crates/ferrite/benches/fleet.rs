@@ -225,7 +225,43 @@ fn main() {
         one.as_secs_f64() / base.as_secs_f64()
     );
 
+    // Baselines for the batches: the same template's instances started straight through
+    // systemd (`systemctl start --no-block` of all of them), then stopped again.
+    e.sh(
+        c,
+        m,
+        &format!(
+            "printf '{}' > /run/systemd/system/base@.service && systemctl daemon-reload",
+            UNIT.replace('\n', "\\n")
+        ),
+    );
+    let mut baselines = Vec::new();
     for (from, to) in [(1, 100), (101, 1000)] {
+        let t = Instant::now();
+        e.sh(
+            c,
+            m,
+            &format!("systemctl start --no-block $(seq -f 'base@%g.service' {from} {to})"),
+        );
+        e.until(
+            c,
+            m,
+            "systemctl list-units --no-legend --state=active 'base@*' | wc -l",
+            &to.to_string(),
+            Duration::from_secs(300),
+        );
+        let took = t.elapsed();
+        println!(
+            "  baseline: systemctl start of {} more units ({} in all) to active: {}",
+            to - from + 1,
+            to,
+            secs(took)
+        );
+        baselines.push(took);
+    }
+    e.sh(c, m, "systemctl stop 'base@*'");
+
+    for ((from, to), base) in [(1, 100), (101, 1000)].into_iter().zip(baselines) {
         let t = Instant::now();
         e.sh(
             c,
@@ -242,10 +278,11 @@ fn main() {
             Duration::from_secs(300),
         );
         println!(
-            "  fleetctl start to active, {} more units ({} in all): {}",
+            "  fleetctl start to active, {} more units ({} in all): {} (ratio to baseline {:.1})",
             to - from + 1,
             to + 1,
-            secs(t.elapsed())
+            secs(t.elapsed()),
+            t.elapsed().as_secs_f64() / base.as_secs_f64()
         );
     }
     std::thread::sleep(Duration::from_secs(5));

@@ -88,6 +88,10 @@ impl Event {
 
 type R<T> = Result<T, StoreError>;
 
+/// The most keys [`KvStore::put_many`] writes in one request (etcd's default limit of
+/// operations per transaction is 128).
+pub const PUT_BATCH: usize = 100;
+
 /// What fleet asks of its store. Every method is one request (counted by [`KvStore::requests`]).
 pub trait KvStore: Clone + Send + Sync + 'static {
     /// One key.
@@ -99,6 +103,13 @@ pub trait KvStore: Clone + Send + Sync + 'static {
         &self,
         key: &str,
         value: Vec<u8>,
+        lease: Option<i64>,
+    ) -> impl Future<Output = R<()>> + Send;
+    /// Sets many keys, all on `lease` if given: one request per [`PUT_BATCH`] keys (an
+    /// etcd transaction without conditions).
+    fn put_many(
+        &self,
+        kvs: Vec<(String, Vec<u8>)>,
         lease: Option<i64>,
     ) -> impl Future<Output = R<()>> + Send;
     /// Sets a key only if it does not exist; returns whether it did so.
@@ -219,6 +230,29 @@ impl KvStore for EtcdStore {
             .put(key, value, opts)
             .await
             .map_err(etcd_err("put", key))?;
+        Ok(())
+    }
+
+    async fn put_many(&self, kvs: Vec<(String, Vec<u8>)>, lease: Option<i64>) -> R<()> {
+        // etcd refuses a transaction that names a key twice: the last value wins, as it
+        // would with one put after another.
+        let kvs: Vec<(String, Vec<u8>)> = kvs
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        for chunk in kvs.chunks(PUT_BATCH) {
+            let opts = lease.map(|l| PutOptions::new().with_lease(l));
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), opts.clone()))
+                .collect();
+            let first = chunk.first().map(|(k, _)| k.as_str()).unwrap_or("");
+            self.c()
+                .txn(Txn::new().and_then(ops))
+                .await
+                .map_err(etcd_err("put", first))?;
+        }
         Ok(())
     }
 
@@ -492,6 +526,17 @@ impl KvStore for MemoryStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<()> {
         self.with(|i| i.set(key, value, lease.unwrap_or(0)))
+    }
+
+    async fn put_many(&self, kvs: Vec<(String, Vec<u8>)>, lease: Option<i64>) -> R<()> {
+        for chunk in kvs.chunks(PUT_BATCH) {
+            self.with(|i| {
+                for (k, v) in chunk {
+                    i.set(k, v.clone(), lease.unwrap_or(0));
+                }
+            })?;
+        }
+        Ok(())
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<bool> {

@@ -351,17 +351,22 @@ impl<S: KvStore> Registry<S> {
         })?;
         let canonical = fleet::serialize(&options);
         let hash = UnitHash::of_options(&options);
-        self.store
-            .create(
-                &self.key(&format!("unit/{hash}")),
-                json(&UnitJson {
-                    Raw: canonical.clone(),
-                }),
-                None,
-            )
-            .await?;
-        if let Ok(mut cache) = self.units.lock() {
-            cache.insert(hash, canonical);
+        // Units are content-addressed and never removed: one known here is stored already
+        // (every instance of a template shares its template's content).
+        let known = self.units.lock().is_ok_and(|c| c.contains_key(&hash));
+        if !known {
+            self.store
+                .create(
+                    &self.key(&format!("unit/{hash}")),
+                    json(&UnitJson {
+                        Raw: canonical.clone(),
+                    }),
+                    None,
+                )
+                .await?;
+            if let Ok(mut cache) = self.units.lock() {
+                cache.insert(hash, canonical);
+            }
         }
         let global = fleet_model::Requirements::from_options(name, &options).global;
         let object = json(&JobJson {
@@ -547,14 +552,22 @@ impl<S: KvStore> Registry<S> {
 
     /// The agent's "launched here" mark, under its lease.
     pub async fn set_job_state(&self, name: &str, machine: &str, lease: i64) -> R<()> {
-        Ok(self
-            .store
-            .put(
-                &self.key(&format!("job/{name}/job-state")),
-                machine.as_bytes().to_vec(),
-                Some(lease),
-            )
-            .await?)
+        self.set_job_states(&[name.to_string()], machine, lease)
+            .await
+    }
+
+    /// Marks many units launched on `machine`, batched.
+    pub async fn set_job_states(&self, names: &[String], machine: &str, lease: i64) -> R<()> {
+        let kvs = names
+            .iter()
+            .map(|n| {
+                (
+                    self.key(&format!("job/{n}/job-state")),
+                    machine.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        Ok(self.store.put_many(kvs, Some(lease)).await?)
     }
 
     /// Clears the "launched" mark.
@@ -569,7 +582,32 @@ impl<S: KvStore> Registry<S> {
 
     /// Publishes this machine's view of a unit, under the agent's lease.
     pub async fn publish_state(&self, s: &UnitState, machine: &Machine, lease: i64) -> R<()> {
-        let value = json(&StateJson {
+        self.publish_states(std::slice::from_ref(s), machine, lease)
+            .await
+    }
+
+    /// Publishes many units' states of one machine, batched ([`crate::kv::PUT_BATCH`] per
+    /// request).
+    pub async fn publish_states(
+        &self,
+        states: &[UnitState],
+        machine: &Machine,
+        lease: i64,
+    ) -> R<()> {
+        let kvs = states
+            .iter()
+            .map(|s| {
+                (
+                    self.key(&format!("states/{}/{}", s.unit, s.machine_id)),
+                    self.state_value(s, machine),
+                )
+            })
+            .collect();
+        Ok(self.store.put_many(kvs, Some(lease)).await?)
+    }
+
+    fn state_value(&self, s: &UnitState, machine: &Machine) -> Vec<u8> {
+        json(&StateJson {
             load_state: s.load_state.clone(),
             active_state: s.active_state.clone(),
             sub_state: s.sub_state.clone(),
@@ -580,15 +618,7 @@ impl<S: KvStore> Registry<S> {
                 Version: String::new(),
             },
             unit_hash: s.hash.clone(),
-        });
-        Ok(self
-            .store
-            .put(
-                &self.key(&format!("states/{}/{}", s.unit, s.machine_id)),
-                value,
-                Some(lease),
-            )
-            .await?)
+        })
     }
 
     /// Removes this machine's row for a unit.

@@ -254,20 +254,64 @@ async fn check_existing(
     Ok(Ensured::Replaced)
 }
 
-/// Finds or creates a unit for a command-line argument (fleet's lazy creation order);
-/// `replace` is the command's state when `--replace` was given.
-async fn ensure_unit(
+/// A unit to create, read and validated.
+struct NewUnit {
+    name: String,
+    text: String,
+    options: Vec<systemd_unit::fleet::UnitOption>,
+    global: bool,
+}
+
+/// What a command-line argument names.
+enum Found {
+    /// A unit in the registry (with what `--replace` did to it).
+    Present(String, Ensured),
+    /// A unit to create from a local file or template.
+    New(NewUnit),
+}
+
+/// How many creations or state changes fleetctl has in flight at once.
+const IN_FLIGHT: usize = 16;
+
+/// Creates units, [`IN_FLIGHT`] at a time, in order; the names created now (some may have
+/// been created meanwhile by someone else) with whether they are global.
+async fn create_units(reg: &Client, units: Vec<NewUnit>) -> Result<Vec<(String, bool)>, String> {
+    use futures_util::{stream, StreamExt as _};
+    let results: Vec<_> = stream::iter(units)
+        .map(|u| async move {
+            let r = reg
+                .create_unit(&u.name, &u.text, &u.options, JobState::Inactive)
+                .await;
+            (u.name, u.global, r)
+        })
+        .buffered(IN_FLIGHT)
+        .collect()
+        .await;
+    let mut created = Vec::new();
+    for (name, global, r) in results {
+        match r {
+            Ok(Created::New) => created.push((name, global)),
+            Ok(Created::Existed) => {}
+            Err(e) => return Err(format!("failed creating unit {name}: {e}")),
+        }
+    }
+    Ok(created)
+}
+
+/// Finds the unit a command-line argument names, or reads and validates the one to create
+/// (fleet's lazy creation order: registry, local file, template in the registry, template
+/// on disk); `replace` is the command's state when `--replace` was given.
+async fn find_unit(
     reg: &Client,
     arg: &str,
     jobs: &[JobRecord],
-    created: &mut Vec<(String, bool)>,
     replace: Option<JobState>,
-) -> Result<(String, Ensured), String> {
+) -> Result<Found, String> {
     let name = mangle(arg);
     validate_name(&name).map_err(|e| e.to_string())?;
     if let Some(job) = jobs.iter().find(|j| j.name == name) {
         let how = check_existing(reg, arg, job, replace).await?;
-        return Ok((name, how));
+        return Ok(Found::Present(name, how));
     }
     let info = NameInfo::parse(&name).ok_or_else(|| format!("invalid unit name {name}"))?;
     let dir = std::path::Path::new(arg)
@@ -309,15 +353,12 @@ async fn ensure_unit(
         ));
     }
     req.validate().map_err(|e| e.to_string())?;
-    match reg
-        .create_unit(&name, &text, &options, JobState::Inactive)
-        .await
-    {
-        Ok(Created::New) => created.push((name.clone(), req.global)),
-        Ok(Created::Existed) => {}
-        Err(e) => return Err(format!("failed creating unit {name}: {e}")),
-    }
-    Ok((name, Ensured::Present))
+    Ok(Found::New(NewUnit {
+        name,
+        text,
+        options,
+        global: req.global,
+    }))
 }
 
 async fn wait_for(
@@ -375,7 +416,7 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
     // desired states are set, then the command waits.
     let mut names = Vec::new();
     let mut wait = Vec::new();
-    let mut created = Vec::new();
+    let mut new = Vec::new();
     for u in &units {
         if want == JobState::Inactive || stop {
             let n = mangle(u);
@@ -391,14 +432,18 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
             }
         } else {
             let replace = flags.contains_key("replace").then_some(want);
-            match ensure_unit(&reg, u, &jobs, &mut created, replace).await {
-                Ok((n, Ensured::Replaced))
+            match find_unit(&reg, u, &jobs, replace).await {
+                Ok(Found::Present(n, Ensured::Replaced))
                     if jobs.iter().any(|j| j.name == n && j.target_state == want) =>
                 {
                     // Already in the wanted state: report it once the new content is there.
                     wait.push(n);
                 }
-                Ok((n, _)) => names.push(n),
+                Ok(Found::Present(n, _)) => names.push(n),
+                Ok(Found::New(unit)) => {
+                    names.push(unit.name.clone());
+                    new.push(unit);
+                }
                 Err(e) => {
                     err(format!("Error creating units: {e}"));
                     return Ok(ExitCode::FAILURE);
@@ -406,9 +451,18 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
             }
         }
     }
+    // Every argument was found or read and validated before anything is created.
+    let created = match create_units(&reg, new).await {
+        Ok(c) => c,
+        Err(e) => {
+            err(format!("Error creating units: {e}"));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     for (n, _) in &created {
         out(format!("Unit {n} inactive"));
     }
+    let mut changes = Vec::new();
     for name in names {
         let existing = jobs.iter().find(|j| j.name == name);
         if existing.is_some_and(|j| j.target_state == want) {
@@ -416,9 +470,19 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
         }
         let global = existing.is_some_and(|j| j.global)
             || created.iter().any(|(n, global)| *n == name && *global);
-        reg.set_target_state(&name, want)
+        changes.push((name, global));
+    }
+    let results: Vec<Result<(), String>> = {
+        use futures_util::{stream, StreamExt as _};
+        let reg = &reg;
+        stream::iter(&changes)
+            .map(|(name, _)| async move { reg.set_target_state(name, want).await })
+            .buffered(IN_FLIGHT)
+            .collect()
             .await
-            .map_err(|e| e.to_string())?;
+    };
+    for ((name, global), r) in changes.into_iter().zip(results) {
+        r?;
         if global {
             out(format!(
                 "Triggered global unit {name} {}",
@@ -731,14 +795,25 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             let (flags, units) = parse_flags(args, &[])?;
             let reg = registry(&g).await?;
             let jobs = reg.jobs().await?;
-            let mut created = Vec::new();
             let replace = flags.contains_key("replace").then_some(JobState::Inactive);
+            let mut new = Vec::new();
             for u in &units {
-                if let Err(e) = ensure_unit(&reg, u, &jobs, &mut created, replace).await {
+                match find_unit(&reg, u, &jobs, replace).await {
+                    Ok(Found::New(unit)) => new.push(unit),
+                    Ok(Found::Present(..)) => {}
+                    Err(e) => {
+                        err(format!("Error creating units: {e}"));
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+            }
+            let created = match create_units(&reg, new).await {
+                Ok(c) => c,
+                Err(e) => {
                     err(format!("Error creating units: {e}"));
                     return Ok(ExitCode::FAILURE);
                 }
-            }
+            };
             for (n, _) in created {
                 out(format!("Unit {n} inactive"));
             }

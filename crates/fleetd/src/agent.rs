@@ -29,6 +29,19 @@ pub trait UnitManager: Send {
     fn stop(&mut self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// The unit's systemd (load, active, sub) state.
     fn state(&mut self, name: &str) -> impl Future<Output = (String, String, String)> + Send;
+    /// The states of many units, in order (one request where the manager can).
+    fn states(
+        &mut self,
+        names: &[String],
+    ) -> impl Future<Output = Vec<(String, String, String)>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(names.len());
+            for n in names {
+                out.push(self.state(n).await);
+            }
+            out
+        }
+    }
     /// Units left loaded by a previous run (name, text), so the agent can take them over
     /// or unload them.
     fn existing(&mut self) -> impl Future<Output = Vec<(String, String)>> + Send;
@@ -106,6 +119,10 @@ const SETTLE: Duration = Duration::from_millis(30);
 /// away keep running here, waiting to be scheduled back (pinned units would otherwise be
 /// stopped and started again on every reconnection).
 const HOLD: Duration = Duration::from_secs(5);
+
+/// How often the systemd states of this machine's units are compared with what was
+/// published (fleet's unit-state publisher polled systemd every second too).
+const STATE_PERIOD: Duration = Duration::from_secs(1);
 
 /// The longest a restart of the registry watches may take before it is tried again.
 const RESTART_LIMIT: Duration = Duration::from_secs(5);
@@ -271,6 +288,11 @@ struct Agent<S, M> {
     republish: bool,
     /// Until when unscheduled units are held after registering anew (see [`HOLD`]).
     hold_until: Option<tokio::time::Instant>,
+    /// The systemd states last published, by unit.
+    published: BTreeMap<String, (String, String, String)>,
+    /// Units unloaded since the last daemon-reload: systemd may still hold their old
+    /// definitions.
+    stale: std::collections::BTreeSet<String>,
 }
 
 impl<S: KvStore, M: UnitManager> Agent<S, M> {
@@ -364,7 +386,13 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                     .is_some_and(|(_, _, text)| self.fenced(n, text))
             });
         }
-        let changed_files = !t.unload.is_empty() || !t.load.is_empty();
+        // systemd reads a new unit file when the unit is first started (it notices the
+        // changed unit directory), so a daemon-reload — 1.5 s with a thousand units — is
+        // needed only when a name it may still hold in memory gets new content.
+        let reload = t
+            .load
+            .iter()
+            .any(|(n, _)| self.current.contains_key(n) || self.stale.contains(n));
         for name in &t.unload {
             self.tend().await?;
             self.manager
@@ -372,6 +400,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 .await
                 .map_err(|e| Error::Unit(name.clone(), e))?;
             self.current.remove(name);
+            self.stale.insert(name.clone());
             self.reg.clear_job_state(name).await?;
             self.reg.remove_state(name, &me).await?;
         }
@@ -393,7 +422,8 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 );
             }
         }
-        if changed_files {
+        if reload {
+            self.stale.clear();
             self.manager
                 .reload()
                 .await
@@ -410,27 +440,36 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 c.state = JobState::Loaded;
             }
         }
-        for name in &t.start {
+        if !t.start.is_empty() {
+            // "Launched here" for the whole batch first (one request per hundred units),
+            // then the starts, as fleet's order has it.
             self.tend().await?;
-            if let Some(c) = self.current.get_mut(name) {
-                c.state = JobState::Launched;
-            }
-            self.reg
-                .set_job_state(name, &me, self.presence.lease)
-                .await?;
-            self.manager
-                .start(name)
-                .await
-                .map_err(|e| Error::Unit(name.clone(), e))?;
-        }
-        let touched: Vec<String> = if self.republish {
-            for (name, c) in &self.current {
-                if c.state == JobState::Launched {
-                    self.reg
-                        .set_job_state(name, &me, self.presence.lease)
-                        .await?;
+            for name in &t.start {
+                if let Some(c) = self.current.get_mut(name) {
+                    c.state = JobState::Launched;
                 }
             }
+            self.reg
+                .set_job_states(&t.start, &me, self.presence.lease)
+                .await?;
+            for name in &t.start {
+                self.tend().await?;
+                self.manager
+                    .start(name)
+                    .await
+                    .map_err(|e| Error::Unit(name.clone(), e))?;
+            }
+        }
+        let touched: Vec<String> = if self.republish {
+            let launched: Vec<String> = self
+                .current
+                .iter()
+                .filter(|(_, c)| c.state == JobState::Launched)
+                .map(|(n, _)| n.clone())
+                .collect();
+            self.reg
+                .set_job_states(&launched, &me, self.presence.lease)
+                .await?;
             self.republish = false;
             self.current.keys().cloned().collect()
         } else {
@@ -442,25 +481,64 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 .cloned()
                 .collect()
         };
-        for name in &touched {
+        // Their states: one question to systemd, one write per hundred units.
+        let touched: Vec<String> = touched
+            .into_iter()
+            .filter(|n| self.current.contains_key(n))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !touched.is_empty() {
             self.tend().await?;
-            let Some(hash) = self.current.get(name.as_str()).map(|c| c.hash) else {
+            self.publish(&touched, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the systemd states of `names` and publishes them — all of them, or with
+    /// `all == false` only those that changed since last published.
+    async fn publish(&mut self, names: &[String], all: bool) -> Result<(), Error> {
+        let systemd = self.manager.states(names).await;
+        let mut states = Vec::new();
+        for (name, now) in names.iter().zip(systemd) {
+            let Some(hash) = self.current.get(name).map(|c| c.hash) else {
                 continue;
             };
-            let (load, active, sub) = self.manager.state(name).await;
-            let st = UnitState {
+            if !all && self.published.get(name) == Some(&now) {
+                continue;
+            }
+            let (load, active, sub) = now;
+            states.push(UnitState {
                 unit: name.clone(),
-                machine_id: me.clone(),
+                machine_id: self.me.id.clone(),
                 load_state: load,
                 active_state: active,
                 sub_state: sub,
                 hash: hash.to_string(),
-            };
+            });
+        }
+        if !states.is_empty() {
             self.reg
-                .publish_state(&st, &self.me, self.presence.lease)
+                .publish_states(&states, &self.me, self.presence.lease)
                 .await?;
+            // Remembered only once written, so a failed write is tried again.
+            for s in states {
+                self.published
+                    .insert(s.unit, (s.load_state, s.active_state, s.sub_state));
+            }
         }
         Ok(())
+    }
+
+    /// fleet's unit-state publisher: once a second, the states of this machine's units that
+    /// changed (a crash, a stop from outside) are published.
+    async fn refresh_states(&mut self) -> Result<(), Error> {
+        self.published.retain(|n, _| self.current.contains_key(n));
+        let names: Vec<String> = self.current.keys().cloned().collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.publish(&names, false).await
     }
 
     /// Stops the fenced units now: the lease has not been renewed for half its TTL. Only
@@ -554,6 +632,8 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         metadata,
         republish: false,
         hold_until: None,
+        published: BTreeMap::new(),
+        stale: Default::default(),
     };
     // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
     // state): desired ones are loaded again (a no-op for running units), others unloaded.
@@ -576,6 +656,8 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     let mut backoff = SETTLE;
     // False while the watches are down and being re-established.
     let mut watching = true;
+    let mut watch_states = tokio::time::interval(STATE_PERIOD);
+    watch_states.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -672,6 +754,14 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                 agent.fence().await;
             },
             _ = resync.tick() => dirty = true,
+            _ = watch_states.tick(), if !agent.current.is_empty() && !dirty => {
+                let clock = agent.fence_clock();
+                match unless_fenced(agent.refresh_states(), clock).await {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => tracing::debug!("publishing unit states: {e}"),
+                    None => agent.fence().await,
+                }
+            }
             // The hold after registering anew is over: look at the held units again.
             _ = tokio::time::sleep_until(agent.hold_until.unwrap_or_else(tokio::time::Instant::now)), if agent.hold_until.is_some() => {
                 agent.hold_until = None;
@@ -723,6 +813,15 @@ impl SimManager {
             Ok(mut u) => f(&mut u),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
+    }
+
+    /// Stops a unit behind the agent's back, as a crash would.
+    pub fn crash(&self, name: &str) {
+        self.with(|u| {
+            if let Some(u) = u.get_mut(name) {
+                u.1 = false;
+            }
+        });
     }
 
     /// The units running now.

@@ -81,6 +81,33 @@ impl UnitManager for SystemdManager {
         self.with(move |d| d.enqueue(JobKind::Stop, &n)).await
     }
 
+    async fn states(&mut self, names: &[String]) -> Vec<(String, String, String)> {
+        let want = names.to_vec();
+        match self.with(move |d| d.unit_statuses(&want)).await {
+            Ok(v) => {
+                let by_name: std::collections::HashMap<String, (String, String, String)> = v
+                    .into_iter()
+                    .map(|s| (s.name, (s.load, s.active, s.sub)))
+                    .collect();
+                names
+                    .iter()
+                    .map(|n| {
+                        by_name.get(n).cloned().unwrap_or_else(|| {
+                            ("not-found".into(), "inactive".into(), "dead".into())
+                        })
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!("reading unit states: {e}");
+                names
+                    .iter()
+                    .map(|_| ("error".into(), "unknown".into(), "unknown".into()))
+                    .collect()
+            }
+        }
+    }
+
     async fn state(&mut self, name: &str) -> (String, String, String) {
         let n = name.to_string();
         match self.with(move |d| d.unit_statuses(&[n])).await {

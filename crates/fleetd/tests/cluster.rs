@@ -434,3 +434,33 @@ async fn a_short_outage_restarts_fenced_units_where_they_were() {
     assert_eq!(jobs[0].target.as_deref(), Some("solo"));
     m.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_that_stops_on_its_own_is_reported() {
+    // fleet's unit-state publisher: what systemd says about a unit reaches the registry
+    // without any change in the cluster.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 2, false);
+    reg.create_unit("crashy.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
+    m.units.crash("crashy.service");
+    let start = Instant::now();
+    loop {
+        let states = reg.states().await.unwrap();
+        if states
+            .iter()
+            .any(|s| s.unit == "crashy.service" && s.active_state == "inactive")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never reported: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.stop.send(true).unwrap();
+}
