@@ -116,19 +116,41 @@ fn secs(d: Duration) -> String {
 const UNIT: &str = "[Service]\nExecStart=/bin/sleep infinity\n";
 
 /// fleetd's RSS (KiB) and CPU ticks (utime + stime).
-fn fleetd_usage(e: &Env, c: &str, m: &str) -> (u64, u64) {
+fn fleetd_usage(e: &Env, c: &str, m: &str) -> (Memory, u64) {
     let out = e
         .sh(
             c,
             m,
             "p=$(systemctl show -p MainPID --value fleet); \
-             grep VmRSS /proc/$p/status | tr -s ' ' | cut -d' ' -f2; \
+             grep -E '^(Rss|Pss):' /proc/$p/smaps_rollup | tr -s ' ' | cut -d' ' -f2; \
              cut -d' ' -f14,15 /proc/$p/stat",
         )
         .1;
     let mut words = out.split_whitespace().map(|w| w.parse::<u64>().unwrap());
     let rss = words.next().unwrap();
-    (rss, words.next().unwrap() + words.next().unwrap())
+    let pss = words.next().unwrap();
+    (
+        Memory { rss, pss },
+        words.next().unwrap() + words.next().unwrap(),
+    )
+}
+
+/// A process's resident memory, KiB: all its pages, and its proportional share (pages
+/// shared with other processes, such as libc's, divided among them).
+struct Memory {
+    rss: u64,
+    pss: u64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:.1} MiB, PSS {:.1} MiB",
+            self.rss as f64 / 1024.0,
+            self.pss as f64 / 1024.0
+        )
+    }
 }
 
 /// Messages etcd's gRPC server has received (requests and stream messages).
@@ -177,7 +199,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(10));
     let (_, cpu1) = fleetd_usage(&e, c, m);
     let msgs1 = etcd_messages(&e, c, m);
-    println!("  fleetd idle: RSS {:.1} MiB", rss0 as f64 / 1024.0);
+    println!("  fleetd idle: {rss0}");
     println!(
         "  at rest, no units: fleetd CPU {:.2}% of a core, etcd {:.1} requests/s",
         (cpu1 - cpu0) as f64 / ticks / 10.0 * 100.0,
@@ -291,10 +313,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(10));
     let (_, cpu1) = fleetd_usage(&e, c, m);
     let msgs1 = etcd_messages(&e, c, m);
-    println!(
-        "  fleetd with 1,001 units: RSS {:.1} MiB",
-        rss1 as f64 / 1024.0
-    );
+    println!("  fleetd with 1,001 units: {rss1}");
     println!(
         "  at rest, 1,001 units: fleetd CPU {:.2}% of a core, etcd {:.1} requests/s",
         (cpu1 - cpu0) as f64 / ticks / 10.0 * 100.0,
@@ -329,34 +348,71 @@ fn main() {
             UNIT.replace('\n', "\\n")
         ),
     );
-    let host = e
-        .sh(
-            c,
-            "core-01",
-            "fleetctl list-units --no-legend --fields=machine --full",
-        )
-        .1;
-    let host_ip = host.trim().split('/').nth(1).unwrap().to_string();
-    let mut victim = None;
-    for m in ["core-01", "core-02", "core-03"] {
-        if e.sh(c, m, "systemctl is-active ha.service").1.trim() == "active" {
-            victim = Some(m);
+    // Twice: the unit's machine is killed, then brought back, then the unit's new machine.
+    for round in 0..2 {
+        let host = e
+            .sh(
+                c,
+                "core-01",
+                "fleetctl list-units --no-legend --fields=machine --full",
+            )
+            .1;
+        let host_ip = host.trim().split('/').nth(1).unwrap().to_string();
+        let mut victim = None;
+        for m in ["core-01", "core-02", "core-03"] {
+            if e.sh(c, m, "systemctl is-active ha.service").1.trim() == "active" {
+                victim = Some(m);
+            }
+        }
+        let victim = victim.unwrap();
+        let witness = ["core-01", "core-02", "core-03"]
+            .into_iter()
+            .find(|m| *m != victim)
+            .unwrap();
+        // What else dies with it: etcd's raft leader (a new one is elected, and it renews
+        // every lease), fleet's engine leader (its lease must lapse too).
+        let etcd_leader = e
+            .sh(c, victim, "etcdctl endpoint status | cut -d, -f5")
+            .1
+            .trim()
+            == "true";
+        let engine_leader = e
+            .sh(
+                c,
+                victim,
+                "etcdctl get --print-value-only /_coreos.com/fleet/lease/engine-leader | grep -c $(cat /etc/machine-id)",
+            )
+            .1
+            .trim()
+            == "1";
+        let t = Instant::now();
+        e.ok(&["halt", "--cluster", c, "--force", victim]);
+        let script = format!(
+            "fleetctl list-units --no-legend --fields=machine,active --full | grep -v {host_ip} | grep -c active"
+        );
+        e.until(c, witness, &script, "1", Duration::from_secs(120));
+        println!(
+            "  {victim} killed (halt --force; etcd leader: {etcd_leader}, engine leader: {engine_leader}): ha.service active elsewhere after {}",
+            secs(t.elapsed())
+        );
+        if round == 0 {
+            e.ok(&[
+                "up",
+                "--cluster",
+                c,
+                "--instances",
+                "3",
+                "--user-data",
+                book.to_str().unwrap(),
+            ]);
+            e.until(
+                c,
+                witness,
+                "fleetctl list-machines --no-legend | wc -l",
+                "3",
+                Duration::from_secs(120),
+            );
         }
     }
-    let victim = victim.unwrap();
-    let witness = ["core-01", "core-02", "core-03"]
-        .into_iter()
-        .find(|m| *m != victim)
-        .unwrap();
-    let t = Instant::now();
-    e.ok(&["halt", "--cluster", c, "--force", victim]);
-    let script = format!(
-        "fleetctl list-units --no-legend --fields=machine,active --full | grep -v {host_ip} | grep -c active"
-    );
-    e.until(c, witness, &script, "1", Duration::from_secs(120));
-    println!(
-        "  {victim} killed (halt --force): ha.service active elsewhere after {}",
-        secs(t.elapsed())
-    );
     e.ok(&["destroy", "--cluster", c]);
 }

@@ -29,6 +29,14 @@ pub enum StoreError {
     /// The in-memory store's lock was poisoned by a panic elsewhere.
     #[error("in-memory store is poisoned")]
     Poisoned,
+    /// etcd did not answer in time.
+    #[error("etcd {op} {key}: no answer in time")]
+    TimedOut {
+        /// The operation.
+        op: &'static str,
+        /// The key or lease.
+        key: String,
+    },
     /// This view of the in-memory store is cut off (a simulated partition).
     #[error("in-memory store: cut off")]
     CutOff,
@@ -44,7 +52,7 @@ impl StoreError {
                 etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
                 _ => false,
             },
-            Self::Poisoned | Self::CutOff => false,
+            Self::Poisoned | Self::CutOff | Self::TimedOut { .. } => false,
         }
     }
 }
@@ -155,6 +163,18 @@ pub trait KvStore: Clone + Send + Sync + 'static {
 pub struct EtcdStore {
     client: Client,
     requests: Arc<AtomicU64>,
+    /// One open keep-alive stream per lease, so a renewal is one message (opening a
+    /// stream sends a renewal of its own).
+    keepers: Arc<tokio::sync::Mutex<HashMap<i64, Keeper>>>,
+    /// Each request's limit (also applied to keep-alive streams, which etcd's client does
+    /// not bound).
+    timeout: Duration,
+}
+
+/// A lease's open keep-alive stream.
+struct Keeper {
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -195,6 +215,8 @@ impl EtcdStore {
         Ok(Self {
             client,
             requests: Arc::new(AtomicU64::new(0)),
+            keepers: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            timeout,
         })
     }
 
@@ -307,20 +329,48 @@ impl KvStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: i64) -> R<bool> {
-        let once = async {
-            let (mut keeper, mut stream) = self.c().lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            stream.message().await
+        let timed_out = || StoreError::TimedOut {
+            op: "lease keep-alive",
+            key: lease.to_string(),
         };
-        match once.await {
-            Ok(resp) => Ok(resp.is_some_and(|r| r.ttl() > 0)),
+        // The stream is taken out while in use: no lock is held across the network.
+        let open = self.keepers.lock().await.remove(&lease);
+        if let Some(mut k) = open {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let renewed = async {
+                k.keeper.keep_alive().await?;
+                k.stream.message().await
+            };
+            match tokio::time::timeout(self.timeout, renewed).await {
+                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                    self.keepers.lock().await.insert(lease, k);
+                    return Ok(true);
+                }
+                Ok(Ok(Some(_))) => return Ok(false),
+                Err(_) => return Err(timed_out()),
+                // The stream ended or broke: open another (its first message renews).
+                Ok(Ok(None) | Err(_)) => {}
+            }
+        }
+        match tokio::time::timeout(self.timeout, self.c().lease_keep_alive(lease)).await {
+            Ok(Ok((keeper, stream))) => {
+                self.keepers
+                    .lock()
+                    .await
+                    .insert(lease, Keeper { keeper, stream });
+                Ok(true)
+            }
             // etcd reports an expired lease as an error of the keep-alive stream.
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => Ok(false),
-            Err(e) => Err(etcd_err("lease keep-alive", &lease.to_string())(e)),
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
+                Ok(false)
+            }
+            Ok(Err(e)) => Err(etcd_err("lease keep-alive", &lease.to_string())(e)),
+            Err(_) => Err(timed_out()),
         }
     }
 
     async fn revoke(&self, lease: i64) -> R<()> {
+        self.keepers.lock().await.remove(&lease);
         self.c()
             .lease_revoke(lease)
             .await

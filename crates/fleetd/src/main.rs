@@ -117,7 +117,8 @@ async fn run(config: PathBuf) -> Result<()> {
     } else {
         let ecfg = EngineConfig {
             machine_id: id,
-            lease_ttl: ((cfg.engine_reconcile_interval * 2.0).ceil() as i64).max(2),
+            // A dead leader is replaced within this: as short as etcd allows by default.
+            lease_ttl: (cfg.engine_reconcile_interval.ceil() as i64).max(2),
             resync: Duration::from_secs_f64(cfg.engine_reconcile_interval.max(1.0) * 15.0),
         };
         Some(tokio::spawn(run_engine(reg.clone(), ecfg, stop_rx)))
@@ -204,8 +205,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the engine, the agent and the API (none of them is CPU-bound), and
+    // few blocking threads (D-Bus calls): fleetd stays small.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(2)
         .enable_all()
         .build()
     {
