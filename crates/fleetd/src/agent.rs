@@ -19,6 +19,18 @@ use crate::Error;
 pub trait UnitManager: Send {
     /// Writes the unit and links it in (no daemon-reload yet).
     fn load(&mut self, name: &str, text: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Writes and links many units (one request where the manager can).
+    fn load_many(
+        &mut self,
+        units: &[(String, String)],
+    ) -> impl Future<Output = Result<(), (String, String)>> + Send {
+        async move {
+            for (name, text) in units {
+                self.load(name, text).await.map_err(|e| (name.clone(), e))?;
+            }
+            Ok(())
+        }
+    }
     /// Stops, unlinks and removes the unit.
     fn unload(&mut self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// daemon-reload, once after loads and unloads.
@@ -404,12 +416,14 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             self.reg.clear_job_state(name).await?;
             self.reg.remove_state(name, &me).await?;
         }
-        for (name, text) in &t.load {
+        if !t.load.is_empty() {
             self.tend().await?;
             self.manager
-                .load(name, text)
+                .load_many(&t.load)
                 .await
-                .map_err(|e| Error::Unit(name.clone(), e))?;
+                .map_err(|(name, e)| Error::Unit(name, e))?;
+        }
+        for (name, text) in &t.load {
             if let Some((_, hash, _)) = desired.get(name) {
                 let fenced = self.fenced(name, text);
                 self.current.insert(

@@ -42,6 +42,9 @@ impl SystemdManager {
     }
 }
 
+/// How many unit files one `LinkUnitFiles` call links.
+const LINK_BATCH: usize = 256;
+
 impl UnitManager for SystemdManager {
     async fn load(&mut self, name: &str, text: &str) -> Result<(), String> {
         let path = self.dir.join(name);
@@ -51,6 +54,26 @@ impl UnitManager for SystemdManager {
         let p = path.display().to_string();
         self.with(move |d| d.link_unit_files(&[p], true, true))
             .await
+    }
+
+    async fn load_many(&mut self, units: &[(String, String)]) -> Result<(), (String, String)> {
+        let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
+        atomic_file::create_dirs(&self.dir).map_err(|e| (first.clone(), e.to_string()))?;
+        let mut paths = Vec::with_capacity(units.len());
+        for (name, text) in units {
+            let path = self.dir.join(name);
+            atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
+                .map_err(|e| (name.clone(), e.to_string()))?;
+            paths.push(path.display().to_string());
+        }
+        // One LinkUnitFiles for the batch: systemd rescans its search paths per call.
+        for chunk in paths.chunks(LINK_BATCH) {
+            let chunk = chunk.to_vec();
+            self.with(move |d| d.link_unit_files(&chunk, true, true))
+                .await
+                .map_err(|e| (first.clone(), e))?;
+        }
+        Ok(())
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
