@@ -1,7 +1,7 @@
 //! fleet's functional scenarios on a real three-machine Ferrite cluster (`ferrite up`), each
 //! asserting what fleet's own test asserted (adapted where the harness differs, and said
-//! so): fleetctl's help, version and environment; the API's machine list, page tokens and
-//! metadata PATCH; unit actions (submit, load, start, stop, unload, destroy, cat, status,
+//! so): fleetctl's help, version and environment; the API on its Unix socket and on TCP;
+//! the API's machine list, page tokens and metadata PATCH; unit actions (submit, load, start, stop, unload, destroy, cat, status,
 //! journal, `--replace`, list-unit-files order); MachineOf with a member leaving (and its
 //! purge); Conflicts one- and two-way; MachineID; global units; metadata with specifiers;
 //! a member's reboot; and a network partition (the machine's link cut inside its
@@ -241,6 +241,13 @@ fn client(f: &Fleet) {
     let (code, out) = f.c.sh(
         "core-01",
         "FLEETCTL_ENDPOINT=unix:///var/run/fleet.sock fleetctl list-machines --no-legend 2>&1",
+    );
+    assert_eq!((code, out.lines().count()), (0, 3), "{out}");
+    // The API on TCP (fleet-tcp.socket, port 54728), from another machine.
+    let ip = common::ip_of(&f.c.ok(&["status"]), "core-01");
+    let (code, out) = f.c.sh(
+        "core-02",
+        &format!("fleetctl --endpoint=http://{ip}:54728 list-machines --no-legend 2>&1"),
     );
     assert_eq!((code, out.lines().count()), (0, 3), "{out}");
 }

@@ -89,22 +89,37 @@ async fn run(config: PathBuf) -> Result<()> {
         fencing: cfg.fencing,
     };
     let (ready_tx, ready_rx) = watch::channel(false);
-    let listener = api_listener().context("opening the fleet API socket")?;
+    let listeners = api_listeners().context("opening the fleet API sockets")?;
     let api = Arc::new(fleetd::api::Api {
         reg: reg.clone(),
         ready: ready_rx,
         server: concat!("fleetd/", env!("CARGO_PKG_VERSION")),
     });
-    let mut api_stop = stop_rx.clone();
-    let server =
-        axum::serve(listener, fleetd::api::router(api)).with_graceful_shutdown(async move {
+    let mut api_tasks = Vec::new();
+    for listener in listeners {
+        let mut api_stop = stop_rx.clone();
+        let router = fleetd::api::router(api.clone());
+        let shutdown = async move {
             let _ = api_stop.wait_for(|s| *s).await;
-        });
-    let api_task = tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::warn!("fleet API server: {e}");
-        }
-    });
+        };
+        api_tasks.push(tokio::spawn(async move {
+            let served = match listener {
+                Listener::Unix(l) => {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                Listener::Tcp(l) => {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::warn!("fleet API server: {e}");
+            }
+        }));
+    }
     let mut agent = tokio::spawn(run_agent(
         reg.clone(),
         agent_cfg,
@@ -148,21 +163,39 @@ async fn run(config: PathBuf) -> Result<()> {
     if let Some(e) = engine {
         let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+    for t in api_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     let _ = store.requests();
     Ok(())
 }
 
-/// Where fleet's API listens: the socket systemd passed (`fleet.socket`,
-/// `ListenStream=/var/run/fleet.sock`), else `/var/run/fleet.sock` bound here.
-fn api_listener() -> Result<tokio::net::UnixListener> {
+/// A socket fleet's API is served on.
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Where fleet's API listens: every socket systemd passes (`fleet.socket` with
+/// `ListenStream=/var/run/fleet.sock`, and TCP ports such as fleet's functional tests'
+/// `ListenStream=54728`), else `/var/run/fleet.sock` bound here.
+fn api_listeners() -> Result<Vec<Listener>> {
     let mut fds = listenfd::ListenFd::from_env();
-    if let Some(l) = fds
-        .take_unix_listener(0)
-        .context("taking the socket passed by systemd")?
-    {
-        l.set_nonblocking(true)?;
-        return Ok(tokio::net::UnixListener::from_std(l)?);
+    let mut out = Vec::new();
+    for i in 0..fds.len() {
+        if let Ok(Some(l)) = fds.take_unix_listener(i) {
+            l.set_nonblocking(true)?;
+            out.push(Listener::Unix(tokio::net::UnixListener::from_std(l)?));
+        } else if let Some(l) = fds
+            .take_tcp_listener(i)
+            .with_context(|| format!("taking socket {i} passed by systemd"))?
+        {
+            l.set_nonblocking(true)?;
+            out.push(Listener::Tcp(tokio::net::TcpListener::from_std(l)?));
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
     }
     let path = std::path::Path::new(API_SOCKET);
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -173,7 +206,7 @@ fn api_listener() -> Result<tokio::net::UnixListener> {
     }
     let l =
         tokio::net::UnixListener::bind(path).with_context(|| format!("binding {API_SOCKET}"))?;
-    Ok(l)
+    Ok(vec![Listener::Unix(l)])
 }
 
 fn main() -> ExitCode {
