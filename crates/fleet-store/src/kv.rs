@@ -163,18 +163,9 @@ pub trait KvStore: Clone + Send + Sync + 'static {
 pub struct EtcdStore {
     client: Client,
     requests: Arc<AtomicU64>,
-    /// One open keep-alive stream per lease, so a renewal is one message (opening a
-    /// stream sends a renewal of its own).
-    keepers: Arc<tokio::sync::Mutex<HashMap<i64, Keeper>>>,
-    /// Each request's limit (also applied to keep-alive streams, which etcd's client does
+    /// Each request's limit (also applied to lease keep-alives, which etcd's client does
     /// not bound).
     timeout: Duration,
-}
-
-/// A lease's open keep-alive stream.
-struct Keeper {
-    keeper: etcd_client::LeaseKeeper,
-    stream: etcd_client::LeaseKeepAliveStream,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -215,7 +206,6 @@ impl EtcdStore {
         Ok(Self {
             client,
             requests: Arc::new(AtomicU64::new(0)),
-            keepers: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
             timeout,
         })
     }
@@ -329,48 +319,23 @@ impl KvStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: i64) -> R<bool> {
-        let timed_out = || StoreError::TimedOut {
-            op: "lease keep-alive",
-            key: lease.to_string(),
-        };
-        // The stream is taken out while in use: no lock is held across the network.
-        let open = self.keepers.lock().await.remove(&lease);
-        if let Some(mut k) = open {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let renewed = async {
-                k.keeper.keep_alive().await?;
-                k.stream.message().await
-            };
-            match tokio::time::timeout(self.timeout, renewed).await {
-                Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                    self.keepers.lock().await.insert(lease, k);
-                    return Ok(true);
-                }
-                Ok(Ok(Some(_))) => return Ok(false),
-                Err(_) => return Err(timed_out()),
-                // The stream ended or broke: open another (its first message renews).
-                Ok(Ok(None) | Err(_)) => {}
-            }
-        }
+        // Opening a keep-alive stream sends a renewal and checks its answer (a TTL of 0
+        // is "lease not found"): that one message is the renewal. The stream is closed at
+        // once, so nothing stays open per lease.
         match tokio::time::timeout(self.timeout, self.c().lease_keep_alive(lease)).await {
-            Ok(Ok((keeper, stream))) => {
-                self.keepers
-                    .lock()
-                    .await
-                    .insert(lease, Keeper { keeper, stream });
-                Ok(true)
-            }
-            // etcd reports an expired lease as an error of the keep-alive stream.
+            Ok(Ok(_)) => Ok(true),
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
                 Ok(false)
             }
             Ok(Err(e)) => Err(etcd_err("lease keep-alive", &lease.to_string())(e)),
-            Err(_) => Err(timed_out()),
+            Err(_) => Err(StoreError::TimedOut {
+                op: "lease keep-alive",
+                key: lease.to_string(),
+            }),
         }
     }
 
     async fn revoke(&self, lease: i64) -> R<()> {
-        self.keepers.lock().await.remove(&lease);
         self.c()
             .lease_revoke(lease)
             .await

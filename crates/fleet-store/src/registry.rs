@@ -243,19 +243,22 @@ impl MachineFields {
     /// a value replaces the configured one, an empty value hides it.
     pub fn machines(&self) -> Vec<Machine> {
         self.objects
-            .iter()
-            .map(|(id, m)| {
-                let mut m = m.clone();
-                for (k, v) in self.dynamic.get(id).into_iter().flatten() {
-                    if v.is_empty() {
-                        m.metadata.remove(k);
-                    } else {
-                        m.metadata.insert(k.clone(), v.clone());
-                    }
-                }
-                m
-            })
+            .keys()
+            .filter_map(|id| self.machine(id))
             .collect()
+    }
+
+    /// One live machine, with its dynamic metadata applied.
+    pub fn machine(&self, id: &str) -> Option<Machine> {
+        let mut m = self.objects.get(id)?.clone();
+        for (k, v) in self.dynamic.get(id).into_iter().flatten() {
+            if v.is_empty() {
+                m.metadata.remove(k);
+            } else {
+                m.metadata.insert(k.clone(), v.clone());
+            }
+        }
+        Some(m)
     }
 }
 

@@ -727,12 +727,15 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
                             || cache.target_of(u).as_deref() == Some(me.id.as_str())
                             || cache.is_global(u)
                     });
-                    // While this machine is briefly absent (a lapsed lease) its metadata stands.
-                    let now = cache
-                        .metadata_of(&me.id)
-                        .unwrap_or_else(|| agent.metadata.clone());
-                    let mine = mine || (change == Change::Machines && now != agent.metadata);
-                    agent.metadata = now;
+                    // Metadata changes only with machines. While this machine is briefly
+                    // absent (a lapsed lease) its metadata stands.
+                    let mut mine = mine;
+                    if change == Change::Machines {
+                        if let Some(now) = cache.metadata_of(&me.id) {
+                            mine |= now != agent.metadata;
+                            agent.metadata = now;
+                        }
+                    }
                     if mine && !dirty {
                         dirty = true;
                         settle = Some(tokio::time::Instant::now() + SETTLE);
