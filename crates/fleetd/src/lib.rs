@@ -5,20 +5,23 @@
 //!   and while leading, one `fleet-engine` pass per batch of changes seen by a watch-driven
 //!   cache — no polling of the keyspace.
 //! - [`agent::run_agent`]: the machine's presence under a lease, and its units made to match
-//!   the schedule in fleet's task order (unload, load, daemon-reload, stop, start), through a
-//!   [`agent::UnitManager`]; a graceful stop purges, as fleet did.
+//!   the schedule in fleet's task order (unload, load, daemon-reload when needed, stop,
+//!   start), through a [`agent::UnitManager`]; a graceful stop purges, as fleet did. Units keep
+//!   running when etcd is unreachable, except fenced ones (`[X-Fleet] Fencing=true` or
+//!   `fencing=true`), stopped half a TTL after the last renewal.
 //!
-//! Each loop is one `tokio::select!` over its event sources.
+//! Each loop is one `tokio::select!` over its event sources; neither exits on an etcd failure
+//! after start.
 //!
-//! - [`api`]: fleet's HTTP API v1 over the registry, 503 until the agent has registered.
+//! - [`api`]: fleet's HTTP API v1 over the registry (with 1.0's metadata PATCH and
+//!   replace-by-PUT), 503 until the agent has registered and while etcd is unreachable.
 //!
 //! [`systemd::SystemdManager`] is the real unit manager (units under `/run/fleet/units`,
 //! linked, started over D-Bus); [`agent::SimManager`] simulates one for tests and benches.
 //!
-//! Next: the opt-in fencing mode (a machine that cannot renew its lease stops fenced units
-//! before another may take them), the metadata PATCH, the API on TCP listeners, and the
-//! agent's cost per unit (1,000 units take ~110 s to start on one machine; see
-//! `crates/ferrite/benches/fleet.rs`).
+//! Next: SIGHUP reloading the configuration (fleet's TestReconfigureServer); the cost of a
+//! thousand units, now about twice what systemd alone needs (`crates/ferrite/benches/fleet.rs`);
+//! `--tunnel`/TLS on the client side.
 
 pub mod agent;
 pub mod api;
