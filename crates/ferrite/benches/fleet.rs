@@ -12,106 +12,12 @@
     clippy::print_stdout
 )]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Env {
-    state: tempfile::TempDir,
-    run: tempfile::TempDir,
-    cache: PathBuf,
-}
-
-impl Env {
-    fn new() -> Self {
-        let cache = std::env::var_os("FERRITE_CACHE_DIR")
-            .map_or_else(|| PathBuf::from("/var/cache/ferrite"), PathBuf::from);
-        Self {
-            state: tempfile::Builder::new()
-                .prefix("ferrite-bench")
-                .tempdir_in("/var/tmp")
-                .unwrap(),
-            run: tempfile::Builder::new()
-                .prefix("ferrite-bench")
-                .tempdir_in("/run")
-                .unwrap(),
-            cache,
-        }
-    }
-
-    fn ferrite(&self, args: &[&str]) -> std::process::Output {
-        Command::new(FERRITE)
-            .args(args)
-            .env("FERRITE_STATE_DIR", self.state.path())
-            .env("FERRITE_RUN_DIR", self.run.path())
-            .env("FERRITE_CACHE_DIR", &self.cache)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) {
-        let o = self.ferrite(args);
-        assert!(
-            o.status.success(),
-            "ferrite {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-
-    /// Runs a shell script in a machine as root; (exit code, stdout).
-    fn sh(&self, cluster: &str, machine: &str, script: &str) -> (i32, String) {
-        let o = self.ferrite(&[
-            "ssh",
-            "--cluster",
-            cluster,
-            machine,
-            "--",
-            "sudo",
-            "sh",
-            "-c",
-            script,
-        ]);
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    }
-
-    /// Polls `script` (every 20 ms, at most `limit`) until its output, trimmed, is `want`.
-    fn until(&self, c: &str, m: &str, script: &str, want: &str, limit: Duration) -> Duration {
-        let start = Instant::now();
-        let mut last = String::new();
-        while start.elapsed() < limit {
-            last = self.sh(c, m, script).1;
-            if last.trim() == want {
-                return start.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("{m}: `{script}` never gave {want:?} (last {last:?})");
-    }
-}
-
-/// Destroys the bench's clusters when dropped, so a failed run never leaves machines behind
-/// (or lets the temporary state directory be removed under running machines).
-impl Drop for Env {
-    fn drop(&mut self) {
-        for c in ["fleet1", "fleet3"] {
-            let _ = self.ferrite(&["destroy", "--cluster", c]);
-        }
-    }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
+use common::{default_cache, repo, secs, Env};
 
 const UNIT: &str = "[Service]\nExecStart=/bin/sleep infinity\n";
 
@@ -171,7 +77,7 @@ fn main() {
         "0",
         "run as root"
     );
-    let e = Env::new();
+    let e = Env::new(&default_cache());
     e.ok(&["image", "build"]);
     let chapter = repo().join("examples/user-data");
     let ticks = 100.0; // USER_HZ

@@ -12,70 +12,14 @@
     clippy::print_stdout
 )]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use machine_launcher::{ClusterState, Paths};
-
-const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Env {
-    state: tempfile::TempDir,
-    run: tempfile::TempDir,
-    cache: PathBuf,
-}
-
-impl Env {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(FERRITE);
-        c.args(args)
-            .env("FERRITE_STATE_DIR", self.state.path())
-            .env("FERRITE_RUN_DIR", self.run.path())
-            .env("FERRITE_CACHE_DIR", &self.cache)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.cmd(args).output().unwrap();
-        assert!(
-            o.status.success(),
-            "ferrite {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn paths(&self) -> Paths {
-        Paths {
-            state: self.state.path().to_path_buf(),
-            run: self.run.path().to_path_buf(),
-        }
-    }
-}
-
-fn env(cache: &Path) -> Env {
-    Env {
-        state: tempfile::Builder::new()
-            .prefix("ferrite-bench")
-            .tempdir_in("/var/tmp")
-            .unwrap(),
-        run: tempfile::Builder::new()
-            .prefix("ferrite-bench")
-            .tempdir_in("/run")
-            .unwrap(),
-        cache: cache.to_path_buf(),
-    }
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
+use common::{repo, secs, Env};
+use machine_launcher::ClusterState;
 
 /// `ferrite up`, then polls every machine until `etcdctl endpoint health` succeeds.
 fn up_until_healthy(
@@ -220,7 +164,7 @@ fn main() {
         .prefix("ferrite-cold-cache")
         .tempdir_in("/var/tmp")
         .unwrap();
-    let cold = env(cold_cache.path());
+    let cold = Env::new(cold_cache.path());
     let t = Instant::now();
     let built = cold.ok(&["image", "build"]);
     let cold_time = t.elapsed();
@@ -251,7 +195,7 @@ fn main() {
             secs(b)
         );
     }
-    let e = env(&shared_cache);
+    let e = Env::new(&shared_cache);
     e.ok(&["image", "build"]);
     let chapter = repo().join("examples/user-data");
     let (up1, healthy1) = up_until_healthy(&e, "bench1", 1, &chapter);

@@ -1,0 +1,127 @@
+//! Shared by the benchmarks that boot real machines: temporary state and run directories, an
+//! image cache, `ferrite` run with them, commands in machines, and a guard that destroys
+//! every cluster the benchmark made, even when it fails (so the temporary state directory
+//! is never removed under running machines).
+#![allow(
+    dead_code,
+    reason = "each benchmark uses the part of the helpers it needs"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// The image cache `ferrite` uses by default (`FERRITE_CACHE_DIR`).
+pub fn default_cache() -> PathBuf {
+    std::env::var_os("FERRITE_CACHE_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/ferrite"), PathBuf::from)
+}
+
+pub struct Env {
+    pub state: tempfile::TempDir,
+    pub run: tempfile::TempDir,
+    pub cache: PathBuf,
+}
+
+impl Env {
+    /// Fresh state and run directories, with the image cache at `cache`.
+    pub fn new(cache: &Path) -> Self {
+        Self {
+            state: tempfile::Builder::new()
+                .prefix("ferrite-bench")
+                .tempdir_in("/var/tmp")
+                .unwrap(),
+            run: tempfile::Builder::new()
+                .prefix("ferrite-bench")
+                .tempdir_in("/run")
+                .unwrap(),
+            cache: cache.to_path_buf(),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(FERRITE);
+        c.args(args)
+            .env("FERRITE_STATE_DIR", self.state.path())
+            .env("FERRITE_RUN_DIR", self.run.path())
+            .env("FERRITE_CACHE_DIR", &self.cache)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn ferrite(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs `ferrite`, which must succeed; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.ferrite(args);
+        assert!(
+            o.status.success(),
+            "ferrite {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs a shell script in a machine as root; (exit code, stdout).
+    pub fn sh(&self, cluster: &str, machine: &str, script: &str) -> (i32, String) {
+        let o = self.ferrite(&[
+            "ssh",
+            "--cluster",
+            cluster,
+            machine,
+            "--",
+            "sudo",
+            "sh",
+            "-c",
+            script,
+        ]);
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    }
+
+    /// Polls `script` (every 20 ms, at most `limit`) until its output, trimmed, is `want`.
+    pub fn until(&self, c: &str, m: &str, script: &str, want: &str, limit: Duration) -> Duration {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < limit {
+            last = self.sh(c, m, script).1;
+            if last.trim() == want {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{m}: `{script}` never gave {want:?} (last {last:?})");
+    }
+
+    pub fn paths(&self) -> machine_launcher::Paths {
+        machine_launcher::Paths {
+            state: self.state.path().to_path_buf(),
+            run: self.run.path().to_path_buf(),
+        }
+    }
+}
+
+/// Destroys every cluster left under the state directory.
+impl Drop for Env {
+    fn drop(&mut self) {
+        let clusters = self.state.path().join("clusters");
+        for entry in std::fs::read_dir(clusters).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let _ = self.ferrite(&["destroy", "--cluster", &name]);
+        }
+    }
+}
