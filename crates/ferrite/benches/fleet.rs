@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{default_cache, repo, secs, Env};
@@ -71,12 +70,7 @@ fn etcd_messages(e: &Env, c: &str, m: &str) -> u64 {
 }
 
 fn main() {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "0",
-        "run as root"
-    );
+    common::require_root();
     let e = Env::new(&default_cache());
     e.ok(&["image", "build"]);
     let chapter = repo().join("examples/user-data");

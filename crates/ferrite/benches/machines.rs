@@ -150,14 +150,8 @@ fn baseline_boot(cache: &Path) -> Option<Duration> {
 }
 
 fn main() {
-    let out = Command::new("id").arg("-u").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "0",
-        "run as root"
-    );
-    let shared_cache = std::env::var_os("FERRITE_CACHE_DIR")
-        .map_or_else(|| PathBuf::from("/var/cache/ferrite"), PathBuf::from);
+    common::require_root();
+    let shared_cache = common::default_cache();
 
     println!("== image build");
     let cold_cache = tempfile::Builder::new()

@@ -298,6 +298,34 @@ async fn create_units(reg: &Client, units: Vec<NewUnit>) -> Result<Vec<(String, 
     Ok(created)
 }
 
+/// fleet's lazy creation for `submit`, `load` and `start`: every argument is found in the
+/// registry, or read and validated, before any unit is created; then the new ones are
+/// created and reported (`Unit <name> inactive`). Returns each argument's unit and what
+/// `--replace` did to it, and the units created now with whether they are global.
+async fn lazy_create(
+    reg: &Client,
+    args: &[String],
+    jobs: &[JobRecord],
+    replace: Option<JobState>,
+) -> Result<(Vec<(String, Ensured)>, Vec<(String, bool)>), String> {
+    let mut found = Vec::new();
+    let mut new = Vec::new();
+    for arg in args {
+        match find_unit(reg, arg, jobs, replace).await? {
+            Found::Present(n, how) => found.push((n, how)),
+            Found::New(unit) => {
+                found.push((unit.name.clone(), Ensured::Present));
+                new.push(unit);
+            }
+        }
+    }
+    let created = create_units(reg, new).await?;
+    for (n, _) in &created {
+        out(format!("Unit {n} inactive"));
+    }
+    Ok((found, created))
+}
+
 /// Finds the unit a command-line argument names, or reads and validates the one to create
 /// (fleet's lazy creation order: registry, local file, template in the registry, template
 /// on disk); `replace` is the command's state when `--replace` was given.
@@ -416,51 +444,41 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
     // desired states are set, then the command waits.
     let mut names = Vec::new();
     let mut wait = Vec::new();
-    let mut new = Vec::new();
-    for u in &units {
-        if want == JobState::Inactive || stop {
+    let mut created = Vec::new();
+    if want == JobState::Inactive || stop {
+        for u in &units {
             let n = mangle(u);
-            match jobs.iter().find(|j| j.name == n) {
-                Some(j) => {
-                    if stop && j.current_state(&states) == JobState::Inactive {
-                        err(format!("Unable to stop unit {n} in state inactive"));
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    names.push(n);
-                }
-                None => continue, // unknown units are silently skipped
-            }
-        } else {
-            let replace = flags.contains_key("replace").then_some(want);
-            match find_unit(&reg, u, &jobs, replace).await {
-                Ok(Found::Present(n, Ensured::Replaced))
-                    if jobs.iter().any(|j| j.name == n && j.target_state == want) =>
-                {
-                    // Already in the wanted state: report it once the new content is there.
-                    wait.push(n);
-                }
-                Ok(Found::Present(n, _)) => names.push(n),
-                Ok(Found::New(unit)) => {
-                    names.push(unit.name.clone());
-                    new.push(unit);
-                }
-                Err(e) => {
-                    err(format!("Error creating units: {e}"));
+            // Unknown units are silently skipped.
+            if let Some(j) = jobs.iter().find(|j| j.name == n) {
+                if stop && j.current_state(&states) == JobState::Inactive {
+                    err(format!("Unable to stop unit {n} in state inactive"));
                     return Ok(ExitCode::FAILURE);
                 }
+                names.push(n);
             }
         }
-    }
-    // Every argument was found or read and validated before anything is created.
-    let created = match create_units(&reg, new).await {
-        Ok(c) => c,
-        Err(e) => {
-            err(format!("Error creating units: {e}"));
-            return Ok(ExitCode::FAILURE);
+    } else {
+        let replace = flags.contains_key("replace").then_some(want);
+        let found = match lazy_create(&reg, &units, &jobs, replace).await {
+            Ok((found, made)) => {
+                created = made;
+                found
+            }
+            Err(e) => {
+                err(format!("Error creating units: {e}"));
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        for (n, how) in found {
+            if how == Ensured::Replaced
+                && jobs.iter().any(|j| j.name == n && j.target_state == want)
+            {
+                // Already in the wanted state: report it once the new content is there.
+                wait.push(n);
+            } else {
+                names.push(n);
+            }
         }
-    };
-    for (n, _) in &created {
-        out(format!("Unit {n} inactive"));
     }
     let mut changes = Vec::new();
     for name in names {
@@ -796,26 +814,9 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             let reg = registry(&g).await?;
             let jobs = reg.jobs().await?;
             let replace = flags.contains_key("replace").then_some(JobState::Inactive);
-            let mut new = Vec::new();
-            for u in &units {
-                match find_unit(&reg, u, &jobs, replace).await {
-                    Ok(Found::New(unit)) => new.push(unit),
-                    Ok(Found::Present(..)) => {}
-                    Err(e) => {
-                        err(format!("Error creating units: {e}"));
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
-            }
-            let created = match create_units(&reg, new).await {
-                Ok(c) => c,
-                Err(e) => {
-                    err(format!("Error creating units: {e}"));
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            for (n, _) in created {
-                out(format!("Unit {n} inactive"));
+            if let Err(e) = lazy_create(&reg, &units, &jobs, replace).await {
+                err(format!("Error creating units: {e}"));
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }

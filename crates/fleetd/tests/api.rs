@@ -53,6 +53,28 @@ async fn request(sock: &std::path::Path, method: &str, path: &str, body: Option<
     }
 }
 
+/// GETs `path` every 20 ms, for at most 20 s, until `done` holds for the reply.
+async fn get_until(
+    sock: &std::path::Path,
+    path: &str,
+    what: &str,
+    done: impl Fn(&Reply) -> bool,
+) -> Reply {
+    let start = Instant::now();
+    loop {
+        let r = request(sock, "GET", path, None).await;
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never {what}: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_serves_fleet_v1() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,15 +127,9 @@ async fn api_serves_fleet_v1() {
         stop_rx,
     ));
 
-    let start = Instant::now();
-    let machines = loop {
-        let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
-        if r.status == 200 {
-            break r.json();
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let machines = get_until(&sock, "/fleet/v1/machines", "ready", |r| r.status == 200)
+        .await
+        .json();
     assert_eq!(
         machines,
         serde_json::json!({"machines": [{
@@ -197,39 +213,18 @@ async fn api_serves_fleet_v1() {
         r.json()["machines"],
         serde_json::json!([{"id": id, "metadata": {"foo": "bar", "role": "db"}, "primaryIP": "172.20.0.11"}])
     );
-    let start = Instant::now();
-    loop {
-        let r = request(&sock, "GET", "/fleet/v1/units/wants-foo.service", None).await;
-        if r.json()["machineID"] == id {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never placed: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    get_until(&sock, "/fleet/v1/units/wants-foo.service", "placed", |r| {
+        r.json()["machineID"] == id
+    })
+    .await;
     // Global units follow the dynamic metadata too (the agent matches them).
-    let start = Instant::now();
-    loop {
-        let r = request(
-            &sock,
-            "GET",
-            "/fleet/v1/state?unitName=global-foo.service",
-            None,
-        )
-        .await;
-        if r.json()["states"][0]["machineID"] == id {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "global never ran: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    get_until(
+        &sock,
+        "/fleet/v1/state?unitName=global-foo.service",
+        "global running",
+        |r| r.json()["states"][0]["machineID"] == id,
+    )
+    .await;
     // TestMachinesPatchDelete: removal hides the configured key too.
     let body = format!(
         r#"[{{"op":"remove","path":"/{id}/metadata/foo"}},{{"op":"remove","path":"/{id}/metadata/role"}}]"#
@@ -241,25 +236,13 @@ async fn api_serves_fleet_v1() {
         r.json()["machines"],
         serde_json::json!([{"id": id, "primaryIP": "172.20.0.11"}])
     );
-    let start = Instant::now();
-    loop {
-        let r = request(
-            &sock,
-            "GET",
-            "/fleet/v1/state?unitName=global-foo.service",
-            None,
-        )
-        .await;
-        if r.body.trim() == "{}" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "global stayed: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    get_until(
+        &sock,
+        "/fleet/v1/state?unitName=global-foo.service",
+        "global stopped",
+        |r| r.body.trim() == "{}",
+    )
+    .await;
     for unit in ["wants-foo.service", "global-foo.service"] {
         let r = request(&sock, "DELETE", &format!("/fleet/v1/units/{unit}"), None).await;
         assert_eq!(r.status, 204, "{}", r.body);
@@ -278,38 +261,25 @@ async fn api_serves_fleet_v1() {
     let r = request(&sock, "PUT", "/fleet/v1/units/hello.service", Some(unit)).await;
     assert_eq!(r.status, 204, "{}", r.body);
 
-    let start = Instant::now();
-    let got = loop {
-        let r = request(&sock, "GET", "/fleet/v1/units/hello.service", None).await;
+    let got = get_until(&sock, "/fleet/v1/units/hello.service", "launched", |r| {
         assert_eq!(r.status, 200, "{}", r.body);
-        let j = r.json();
-        if j["currentState"] == "launched" {
-            break j;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never launched: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        r.json()["currentState"] == "launched"
+    })
+    .await
+    .json();
     assert_eq!(got["desiredState"], "launched");
     assert_eq!(got["machineID"], "a1b2c3d4e5f60718293a4b5c6d7e8f90");
     assert_eq!(got["options"][0]["section"], "Service");
     assert_eq!(got["options"][0]["name"], "ExecStart");
 
-    let start = Instant::now();
-    let states = loop {
-        let r = request(&sock, "GET", "/fleet/v1/state?unitName=hello.service", None).await;
-        let j = r.json();
-        if j["states"][0]["systemdSubState"] == "running" {
-            break j;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never running: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let states = get_until(
+        &sock,
+        "/fleet/v1/state?unitName=hello.service",
+        "running",
+        |r| r.json()["states"][0]["systemdSubState"] == "running",
+    )
+    .await
+    .json();
     let st = &states["states"][0];
     assert_eq!(st["systemdActiveState"], "active");
     assert_eq!(st["systemdLoadState"], "loaded");
@@ -360,19 +330,10 @@ async fn api_serves_fleet_v1() {
     assert_eq!(r.status, 204, "{}", r.body);
     let r = request(&sock, "DELETE", "/fleet/v1/units/hello.service", None).await;
     assert_eq!(r.status, 404);
-    let start = Instant::now();
-    loop {
-        let r = request(&sock, "GET", "/fleet/v1/state", None).await;
-        if r.body.trim() == "{}" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "state stayed: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    get_until(&sock, "/fleet/v1/state", "states gone", |r| {
+        r.body.trim() == "{}"
+    })
+    .await;
 
     stop_tx.send(true).unwrap();
     agent.await.unwrap().unwrap();

@@ -21,6 +21,16 @@ pub fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// These benchmarks boot machines: they need root.
+pub fn require_root() {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "run as root"
+    );
+}
+
 /// The image cache `ferrite` uses by default (`FERRITE_CACHE_DIR`).
 pub fn default_cache() -> PathBuf {
     std::env::var_os("FERRITE_CACHE_DIR")
