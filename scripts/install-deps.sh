@@ -15,6 +15,7 @@ PACKAGES=(
   etcd-client           # etcdctl, to create discovery tokens
   busybox-static        # a tiny image for `docker import` in tests (no registry is reachable)
   bsdutils              # script(1), a terminal for the login-shell test
+  openssh-client        # ssh-keygen: each cluster's SSH key pair
   protobuf-compiler libprotobuf-dev   # etcd-client's build (etcd v3 protocol)
 )
 

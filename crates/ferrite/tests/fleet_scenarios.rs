@@ -4,7 +4,8 @@
 //! the API's machine list, page tokens and metadata PATCH; unit actions (submit, load, start, stop, unload, destroy, cat, status,
 //! journal, `--replace`, list-unit-files order); MachineOf with a member leaving (and its
 //! purge); Conflicts one- and two-way; MachineID; global units; metadata with specifiers;
-//! a member's reboot; and a network partition (the machine's link cut inside its
+//! SSH to other machines and known-hosts checking; Replaces; a new member taking a moved
+//! unit; a member's reboot; and a network partition (the machine's link cut inside its
 //! namespace): plain units keep running, fenced units stop before they run elsewhere.
 //!
 //! Units come from `fixtures/fleet-units`; fleetctl runs inside the machines over fleetd's
@@ -21,6 +22,10 @@ use std::time::{Duration, Instant};
 use common::{repo, Cluster};
 
 const MACHINES: [&str; 3] = ["core-01", "core-02", "core-03"];
+
+/// fleet's functional tests ran fleetctl without host key checking, except the one that
+/// tests it.
+const NO_STRICT: &str = "--strict-host-key-checking=false";
 
 /// A row of `list-units --no-legend --full --fields unit,active,machine`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +220,13 @@ fn fleet_scenarios_on_three_machines() {
     client(&f);
     api(&f);
     unit_actions(&f);
+    ssh_and_known_hosts(&f);
+    tunnel(&f);
+    install_unit(&f);
+    reconfigure_server(&f);
     machine_of_and_member_leaving(&f);
     conflicts(&f);
+    replace_and_new_member(&f);
     machine_id_global_and_metadata(&f);
     member_reboot(&f);
     partition(&f);
@@ -414,15 +424,24 @@ fn unit_actions(f: &Fleet) {
     let out = f.ok("start --no-block hello.service");
     assert_eq!(out, "Triggered unit hello.service start\n");
     f.wait_active_on("core-01", 1);
-    let (_, status) = f.ctl_on(&host, "status hello.service");
-    assert!(status.contains("Active: active"), "{status}");
-    let journal = f.wait("Hello, World! in the journal", 30, |f| {
-        let (_, j) = f.ctl_on(&host, "journal --sudo hello.service");
-        j.contains("Hello, World!").then_some(j)
-    });
-    assert!(journal.contains("Hello, World!"));
-    let (code, echoed) = f.ctl_on(&host, "ssh hello.service echo foo");
-    assert_eq!((code, echoed.trim()), (0, "foo"));
+    // TestUnitSSHActions, on the unit's machine and from another one (over SSH).
+    for from in [host.as_str(), f.witness(&host)] {
+        let (_, status) = f.ctl_on(from, &format!("{NO_STRICT} status hello.service"));
+        assert!(status.contains("Active: active"), "from {from}: {status}");
+        let journal = f.wait("Hello, World! in the journal", 30, |f| {
+            let (_, j) = f.ctl_on(from, &format!("{NO_STRICT} journal --sudo hello.service"));
+            j.contains("Hello, World!").then_some(j)
+        });
+        assert!(journal.contains("Hello, World!"));
+        let (code, echoed) = f.ctl_on(from, &format!("{NO_STRICT} ssh hello.service echo foo"));
+        assert_eq!((code, echoed.trim()), (0, "foo"), "from {from}");
+    }
+    // The remote command's exit status comes back.
+    let (code, _) = f.ctl_on(
+        f.witness(&host),
+        &format!("{NO_STRICT} ssh hello.service exit 7"),
+    );
+    assert_eq!(code, 7);
     f.destroy(&["hello.service"]);
 
     // list-unit-files is sorted by name, whatever the submission order.
@@ -438,6 +457,164 @@ fn unit_actions(f: &Fleet) {
     names.reverse();
     assert_eq!(f.unit_files(), names);
     f.ok(&format!("destroy {}", names.join(" ")));
+}
+
+/// TestTunnelScheduleBatchUnits: fleetctl on core-01 through an SSH tunnel to core-02
+/// (strict host key checking, a fresh known_hosts, the question answered `yes`): start
+/// hello.service, then hello@1..10 in one call, with no error; 11 active. Then `ssh` to
+/// core-03 through the same bastion.
+fn tunnel(f: &Fleet) {
+    let (_, out) = f.ctl("list-machines --no-legend --full --fields machine,ip");
+    let ip_of = |m: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{}\t", f.ids[m])))
+            .unwrap_or_else(|| panic!("no IP for {m} in {out}"))
+            .to_string()
+    };
+    let bastion = ip_of("core-02");
+    let tunneled = format!("--tunnel={bastion} --known-hosts-file=/tmp/kht");
+    // fleetctl through the tunnel, answering `yes` to any question.
+    let yes = |args: &str| {
+        f.c.sh(
+            "core-01",
+            &format!("cd /home/core/units; echo yes | fleetctl {tunneled} {args} 2>&1"),
+        )
+    };
+    f.c.sh("core-01", "rm -f /tmp/kht");
+    let (code, out) = yes("start hello.service");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("can't be established"), "{out}");
+    assert!(out.contains("Unit hello.service launched"), "{out}");
+    let ten: Vec<String> = (1..=10).map(|i| format!("hello@{i}.service")).collect();
+    let (code, out) = f.ctl(&format!("{tunneled} start {} </dev/null", ten.join(" ")));
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("Error"), "{out}");
+    f.wait_active_on("core-01", 11);
+    let (code, out) = yes(&format!("ssh {} hostname", f.ids["core-03"]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("core-03\n"), "{out}");
+    let mut all = ten;
+    all.push("hello.service".into());
+    let (code, out) = f.ctl(&format!("{tunneled} destroy {} </dev/null", all.join(" ")));
+    assert_eq!(code, 0, "{out}");
+    f.wait_active_on("core-01", 0);
+}
+
+/// TestInstallUnit: a unit with an `[Install]` section is enabled, so systemd starts it
+/// with the unit that wants it and stops it with that unit (`BindsTo=`), while fleet only
+/// loaded it.
+fn install_unit(f: &Fleet) {
+    f.ok("load hello.service install/discovery.service");
+    let state = |f: &Fleet, u: &str| -> Option<String> {
+        f.units_on("core-01")
+            .into_iter()
+            .find(|r| r.unit == u)
+            .map(|r| r.active)
+    };
+    f.wait("both loaded", 30, |f| {
+        (f.units_on("core-01").len() == 2).then_some(())
+    });
+    assert_eq!(state(f, "discovery.service").as_deref(), Some("inactive"));
+    f.ok("start hello.service");
+    f.wait("discovery active with hello", 30, |f| {
+        (state(f, "discovery.service").as_deref() == Some("active")).then_some(())
+    });
+    f.ok("stop hello.service");
+    f.wait("discovery inactive without hello", 30, |f| {
+        (state(f, "discovery.service").as_deref() == Some("inactive")).then_some(())
+    });
+    f.destroy(&["hello.service", "discovery.service"]);
+}
+
+/// TestReconfigureServer: after SIGHUP fleetd says it reloads its configuration, keeps
+/// serving the API (no `Failed serving HTTP on listener:`) and stays active; the unit it
+/// runs keeps running.
+fn reconfigure_server(f: &Fleet) {
+    f.ok("start hello.service");
+    let row = f.wait_active_on("core-01", 1).remove(0);
+    let host = f.name_of(&row.machine).to_string();
+    let pid = |f: &Fleet| {
+        f.c.sh(&host, "systemctl show -p MainPID --value hello.service")
+            .1
+    };
+    let before = pid(f);
+    let (code, out) =
+        f.c.sh(&host, "sudo systemctl kill -s HUP fleet.service 2>&1");
+    assert_eq!(code, 0, "{out}");
+    let journal = "journalctl -u fleet.service --no-pager -o cat";
+    f.c.sh_until(&host, journal, "Reloading configuration", 30);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pid(f), before, "the unit kept running through the reload");
+    f.ok("unload hello.service");
+    f.wait("hello unloaded", 30, |f| {
+        f.units_on(&host).is_empty().then_some(())
+    });
+    let (_, log) = f.c.sh(&host, journal);
+    assert!(!log.contains("Failed serving HTTP on listener:"), "{log}");
+    let (_, show) = f.c.sh(
+        &host,
+        "systemctl show -p ActiveState -p Result fleet.service",
+    );
+    assert!(show.contains("ActiveState=active\n"), "{show}");
+    assert!(show.contains("Result=success\n"), "{show}");
+    assert_ne!(before.trim(), "0");
+    f.destroy(&["hello.service"]);
+}
+
+/// TestScheduleMachineOf's `ssh <machine> uptime` on each member, and
+/// TestKnownHostsVerification: with strict checking and an empty known_hosts, answering
+/// `yes` adds the host and SSH works; after the member's host key changes (as a replaced
+/// member's would) SSH fails; emptying the file makes it work again.
+fn ssh_and_known_hosts(f: &Fleet) {
+    for (m, id) in &f.ids {
+        let (code, out) = f.ctl(&format!("{NO_STRICT} ssh {id} uptime"));
+        assert_eq!(code, 0, "ssh {m}: {out}");
+        assert!(out.contains("load average"), "ssh {m}: {out}");
+    }
+    let id = &f.ids["core-02"];
+    // fleetctl on core-01 with the known_hosts file under test, standard input `input`.
+    let ssh = |known: &str, input: &str| {
+        f.c.sh(
+            "core-01",
+            &format!(
+                "printf '{input}' | fleetctl --known-hosts-file={known} ssh {id} echo verified 2>&1"
+            ),
+        )
+    };
+    f.c.sh("core-01", "rm -f /tmp/kh /tmp/kh2");
+    let (code, out) = ssh("/tmp/kh", "");
+    assert_eq!(code, 255, "no answer, no connection: {out}");
+    let (code, out) = ssh("/tmp/kh", "yes\\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("can't be established"), "{out}");
+    assert!(
+        out.contains("Are you sure you want to continue connecting (yes/no)?"),
+        "{out}"
+    );
+    assert!(out.ends_with("verified\n"), "{out}");
+    // Known now: no question.
+    let (code, out) = ssh("/tmp/kh", "");
+    assert_eq!((code, out.as_str()), (0, "verified\n"));
+    let (code, out) = f.c.sh(
+        "core-02",
+        "sudo sh -c 'rm /etc/ssh/ssh_host_*; ssh-keygen -A' 2>&1",
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = ssh("/tmp/kh", "yes\\n");
+    assert_eq!(code, 255, "{out}");
+    assert!(
+        out.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{out}"
+    );
+    assert!(!out.contains("verified"), "{out}");
+    // Answering no refuses.
+    let (code, out) = ssh("/tmp/kh2", "no\\n");
+    assert_eq!(code, 255, "{out}");
+    assert!(!out.contains("verified"), "{out}");
+    f.c.sh("core-01", ": > /tmp/kh");
+    let (code, out) = ssh("/tmp/kh", "yes\\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("verified\n"), "{out}");
 }
 
 /// TestScheduleMachineOf, with TestNodeShutdown's purge check on the member that leaves.
@@ -535,6 +712,83 @@ fn conflicts(f: &Fleet) {
     });
     assert_eq!(rows[0].machine, f.ids["core-01"]);
     f.destroy(&["hello.service"]);
+}
+
+/// TestScheduleReplace on two members (fleet stopped on core-03, as fleet's test had two
+/// machines), then TestDynamicClusterNewMemberUnitMigration with core-03 as the new
+/// member: it joins and takes nothing; when fleet stops on a conflicting unit's machine,
+/// that unit moves to the new member and the other does not move.
+fn replace_and_new_member(f: &Fleet) {
+    let fleet = |m: &str, verb: &str| {
+        let (code, out) = f.c.sh(
+            m,
+            &format!("sudo systemctl {verb} fleet.socket fleet.service 2>&1"),
+        );
+        assert_eq!(code, 0, "{verb} fleet on {m}: {out}");
+    };
+    let machines_seen = |from: &str, n: usize| {
+        f.wait(&format!("{n} machines"), 30, |f| {
+            (f.machine_ids_on(from).len() == n).then_some(())
+        });
+    };
+    let at = |rows: &[UnitRow], u: &str| -> String {
+        rows.iter()
+            .find(|r| r.unit == u)
+            .map(|r| r.machine.clone())
+            .unwrap_or_default()
+    };
+    fleet("core-03", "stop");
+    machines_seen("core-01", 2);
+    f.ok("start replace.0.service");
+    let old = f.wait_active_on("core-01", 1)[0].machine.clone();
+    f.ok("start replace.1.service replace.2.service");
+    let rows = f.wait_active_on("core-01", 3);
+    assert_ne!(at(&rows, "replace.1.service"), old, "{rows:?}");
+    assert_eq!(
+        at(&rows, "replace.2.service"),
+        at(&rows, "replace.1.service")
+    );
+    // kick0 lands on the less loaded machine, replace.0's, and pushes replace.0 off it.
+    f.ok("start replace-kick0.service");
+    let rows = f.wait("kick0 in replace.0's place", 30, |f| {
+        let a = f.active_on("core-01");
+        (a.len() == 4
+            && at(&a, "replace-kick0.service") == old
+            && at(&a, "replace.0.service") != old)
+            .then_some(a)
+    });
+    eprintln!("replace: {rows:?}");
+    f.destroy(&[
+        "replace.0.service",
+        "replace.1.service",
+        "replace.2.service",
+        "replace-kick0.service",
+    ]);
+    f.wait_active_on("core-01", 0);
+
+    let two = ["conflict.0.service", "conflict.1.service"];
+    f.ok(&format!("start {}", two.join(" ")));
+    let before = f.wait_active_on("core-01", 2);
+    fleet("core-03", "start");
+    machines_seen("core-01", 3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.active_on("core-01"), before, "a new member takes nothing");
+    let host = f.name_of(&at(&before, "conflict.1.service")).to_string();
+    let witness = f.witness(&host);
+    fleet(&host, "stop");
+    machines_seen(witness, 2);
+    let after = f.wait("conflict.1 on the new member", 30, |f| {
+        let a = f.active_on(witness);
+        (a.len() == 2 && at(&a, "conflict.1.service") == f.ids["core-03"]).then_some(a)
+    });
+    assert_eq!(
+        at(&after, "conflict.0.service"),
+        at(&before, "conflict.0.service"),
+        "the other unit did not move"
+    );
+    fleet(&host, "start");
+    machines_seen(witness, 3);
+    f.destroy(&two);
 }
 
 /// TestScheduleConditionMachineID, TestScheduleGlobalUnits,

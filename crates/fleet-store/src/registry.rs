@@ -303,6 +303,12 @@ impl<S: KvStore> Registry<S> {
     /// Registers a machine under its lease; `false` if another holder of the same ID is
     /// registered (fleet 1.0: a duplicate machine ID never registers).
     pub async fn register_machine(&self, m: &Machine, lease: i64) -> R<bool> {
+        let (key, value) = self.machine_object(m);
+        Ok(self.store.create(&key, value, Some(lease)).await?)
+    }
+
+    /// A machine's presence key and value.
+    fn machine_object(&self, m: &Machine) -> (String, Vec<u8>) {
         let key = self.key(&format!("machines/{}/object", m.id));
         let value = json(&MachineJson {
             ID: m.id.clone(),
@@ -310,7 +316,13 @@ impl<S: KvStore> Registry<S> {
             Metadata: Some(m.metadata.clone()),
             Version: m.version.clone(),
         });
-        Ok(self.store.create(&key, value, Some(lease)).await?)
+        (key, value)
+    }
+
+    /// Publishes a registered machine's new address or metadata under its lease.
+    pub async fn update_machine(&self, m: &Machine, lease: i64) -> R<()> {
+        let (key, value) = self.machine_object(m);
+        Ok(self.store.put(&key, value, Some(lease)).await?)
     }
 
     /// Removes a machine's presence (graceful shutdown).

@@ -270,6 +270,8 @@ fn api_error(status: StatusCode, body: &[u8]) -> String {
 pub struct ApiClient {
     target: Target,
     timeout: Duration,
+    /// `--tunnel`: ssh's arguments to the bastion (destination last).
+    tunnel: Option<Vec<String>>,
 }
 
 enum Target {
@@ -303,7 +305,54 @@ impl ApiClient {
                 "unable to use endpoint {first:?}: want unix:///path or http://host:port"
             ));
         };
-        Ok(Self { target, timeout })
+        Ok(Self {
+            target,
+            timeout,
+            tunnel: None,
+        })
+    }
+
+    /// Through an SSH bastion, as fleet's `--tunnel`: for a Unix endpoint the bastion runs
+    /// `fleetctl fd-forward <socket>`; for a TCP endpoint ssh forwards to it (`-W`).
+    pub fn tunneled(
+        endpoint: &str,
+        timeout: Duration,
+        bastion: Vec<String>,
+    ) -> Result<Self, String> {
+        let mut c = Self::new(endpoint, timeout)?;
+        c.tunnel = Some(bastion);
+        Ok(c)
+    }
+
+    /// One connection to fleetd through the bastion: an ssh process whose standard input
+    /// and output carry the HTTP exchange.
+    fn tunnel_io(&self, bastion: &[String]) -> Result<Io, String> {
+        let (dest, opts) = bastion
+            .split_last()
+            .ok_or_else(|| "no tunnel destination".to_string())?;
+        let mut c = tokio::process::Command::new("ssh");
+        c.args(opts);
+        match &self.target {
+            Target::Unix(p) => {
+                c.arg(dest).args(["fleetctl", "fd-forward"]).arg(p);
+            }
+            Target::Tcp(h) => {
+                c.arg("-W").arg(h).arg(dest);
+            }
+        }
+        let mut child = c
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("Unable to run ssh for the tunnel: {e}"))?;
+        let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+            return Err("ssh for the tunnel has no pipes".into());
+        };
+        Ok(Io::Tunnel(
+            TokioIo::new(tokio::io::join(out, inp)),
+            Box::new(child),
+        ))
     }
 
     /// Every item of a collection, following `nextPageToken` (at most [`MAX_PAGES`] pages).
@@ -358,14 +407,16 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), String> {
         let exchange = async {
-            let (host, io) = match &self.target {
-                Target::Unix(p) => {
+            let (host, io) = match (&self.target, &self.tunnel) {
+                (Target::Unix(_), Some(b)) => ("fleet".to_string(), self.tunnel_io(b)?),
+                (Target::Tcp(h), Some(b)) => (h.clone(), self.tunnel_io(b)?),
+                (Target::Unix(p), None) => {
                     let s = tokio::net::UnixStream::connect(p)
                         .await
                         .map_err(|e| format!("dial unix {}: {e}", p.display()))?;
                     ("fleet".to_string(), Io::Unix(TokioIo::new(s)))
                 }
-                Target::Tcp(h) => {
+                (Target::Tcp(h), None) => {
                     let s = tokio::net::TcpStream::connect(h.as_str())
                         .await
                         .map_err(|e| format!("dial tcp {h}: {e}"))?;
@@ -389,6 +440,7 @@ impl ApiClient {
             let resp = match io {
                 Io::Unix(io) => exchange_on(io, req).await?,
                 Io::Tcp(io) => exchange_on(io, req).await?,
+                Io::Tunnel(io, _ssh) => exchange_on(io, req).await?,
             };
             Ok::<_, String>(resp)
         };
@@ -401,6 +453,11 @@ impl ApiClient {
 enum Io {
     Unix(TokioIo<tokio::net::UnixStream>),
     Tcp(TokioIo<tokio::net::TcpStream>),
+    /// The ssh process is killed when the exchange is over.
+    Tunnel(
+        TokioIo<tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>>,
+        Box<tokio::process::Child>,
+    ),
 }
 
 async fn exchange_on<I>(io: I, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>

@@ -12,8 +12,10 @@
 //! (endpoint default `http://127.0.0.1:2379`). See [`client`].
 //!
 //! `status`, `journal` and `ssh` run on the unit's machine: directly when that is this
-//! machine, else through the OpenSSH client (see [`remote`]). Not yet: `--tunnel`,
-//! `fd-forward`, TLS flags.
+//! machine, else through the OpenSSH client (see [`remote`]). `--tunnel=host[:port]` reaches
+//! fleetd through an SSH bastion, as fleet's did: the bastion runs `fleetctl fd-forward` to
+//! its API socket (or forwards to a TCP endpoint), and `status`/`journal`/`ssh` hop through
+//! it. Not yet: the TLS flags, and `--tunnel` with the etcd driver.
 
 mod client;
 mod remote;
@@ -24,7 +26,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use client::{Client, Created};
+use client::{ApiClient, Client, Created};
 use fleet_model::name::{mangle, validate_name, NameInfo};
 use fleet_model::{JobState, Machine, Requirements};
 use fleet_store::JobRecord;
@@ -153,13 +155,16 @@ fn print_table(flags: &BTreeMap<String, String>, fields: &[String], rows: Vec<Ve
 }
 
 async fn registry(g: &Global) -> Result<Client, String> {
-    Client::connect(
-        &g.driver,
-        &g.endpoint,
-        &g.prefix,
-        Duration::from_secs_f64(g.timeout.max(0.5)),
-    )
-    .await
+    let timeout = Duration::from_secs_f64(g.timeout.max(0.5));
+    match g.ssh.bastion()? {
+        None => Client::connect(&g.driver, &g.endpoint, &g.prefix, timeout).await,
+        Some(bastion) if g.driver == "api" => Ok(Client::Api(ApiClient::tunneled(
+            &g.endpoint,
+            timeout,
+            bastion,
+        )?)),
+        Some(_) => Err("--tunnel works with the API driver only".into()),
+    }
 }
 
 /// The local file `arg` names or, for an instance, its template beside it (the order of
@@ -601,6 +606,22 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             .cloned()
             .or_else(|| env("STRICT_HOST_KEY_CHECKING"))
             .is_none_or(|v| v != "false"),
+        tunnel: match gflags
+            .get("tunnel")
+            .cloned()
+            .or_else(|| env("TUNNEL"))
+            .filter(|t| !t.is_empty())
+        {
+            None => None,
+            // fleet's form, host[:port]; port 22 when omitted.
+            Some(t) => Some(match t.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("invalid --tunnel {t:?}"))?,
+                ),
+                None => (t, 22),
+            }),
+        },
     };
     let g = Global {
         ssh,

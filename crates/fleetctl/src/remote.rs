@@ -2,7 +2,10 @@
 //! machine (its `/etc/machine-id`) they run directly, as fleet's `status` and `journal` did;
 //! on another machine through the OpenSSH client (`ssh`, authenticating as the user's agent
 //! and keys allow) as `--ssh-username` at the machine's public IP, honouring `--ssh-port`,
-//! `--ssh-timeout`, `--known-hosts-file`, `--strict-host-key-checking` and `-A`.
+//! `--ssh-timeout`, `--known-hosts-file`, `--strict-host-key-checking` and `-A`. With strict
+//! checking (the default) an unknown host is first shown and added to the known-hosts file
+//! (`~/.fleetctl/known_hosts` by default) only when the user answers `yes` on standard
+//! input, as fleet asked; a changed key makes ssh fail.
 
 use std::collections::BTreeMap;
 use std::process::{Command, ExitCode};
@@ -20,10 +23,114 @@ pub struct SshOptions {
     pub user: String,
     /// `--ssh-timeout`, seconds.
     pub timeout: f64,
-    /// `--known-hosts-file`.
+    /// `--known-hosts-file` (default `~/.fleetctl/known_hosts`).
     pub known_hosts: Option<String>,
     /// `--strict-host-key-checking`.
     pub strict: bool,
+    /// `--tunnel`: the bastion's address and SSH port.
+    pub tunnel: Option<(String, u16)>,
+}
+
+impl SshOptions {
+    /// ssh's options to reach `ip:port` directly: time limit and host key policy. With strict
+    /// checking an unknown host is shown and added first (fleet's question), its key read
+    /// through `via` (ssh's arguments to the bastion) when given.
+    fn direct(&self, ip: &str, port: u16, via: Option<&[String]>) -> Result<Vec<String>, String> {
+        let mut a = vec![
+            "-p".to_string(),
+            port.to_string(),
+            "-o".into(),
+            format!("ConnectTimeout={}", self.timeout.max(1.0).ceil() as u64),
+        ];
+        if self.strict {
+            let known = known_hosts_file(self);
+            verify_host(&known, ip, port, self.timeout, via)?;
+            a.extend([
+                "-o".into(),
+                "StrictHostKeyChecking=yes".into(),
+                "-o".into(),
+                format!("UserKnownHostsFile={known}"),
+            ]);
+        } else {
+            // Without strict checking fleet neither read nor wrote the file.
+            for o in [
+                "StrictHostKeyChecking=no",
+                "UserKnownHostsFile=/dev/null",
+                "LogLevel=ERROR",
+            ] {
+                a.extend(["-o".into(), o.into()]);
+            }
+        }
+        Ok(a)
+    }
+
+    /// ssh's arguments to the bastion of `--tunnel`, destination last. One connection
+    /// serves every request of a command (OpenSSH connection sharing).
+    pub fn bastion(&self) -> Result<Option<Vec<String>>, String> {
+        let Some((host, port)) = &self.tunnel else {
+            return Ok(None);
+        };
+        let mut a = self.direct(host, *port, None)?;
+        if let Some(dir) = fleetctl_dir() {
+            a.extend([
+                "-o".into(),
+                "ControlMaster=auto".into(),
+                "-o".into(),
+                format!("ControlPath={}/cm-%C", dir.display()),
+                "-o".into(),
+                "ControlPersist=5".into(),
+            ]);
+        }
+        a.push(format!("{}@{host}", self.user));
+        Ok(Some(a))
+    }
+
+    /// ssh's arguments to `user@ip` (destination last): directly, or through the bastion.
+    fn to(&self, ip: &str, port: u16) -> Result<Vec<String>, String> {
+        let mut a = match self.bastion()? {
+            None => self.direct(ip, port, None)?,
+            Some(b) => {
+                let mut a = self.direct(ip, port, Some(&b))?;
+                let Some((dest, opts)) = b.split_last() else {
+                    return Err("no tunnel destination".into());
+                };
+                // ssh expands `%` in a ProxyCommand: the bastion's own `%C` stays literal.
+                let quoted: Vec<String> = opts
+                    .iter()
+                    .map(|o| shell_quote(&o.replace('%', "%%")))
+                    .collect();
+                a.extend([
+                    "-o".into(),
+                    format!(
+                        "ProxyCommand=ssh {} -W %h:%p {}",
+                        quoted.join(" "),
+                        shell_quote(dest)
+                    ),
+                ]);
+                a
+            }
+        };
+        a.push(format!("{}@{ip}", self.user));
+        Ok(a)
+    }
+}
+
+/// `s` quoted for the shell ssh runs a ProxyCommand with.
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `~/.fleetctl`, made if missing.
+fn fleetctl_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(&std::env::var("HOME").ok()?).join(".fleetctl");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
 }
 
 fn local_machine_id() -> String {
@@ -64,30 +171,25 @@ fn run_on(
             err("Unable to proceed: Could not determine address of machine.");
             return ExitCode::FAILURE;
         }
-        let o = &g.ssh;
+        let args = match g.ssh.to(&machine.public_ip, port) {
+            Ok(a) => a,
+            Err(e) => {
+                err(e);
+                return ExitCode::from(255);
+            }
+        };
+        let Some((dest, opts)) = args.split_last() else {
+            return ExitCode::from(255);
+        };
         let mut c = Command::new("ssh");
-        c.arg("-p")
-            .arg(port.to_string())
-            .arg("-o")
-            .arg(format!(
-                "ConnectTimeout={}",
-                o.timeout.max(1.0).ceil() as u64
-            ))
-            .arg("-o")
-            .arg(format!(
-                "StrictHostKeyChecking={}",
-                if o.strict { "ask" } else { "no" }
-            ));
-        if let Some(k) = &o.known_hosts {
-            c.arg("-o").arg(format!("UserKnownHostsFile={k}"));
-        }
+        c.args(opts);
         if forward_agent {
             c.arg("-A");
         }
         if cmd.is_empty() {
             c.arg("-t");
         }
-        c.arg(format!("{}@{}", o.user, machine.public_ip));
+        c.arg(dest);
         if !cmd.is_empty() {
             c.arg("--").arg(cmd.join(" "));
         }
@@ -103,6 +205,123 @@ fn run_on(
             ExitCode::from(255)
         }
     }
+}
+
+/// `--known-hosts-file`, or fleet's default `~/.fleetctl/known_hosts` (its directory made
+/// as fleet made it).
+fn known_hosts_file(o: &SshOptions) -> String {
+    if let Some(k) = &o.known_hosts {
+        return k.clone();
+    }
+    fleetctl_dir()
+        .unwrap_or_else(|| "/".into())
+        .join("known_hosts")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The name a host has in known_hosts: `ip`, or `[ip]:port` off port 22.
+fn known_name(ip: &str, port: u16) -> String {
+    if port == 22 {
+        ip.to_string()
+    } else {
+        format!("[{ip}]:{port}")
+    }
+}
+
+/// fleet's host key check before connecting: a host already in `known` is left to ssh
+/// (which refuses a changed key); an unknown host's key is shown and added only when the
+/// user answers `yes` on standard input, as fleet asked.
+fn verify_host(
+    known: &str,
+    ip: &str,
+    port: u16,
+    timeout: f64,
+    via: Option<&[String]>,
+) -> Result<(), String> {
+    let name = known_name(ip, port);
+    let listed = Command::new("ssh-keygen")
+        .args(["-F", &name, "-f", known])
+        .output()
+        .map_err(|e| format!("Unable to run ssh-keygen: {e}"))?;
+    if listed.status.success() && !listed.stdout.is_empty() {
+        return Ok(());
+    }
+    // Behind a tunnel the host is asked from the bastion.
+    let mut scan = match via {
+        Some(bastion) => {
+            let mut c = Command::new("ssh");
+            c.args(bastion).arg("ssh-keyscan");
+            c
+        }
+        None => Command::new("ssh-keyscan"),
+    };
+    let scan = scan
+        .args(["-T", &(timeout.max(1.0).ceil() as u64).to_string()])
+        .args(["-p", &port.to_string(), "-t", "ed25519", ip])
+        .output()
+        .map_err(|e| format!("Unable to run ssh-keyscan: {e}"))?;
+    let line = String::from_utf8_lossy(&scan.stdout)
+        .lines()
+        .find(|l| !l.starts_with('#') && l.split_whitespace().count() >= 3)
+        .map(str::to_string)
+        .ok_or_else(|| format!("Unable to read the host key of {ip}:{port}"))?;
+    let key_type = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let fingerprint = fingerprint_md5(&line)?;
+    let ask = |text: &str| {
+        let mut o = std::io::stdout().lock();
+        let _ = std::io::Write::write_all(&mut o, text.as_bytes());
+        let _ = std::io::Write::flush(&mut o);
+    };
+    ask(&format!(
+        "The authenticity of host '{ip}:{port}' can't be established.\n{key_type} key fingerprint is {fingerprint}.\nAre you sure you want to continue connecting (yes/no)? "
+    ));
+    let stdin = std::io::stdin();
+    loop {
+        let mut answer = String::new();
+        match stdin.read_line(&mut answer) {
+            Ok(0) | Err(_) => return Err("Host key verification failed.".into()),
+            Ok(_) => {}
+        }
+        match answer.trim().to_lowercase().as_str() {
+            "yes" => break,
+            "no" => return Err("Host key verification failed.".into()),
+            _ => ask("Please type 'yes' or 'no': "),
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(known)
+        .map_err(|e| format!("Unable to write {known}: {e}"))?;
+    std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())
+        .map_err(|e| format!("Unable to write {known}: {e}"))
+}
+
+/// A known_hosts line's key as fleet showed it: MD5, colon-separated.
+fn fingerprint_md5(line: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    let mut child = Command::new("ssh-keygen")
+        .args(["-l", "-E", "md5", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("Unable to run ssh-keygen: {e}"))?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(format!("{line}\n").as_bytes());
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("Unable to run ssh-keygen: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(|f| f.trim_start_matches("MD5:").to_string())
+        .ok_or_else(|| "Unable to read the host key's fingerprint".into())
 }
 
 fn port_of(flags: &BTreeMap<String, String>) -> Result<u16, String> {

@@ -59,6 +59,18 @@ pub trait UnitManager: Send {
     fn existing(&mut self) -> impl Future<Output = Vec<(String, String)>> + Send;
 }
 
+/// What a running agent takes from a configuration reload (fleetd's SIGHUP): how the
+/// machine presents itself and the default for fencing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconfig {
+    /// The public IP published for this machine.
+    pub public_ip: String,
+    /// The configured metadata (dynamic metadata set through the API stays laid over it).
+    pub metadata: BTreeMap<String, String>,
+    /// Fence every unit that does not say otherwise.
+    pub fencing: bool,
+}
+
 /// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -305,6 +317,8 @@ struct Agent<S, M> {
     /// Units unloaded since the last daemon-reload: systemd may still hold their old
     /// definitions.
     stale: std::collections::BTreeSet<String>,
+    /// The fencing default changed: the next pass decides anew which units are fenced.
+    refence: bool,
 }
 
 impl<S: KvStore, M: UnitManager> Agent<S, M> {
@@ -336,6 +350,23 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
     async fn tend(&mut self) -> Result<(), Error> {
         if self.presence.tend(&self.reg, &self.me).await? == Tended::Regained {
             self.regained();
+        }
+        Ok(())
+    }
+
+    /// A configuration reload: publish the machine's new address and metadata under the
+    /// current lease, and decide fencing anew at the next pass.
+    async fn reconfigure(&mut self, r: Reconfig) -> Result<(), Error> {
+        if r.fencing != self.fencing {
+            self.fencing = r.fencing;
+            self.refence = true;
+        }
+        if r.public_ip != self.me.public_ip || r.metadata != self.me.metadata {
+            self.me.public_ip = r.public_ip;
+            self.me.metadata = r.metadata;
+            self.reg
+                .update_machine(&self.me, self.presence.lease)
+                .await?;
         }
         Ok(())
     }
@@ -373,6 +404,14 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             };
             if mine {
                 desired.insert(r.name, (r.target_state, r.hash, text));
+            }
+        }
+        if std::mem::take(&mut self.refence) {
+            for (name, (_, _, text)) in &desired {
+                let fenced = self.fenced(name, text);
+                if let Some(l) = self.current.get_mut(name) {
+                    l.fenced = fenced;
+                }
             }
         }
         let mut t = tasks(&desired, &self.current);
@@ -609,12 +648,24 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
 pub async fn run_agent<S: KvStore, M: UnitManager>(
     reg: Arc<Registry<S>>,
     cfg: AgentConfig,
+    manager: M,
+    stop: watch::Receiver<bool>,
+    ready: Option<watch::Sender<bool>>,
+) -> Result<(), Error> {
+    run_reconfigurable_agent(reg, cfg, manager, stop, ready, None).await
+}
+
+/// [`run_agent`], taking new settings from `reconfig` while it runs (fleetd's SIGHUP).
+pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
+    reg: Arc<Registry<S>>,
+    cfg: AgentConfig,
     mut manager: M,
     mut stop: watch::Receiver<bool>,
     ready: Option<watch::Sender<bool>>,
+    mut reconfig: Option<watch::Receiver<Reconfig>>,
 ) -> Result<(), Error> {
     let store = reg.store().clone();
-    let me = cfg.machine.clone();
+    let mut me = cfg.machine.clone();
     let sent = tokio::time::Instant::now();
     let lease = store.grant_lease(cfg.ttl).await?;
     // A previous run that crashed may still hold the presence key until its lease lapses.
@@ -648,6 +699,7 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         hold_until: None,
         published: BTreeMap::new(),
         stale: Default::default(),
+        refence: false,
     };
     // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
     // state): desired ones are loaded again (a no-op for running units), others unloaded.
@@ -711,8 +763,28 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
         }
         let armed = agent.fence_armed();
         let fence_at = agent.presence.fence_at();
+        let reconfigured = async {
+            let Some(r) = reconfig.as_mut() else {
+                return std::future::pending().await;
+            };
+            match r.changed().await {
+                Ok(()) => Some(r.borrow_and_update().clone()),
+                // fleetd no longer reloads: nothing more will come.
+                Err(_) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.changed() => break,
+            Some(r) = reconfigured => {
+                match agent.reconfigure(r).await {
+                    Ok(()) => me = agent.me.clone(),
+                    Err(e) => tracing::warn!("applying the new configuration: {e}"),
+                }
+                if !dirty {
+                    dirty = true;
+                    settle = Some(tokio::time::Instant::now() + SETTLE);
+                }
+            }
             change = cache.next(), if watching => match change {
                 Change::Closed => {
                     watching = false;

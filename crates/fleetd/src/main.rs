@@ -2,7 +2,10 @@
 //! schedules when it holds the leader lease. Configured as fleet was: `/etc/fleet/fleet.conf`
 //! and `FLEET_*` variables (`--config` names another file). Identified by `/etc/machine-id`.
 //! SIGTERM or SIGINT stops it gracefully: its units are unloaded and the machine leaves the
-//! cluster at once, as fleet did.
+//! cluster at once, as fleet did. SIGHUP reads the configuration again, as fleet did: the
+//! machine's public IP, metadata and fencing default change in place and the engine
+//! restarts with its new settings, while units keep running; etcd's address, the key
+//! prefix and the agent TTL take effect only at the next start (a warning says so).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use fleet_model::Machine;
 use fleet_store::{EtcdStore, KvStore, Registry};
-use fleetd::agent::{run_agent, AgentConfig};
+use fleetd::agent::{run_reconfigurable_agent, AgentConfig, Reconfig};
 use fleetd::config::Config;
 use fleetd::engine::{run_engine, EngineConfig};
 use fleetd::systemd::SystemdManager;
@@ -120,38 +123,76 @@ async fn run(config: PathBuf) -> Result<()> {
             }
         }));
     }
-    let mut agent = tokio::spawn(run_agent(
+    let (reconfig_tx, reconfig_rx) =
+        watch::channel(reconfig_of(&cfg, &agent_cfg.machine.public_ip));
+    let mut agent = tokio::spawn(run_reconfigurable_agent(
         reg.clone(),
         agent_cfg,
         manager,
         stop_rx.clone(),
         Some(ready_tx),
+        Some(reconfig_rx),
     ));
-    let mut engine = if cfg.disable_engine {
-        None
-    } else {
-        let ecfg = EngineConfig {
-            machine_id: id,
-            // A dead leader is replaced within this: as short as etcd allows by default.
-            lease_ttl: (cfg.engine_reconcile_interval.ceil() as i64).max(2),
-            resync: Duration::from_secs_f64(cfg.engine_reconcile_interval.max(1.0) * 15.0),
-        };
-        Some(tokio::spawn(run_engine(reg.clone(), ecfg, stop_rx)))
-    };
+    let mut engine = Engine::start(&reg, &cfg, &id);
 
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let engine_done = async {
-        match engine.as_mut() {
-            Some(e) => e.await,
-            None => std::future::pending().await,
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut cfg = cfg;
+    loop {
+        let engine_done = async {
+            match engine.as_mut() {
+                Some(e) => (&mut e.task).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping, unloading units");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping, unloading units");
+                break;
+            }
+            _ = hup.recv() => {
+                // fleet's reload: the configuration file is read again; units keep running.
+                tracing::info!("Reloading configuration from {}", config.display());
+                let new = match Config::load(&config, std::env::vars()) {
+                    Ok(new) => new,
+                    Err(e) => {
+                        tracing::warn!("Failed to reload configuration, keeping the old: {e:#}");
+                        continue;
+                    }
+                };
+                for (key, changed) in [
+                    ("etcd_servers", new.etcd_servers != cfg.etcd_servers),
+                    ("etcd_key_prefix", new.etcd_key_prefix != cfg.etcd_key_prefix),
+                    ("agent_ttl", new.agent_ttl != cfg.agent_ttl),
+                ] {
+                    if changed {
+                        tracing::warn!("{key} changed: it takes effect when fleetd restarts");
+                    }
+                }
+                let ip = if new.public_ip.is_empty() {
+                    detect_public_ip()
+                } else {
+                    new.public_ip.clone()
+                };
+                reconfig_tx.send_replace(reconfig_of(&new, &ip));
+                if new.disable_engine != cfg.disable_engine
+                    || new.engine_reconcile_interval != cfg.engine_reconcile_interval
+                {
+                    if let Some(e) = engine.take() {
+                        e.stop().await;
+                    }
+                    engine = Engine::start(&reg, &new, &id);
+                }
+                cfg = new;
+            }
+            r = &mut agent => bail!("agent stopped: {:?}", r),
+            r = engine_done => bail!("engine stopped: {:?}", r),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping, unloading units"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping, unloading units"),
-        r = &mut agent => bail!("agent stopped: {:?}", r),
-        r = engine_done => bail!("engine stopped: {:?}", r),
     }
     stop_tx.send(true).ok();
     match tokio::time::timeout(Duration::from_secs(30), &mut agent).await {
@@ -161,13 +202,52 @@ async fn run(config: PathBuf) -> Result<()> {
         Err(_) => tracing::warn!("agent did not stop in 30 s"),
     }
     if let Some(e) = engine {
-        let _ = tokio::time::timeout(Duration::from_secs(10), e).await;
+        e.stop().await;
     }
     for t in api_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     let _ = store.requests();
     Ok(())
+}
+
+/// What the agent takes from a configuration.
+fn reconfig_of(cfg: &Config, public_ip: &str) -> Reconfig {
+    Reconfig {
+        public_ip: public_ip.to_string(),
+        metadata: cfg.metadata.clone(),
+        fencing: cfg.fencing,
+    }
+}
+
+/// The engine role, when enabled, with its own stop switch so a reload can restart it.
+struct Engine {
+    task: tokio::task::JoinHandle<Result<fleetd::engine::EngineStats, fleetd::Error>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Engine {
+    fn start(reg: &Arc<Registry<EtcdStore>>, cfg: &Config, id: &str) -> Option<Self> {
+        if cfg.disable_engine {
+            return None;
+        }
+        let ecfg = EngineConfig {
+            machine_id: id.to_string(),
+            // A dead leader is replaced within this: as short as etcd allows by default.
+            lease_ttl: (cfg.engine_reconcile_interval.ceil() as i64).max(2),
+            resync: Duration::from_secs_f64(cfg.engine_reconcile_interval.max(1.0) * 15.0),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        Some(Self {
+            task: tokio::spawn(run_engine(reg.clone(), ecfg, stop_rx)),
+            stop,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).ok();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
 }
 
 /// A socket fleet's API is served on.

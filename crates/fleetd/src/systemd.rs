@@ -1,5 +1,6 @@
 //! The agent's [`UnitManager`] on a real machine: unit files under `/run/fleet/units/`,
-//! linked into `/run/systemd/system` with `LinkUnitFiles(runtime)`, jobs queued over D-Bus
+//! linked into `/run/systemd/system` with `LinkUnitFiles(runtime)` (or enabled with
+//! `EnableUnitFiles(runtime)` when they have an `[Install]` section, as fleet 1.0), jobs queued over D-Bus
 //! without waiting (fleet's "launched" means "start requested"), states from
 //! `ListUnitsByNames`.
 
@@ -42,34 +43,48 @@ impl SystemdManager {
     }
 }
 
+/// Whether a unit file has an `[Install]` section.
+fn has_install_section(text: &str) -> bool {
+    text.lines().any(|l| l.trim() == "[Install]")
+}
+
 /// How many unit files one `LinkUnitFiles` call links.
 const LINK_BATCH: usize = 256;
 
 impl UnitManager for SystemdManager {
     async fn load(&mut self, name: &str, text: &str) -> Result<(), String> {
-        let path = self.dir.join(name);
-        atomic_file::create_dirs(&self.dir).map_err(|e| e.to_string())?;
-        atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
-            .map_err(|e| e.to_string())?;
-        let p = path.display().to_string();
-        self.with(move |d| d.link_unit_files(&[p], true, true))
+        self.load_many(&[(name.to_string(), text.to_string())])
             .await
+            .map_err(|(_, e)| e)
     }
 
     async fn load_many(&mut self, units: &[(String, String)]) -> Result<(), (String, String)> {
         let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
         atomic_file::create_dirs(&self.dir).map_err(|e| (first.clone(), e.to_string()))?;
-        let mut paths = Vec::with_capacity(units.len());
+        let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
         for (name, text) in units {
             let path = self.dir.join(name);
             atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
                 .map_err(|e| (name.clone(), e.to_string()))?;
-            paths.push(path.display().to_string());
+            let p = path.display().to_string();
+            if has_install_section(text) {
+                enabled.push(p);
+            } else {
+                linked.push(p);
+            }
         }
-        // One LinkUnitFiles for the batch: systemd rescans its search paths per call.
-        for chunk in paths.chunks(LINK_BATCH) {
+        // One call per batch: systemd rescans its search paths per call.
+        for chunk in linked.chunks(LINK_BATCH) {
             let chunk = chunk.to_vec();
             self.with(move |d| d.link_unit_files(&chunk, true, true))
+                .await
+                .map_err(|e| (first.clone(), e))?;
+        }
+        // fleet 1.0: a unit with an [Install] section is enabled (runtime, forced), so its
+        // WantedBy= and friends take effect.
+        for chunk in enabled.chunks(LINK_BATCH) {
+            let chunk = chunk.to_vec();
+            self.with(move |d| d.enable_unit_files(&chunk, true, true))
                 .await
                 .map_err(|e| (first.clone(), e))?;
         }

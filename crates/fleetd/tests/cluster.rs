@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fleet_model::{JobState, Machine};
 use fleet_store::{KvStore, MemoryStore, Registry};
-use fleetd::agent::{run_agent, AgentConfig, SimManager};
+use fleetd::agent::{run_agent, run_reconfigurable_agent, AgentConfig, Reconfig, SimManager};
 use fleetd::engine::{run_engine, EngineConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -463,4 +463,84 @@ async fn a_unit_that_stops_on_its_own_is_reported() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     m.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_metadata_and_address_in_place() {
+    // fleetd's SIGHUP: the machine's new address and metadata are published under the
+    // same lease; its units keep running and a global unit follows the new metadata.
+    let store = MemoryStore::new();
+    let reg = Arc::new(Registry::new(store.clone(), "/p/"));
+    let units = SimManager::default();
+    let (stop, stop_rx) = watch::channel(false);
+    let first = Reconfig {
+        public_ip: "172.20.0.101".into(),
+        metadata: [("role".to_string(), "web".to_string())].into(),
+        fencing: false,
+    };
+    let (reload, reload_rx) = watch::channel(first.clone());
+    let cfg = AgentConfig {
+        machine: Machine {
+            id: "solo".into(),
+            public_ip: first.public_ip.clone(),
+            metadata: first.metadata.clone(),
+            version: "0.1.0".into(),
+        },
+        ttl: 2,
+        resync: Duration::from_secs(30),
+        fencing: false,
+    };
+    tokio::spawn(run_reconfigurable_agent(
+        reg.clone(),
+        cfg,
+        units.clone(),
+        stop_rx.clone(),
+        None,
+        Some(reload_rx),
+    ));
+    let ecfg = EngineConfig {
+        machine_id: "solo".into(),
+        lease_ttl: 2,
+        resync: Duration::from_secs(30),
+    };
+    tokio::spawn(run_engine(reg.clone(), ecfg, stop_rx));
+    reg.create_unit("plain.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    let global = format!("{UNIT}\n[X-Fleet]\nGlobal=true\nMachineMetadata=role=db\n");
+    reg.create_unit("db.service", &global, JobState::Launched)
+        .await
+        .unwrap();
+    eventually(&reg, "plain launched", |j| {
+        j.iter()
+            .any(|j| j.name == "plain.service" && j.target.is_some() && j.job_state == j.target)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(units.running(), vec!["plain.service"]);
+
+    reload.send_replace(Reconfig {
+        public_ip: "172.20.0.201".into(),
+        metadata: [("role".to_string(), "db".to_string())].into(),
+        fencing: false,
+    });
+    let start = Instant::now();
+    loop {
+        let m = reg.machines().await.unwrap();
+        if m.len() == 1
+            && m[0].public_ip == "172.20.0.201"
+            && m[0].metadata.get("role").map(String::as_str) == Some("db")
+            && units.running().len() == 2
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not reconfigured: {m:?}, running {:?}",
+            units.running()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(units.running(), vec!["db.service", "plain.service"]);
+    stop.send(true).unwrap();
 }

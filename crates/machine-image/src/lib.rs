@@ -6,7 +6,9 @@
 //!    systemd, dbus, etcd, docker.io and the rest of [`PACKAGES`]; kept pristine in
 //!    `<cache>/rootfs/<key>/`.
 //! 2. **image**: a copy of the rootfs made into a Ferrite `/usr` — Ferrite's binaries and
-//!    units (from `dist/`), the `core` user, `etcd2.service`, release files carrying the
+//!    units (from `dist/`), the `core` user (uid and gid 500), `etcd2.service`,
+//!    CoreOS's socket-activated sshd (no host keys: each machine makes its own at first
+//!    boot), release files carrying the
 //!    version and channel, no package manager, `/etc` and `/var` defaults moved to
 //!    `/usr/share/factory` — then written as an ext4 filesystem straight into USR-A of a
 //!    sparse GPT disk (`coreos-disk`), with an empty OEM and ROOT. The result is
@@ -38,6 +40,8 @@ pub const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "curl",
+    "openssh-server",
+    "openssh-client",
     "etcd-server",
     "etcd-client",
     "docker.io",
@@ -55,7 +59,7 @@ pub const SUITE: &str = "bookworm";
 /// Bumped whenever the rootfs recipe changes in a way its inputs do not show.
 const ROOTFS_RECIPE: &str = "ferrite-rootfs-1";
 /// Bumped whenever the image recipe changes in a way its inputs do not show.
-const RECIPE: &str = "ferrite-image-recipe-5";
+const RECIPE: &str = "ferrite-image-recipe-6";
 
 /// USR partition size: CoreOS's 1 GiB.
 pub const USR_SECTORS: u64 = 2_097_152;
@@ -155,6 +159,14 @@ pub fn dist_files() -> Vec<DistFile> {
         unit!("user-cloudinit@.path"),
         unit!("user-cloudinit-proc-cmdline.service"),
         unit!("ferrite-cgroup-rw.service"),
+        unit!("sshd.socket"),
+        unit!("sshd@.service"),
+        unit!("sshd-keygen.service"),
+        (
+            "etc/ssh/sshd_config.d/ferrite.conf",
+            include_bytes!("../../../dist/etc/sshd-ferrite.conf"),
+            0o644,
+        ),
         (
             "usr/lib/ferrite/cgroup-rw",
             include_bytes!("../../../dist/lib/cgroup-rw"),
@@ -193,6 +205,7 @@ const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target", "system-config.target"),
     ("multi-user.target", "user-config.target"),
     ("sysinit.target", "ferrite-cgroup-rw.service"),
+    ("sockets.target", "sshd.socket"),
 ];
 
 /// Links Debian enables in `/etc` that a Ferrite machine does not want.
@@ -208,6 +221,9 @@ const DISABLED: &[&str] = &[
     "timers.target.wants/e2scrub_all.timer",
     "timers.target.wants/fstrim.timer",
     "getty.target.wants/getty@tty1.service",
+    // Debian's always-running sshd; Ferrite's is socket-activated (sshd.socket), as CoreOS's.
+    "sshd.service",
+    "multi-user.target.wants/ssh.service",
 ];
 
 /// What to build.
@@ -380,11 +396,15 @@ fn remove(root: &Path, rel: &str) {
 /// Turns a copy of the Debian rootfs into a Ferrite tree.
 fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
     // The core user: uid/gid 500, in sudo, docker and systemd-journal, like CoreOS's.
+    run(Command::new("chroot")
+        .arg(tree)
+        .args(["groupadd", "-g", "500", "core"]))?;
     run(Command::new("chroot").arg(tree).args([
         "useradd",
         "-u",
         "500",
-        "-U",
+        "-g",
+        "500",
         "-M",
         "-d",
         "/home/core",
@@ -477,6 +497,13 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
         "etc/hostname",
         "etc/machine-id",
         "home/core",
+        // Every machine makes its own host keys at first boot (sshd-keygen.service).
+        "etc/ssh/ssh_host_rsa_key",
+        "etc/ssh/ssh_host_rsa_key.pub",
+        "etc/ssh/ssh_host_ecdsa_key",
+        "etc/ssh/ssh_host_ecdsa_key.pub",
+        "etc/ssh/ssh_host_ed25519_key",
+        "etc/ssh/ssh_host_ed25519_key.pub",
     ] {
         remove(tree, rel);
     }

@@ -30,6 +30,11 @@
 
 pub mod sys;
 
+/// The cluster key's file name, on the host and in `core`'s `~/.ssh`.
+pub const CLUSTER_KEY: &str = "id_ed25519";
+/// `core`'s uid and gid.
+const CORE_ID: u32 = 500;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -497,6 +502,7 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
         }
     }
     cluster.save(paths)?;
+    ensure_cluster_key(&paths.cluster_dir(&cluster.name), &cluster.name)?;
 
     // The cluster's switch.
     let sw = cluster.switch_ns();
@@ -711,6 +717,7 @@ fn boot_machine(
         sys::mount_partition(&disk_path, p.offset(), p.bytes(), &root, false)?;
     }
     first_boot(&root, &usr_mount, &m, user_data)?;
+    install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     sys::bind_ro(&usr_mount, &root.join("usr"))?;
 
     // Network.
@@ -777,6 +784,87 @@ fn boot_machine(
         source,
     })?;
     record.update(name, |m| m.pid = Some(child.id()))
+}
+
+/// The cluster's SSH key pair, `<cluster>/ssh/id_ed25519`: made once, with `ssh-keygen`.
+fn ensure_cluster_key(cluster_dir: &Path, name: &str) -> Result<(), Error> {
+    let dir = cluster_dir.join("ssh");
+    let key = dir.join(CLUSTER_KEY);
+    if key.is_file() && key.with_extension("pub").is_file() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    // Made under a temporary name and renamed, so a half-made pair is never used.
+    let tmp = dir.join(format!(".{CLUSTER_KEY}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_file(tmp.with_extension("tmp.pub"));
+    sys::run(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+            .arg(format!("ferrite-cluster-{name}"))
+            .arg("-f")
+            .arg(&tmp),
+    )?;
+    let tmp_pub = dir.join(format!(".{CLUSTER_KEY}.tmp.pub"));
+    std::fs::rename(&tmp_pub, key.with_extension("pub")).map_err(io_err("renaming", &tmp_pub))?;
+    std::fs::rename(&tmp, &key).map_err(io_err("renaming", &tmp))
+}
+
+/// The cluster key as the Vagrant OEM's insecure key was: `core` accepts it on every
+/// machine (an `update-ssh-keys` fragment named `ferrite`), and every machine holds it as
+/// `core`'s identity, so `fleetctl ssh`/`status`/`journal` reach the other machines.
+fn install_cluster_key(root: &Path, cluster_dir: &Path) -> Result<(), Error> {
+    let src = cluster_dir.join("ssh").join(CLUSTER_KEY);
+    let private = std::fs::read(&src).map_err(io_err("reading", &src))?;
+    let public_path = src.with_extension("pub");
+    let public = std::fs::read_to_string(&public_path).map_err(io_err("reading", &public_path))?;
+    let home = root.join("home/core");
+    let ssh = home.join(".ssh");
+    let opts = |mode| atomic_file::Options {
+        mode,
+        uid: Some(CORE_ID),
+        gid: Some(CORE_ID),
+    };
+    for dir in [ssh.clone(), ssh.join("authorized_keys.d")] {
+        atomic_file::create_dirs(&dir).map_err(|e| Error::Io {
+            op: "creating",
+            path: dir.clone(),
+            source: e.source,
+        })?;
+        std::os::unix::fs::chown(&dir, Some(CORE_ID), Some(CORE_ID))
+            .map_err(io_err("changing the owner of", &dir))?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err("setting mode of", &dir))?;
+    }
+    let mut files = vec![
+        (ssh.join(CLUSTER_KEY), private, 0o600),
+        (
+            ssh.join(format!("{CLUSTER_KEY}.pub")),
+            public.clone().into_bytes(),
+            0o644,
+        ),
+    ];
+    let fragment = ssh.join("authorized_keys.d").join("ferrite");
+    if std::fs::read_to_string(&fragment)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some(public.trim())
+    {
+        files.extend(
+            cloud_config::accounts::ssh_key_files(&home, "ferrite", &[public])
+                .into_iter()
+                .map(|(p, data)| (p, data, 0o600)),
+        );
+    }
+    for (path, data, mode) in files {
+        atomic_file::write(&path, &data, &opts(mode)).map_err(|e| Error::Io {
+            op: "writing",
+            path: path.clone(),
+            source: e.source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The initramfs's and tmpfiles' work on a fresh ROOT, and the Vagrant provisioning.
