@@ -4,8 +4,8 @@
 //! the API's machine list, page tokens and metadata PATCH; unit actions (submit, load, start, stop, unload, destroy, cat, status,
 //! journal, `--replace`, list-unit-files order); MachineOf with a member leaving (and its
 //! purge); Conflicts one- and two-way; MachineID; global units; metadata with specifiers;
-//! SSH to other machines and known-hosts checking; Replaces; a new member taking a moved
-//! unit; a member's reboot; and a network partition (the machine's link cut inside its
+//! SSH to other machines, known-hosts checking and `--tunnel`; `[Install]` units; SIGHUP
+//! reload; a duplicate machine ID; Replaces; a new member taking a moved unit; a member's reboot; and a network partition (the machine's link cut inside its
 //! namespace): plain units keep running, fenced units stop before they run elsewhere.
 //!
 //! Units come from `fixtures/fleet-units`; fleetctl runs inside the machines over fleetd's
@@ -224,6 +224,7 @@ fn fleet_scenarios_on_three_machines() {
     tunnel(&f);
     install_unit(&f);
     reconfigure_server(&f);
+    detect_machine_id(&f);
     machine_of_and_member_leaving(&f);
     conflicts(&f);
     replace_and_new_member(&f);
@@ -559,6 +560,42 @@ fn reconfigure_server(f: &Fleet) {
     assert!(show.contains("Result=success\n"), "{show}");
     assert_ne!(before.trim(), "0");
     f.destroy(&["hello.service"]);
+}
+
+/// TestDetectMachineId: core-03 given core-01's machine ID keeps fleetd active (Result
+/// success) but unregistered, so its `list-machines` fails with fleet's message; with its
+/// own ID back and fleet restarted, it is a member again.
+fn detect_machine_id(f: &Fleet) {
+    let restart = "sudo systemctl restart fleet.service 2>&1";
+    let (code, out) = f.c.sh(
+        "core-03",
+        &format!(
+            "sudo cp /etc/machine-id /tmp/machine-id && echo {} | sudo tee /etc/machine-id >/dev/null && {restart}",
+            f.ids["core-01"]
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_secs(6));
+    let (code, out) = f.ctl_on("core-03", "list-machines");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("fleet server unable to communicate with etcd"),
+        "{out}"
+    );
+    let (_, show) = f.c.sh(
+        "core-03",
+        "systemctl show -p ActiveState -p Result fleet.service",
+    );
+    assert!(show.contains("ActiveState=active\n"), "{show}");
+    assert!(show.contains("Result=success\n"), "{show}");
+    let (code, out) = f.c.sh(
+        "core-03",
+        &format!("sudo cp /tmp/machine-id /etc/machine-id && {restart}"),
+    );
+    assert_eq!(code, 0, "{out}");
+    f.wait("core-03 a member again", 30, |f| {
+        (f.machine_ids_on("core-03").len() == 3).then_some(())
+    });
 }
 
 /// TestScheduleMachineOf's `ssh <machine> uptime` on each member, and

@@ -666,17 +666,29 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
 ) -> Result<(), Error> {
     let store = reg.store().clone();
     let mut me = cfg.machine.clone();
-    let sent = tokio::time::Instant::now();
-    let lease = store.grant_lease(cfg.ttl).await?;
     // A previous run that crashed may still hold the presence key until its lease lapses.
+    // Past that, another machine has this ID: fleet 1.0 kept running, unregistered (its API
+    // answering that it cannot reach etcd), and kept trying, so a fixed ID lets it in.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.ttl.max(1) as u64 + 2);
-    while !reg.register_machine(&me, lease).await? {
-        if tokio::time::Instant::now() >= deadline {
-            store.revoke(lease).await?;
-            return Err(Error::DuplicateMachine(me.id.clone()));
+    let mut warned = false;
+    let (lease, sent) = loop {
+        let sent = tokio::time::Instant::now();
+        let lease = store.grant_lease(cfg.ttl).await?;
+        if reg.register_machine(&me, lease).await? {
+            break (lease, sent);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        store.revoke(lease).await?;
+        let late = tokio::time::Instant::now() >= deadline;
+        if late && !warned {
+            tracing::error!("{}; retrying", Error::DuplicateMachine(me.id.clone()));
+            warned = true;
+        }
+        let wait = Duration::from_millis(if late { 2000 } else { 200 });
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    };
     if let Some(r) = &ready {
         let _ = r.send(true);
     }

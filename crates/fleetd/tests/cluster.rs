@@ -544,3 +544,57 @@ async fn a_reload_changes_metadata_and_address_in_place() {
     assert_eq!(units.running(), vec!["db.service", "plain.service"]);
     stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_machine_id_waits_unregistered_until_the_id_is_free() {
+    // fleet's TestDetectMachineId: a second fleetd with the same machine ID keeps running
+    // without registering (its API would answer 503), and gets in once the ID is free.
+    let store = MemoryStore::new();
+    let reg = Arc::new(Registry::new(store.clone(), "/p/"));
+    let first = start_member(&store, "twin", 2, false);
+    let start = Instant::now();
+    while reg.machines().await.unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (stop, stop_rx) = watch::channel(false);
+    let (ready, mut ready_rx) = watch::channel(false);
+    let cfg = AgentConfig {
+        machine: Machine {
+            id: "twin".into(),
+            public_ip: "172.20.0.202".into(),
+            metadata: Default::default(),
+            version: "0.1.0".into(),
+        },
+        ttl: 2,
+        resync: Duration::from_secs(30),
+        fencing: false,
+    };
+    let second = tokio::spawn(run_agent(
+        reg.clone(),
+        cfg,
+        SimManager::default(),
+        stop_rx,
+        Some(ready),
+    ));
+    // Past the wait for a crashed predecessor's lease (TTL + 2 s), still running, not in.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!second.is_finished(), "the duplicate gave up");
+    assert!(!*ready_rx.borrow());
+    let m = reg.machines().await.unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].public_ip, "", "the first machine's record stands");
+    // The first leaves: the second registers.
+    first.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), ready_rx.wait_for(|r| *r))
+        .await
+        .expect("the second never registered")
+        .unwrap();
+    let m = reg.machines().await.unwrap();
+    assert_eq!(m[0].public_ip, "172.20.0.202");
+    stop.send(true).unwrap();
+    second.await.unwrap().unwrap();
+}
