@@ -192,6 +192,7 @@ fn main() {
                 "cd /home/core && fleetctl start --no-block $(seq -f 'bench@%g.service' {from} {to}) >/dev/null"
             ),
         );
+        let returned = t.elapsed();
         e.until(
             c,
             m,
@@ -200,11 +201,12 @@ fn main() {
             Duration::from_secs(300),
         );
         println!(
-            "  fleetctl start to active, {} more units ({} in all): {} (ratio to baseline {:.1})",
+            "  fleetctl start to active, {} more units ({} in all): {} (ratio to baseline {:.1}; fleetctl returned after {})",
             to - from + 1,
             to + 1,
             secs(t.elapsed()),
-            t.elapsed().as_secs_f64() / base.as_secs_f64()
+            t.elapsed().as_secs_f64() / base.as_secs_f64(),
+            secs(returned)
         );
     }
     std::thread::sleep(Duration::from_secs(5));

@@ -828,7 +828,7 @@ fn replace_and_new_member(f: &Fleet) {
     f.destroy(&two);
 }
 
-/// TestScheduleConditionMachineID, TestScheduleGlobalUnits,
+/// TestScheduleConditionMachineID, TestScheduleGlobalUnits, TestScheduleGlobalConflicts,
 /// TestTemplatesWithSpecifiersInMetadata.
 fn machine_id_global_and_metadata(f: &Fleet) {
     let pinned: Vec<String> = f
@@ -862,6 +862,21 @@ fn machine_id_global_and_metadata(f: &Fleet) {
         .collect();
     assert_eq!(on.len(), 3, "{rows:?}");
     f.destroy(&["hello.service", "goodbye.service", "global.service"]);
+    f.wait_active_on("core-01", 0);
+
+    // TestScheduleGlobalConflicts: a second global unit that conflicts with the first
+    // runs nowhere.
+    f.ok("start conflict-global.0.service");
+    f.wait_active_on("core-01", 3);
+    f.ok("start conflict-global.1.service");
+    std::thread::sleep(Duration::from_secs(2));
+    let rows = f.active_on("core-01");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.unit == "conflict-global.0.service"),
+        "{rows:?}"
+    );
+    f.destroy(&["conflict-global.0.service", "conflict-global.1.service"]);
     f.wait_active_on("core-01", 0);
 
     f.ok("submit metadata@.service");
@@ -931,6 +946,7 @@ fn member_reboot(f: &Fleet) {
 /// the cut-off machine while it is started elsewhere (fleet's behaviour); `fenced.service`
 /// (Fencing=true) stops there before it starts elsewhere, by the kernel's monotonic clock
 /// that all machines share; `stay@<id>` (pinned there) runs on, and is never stopped.
+/// Then TestShutdownVsMonitor: fleet's monitor line while cut off, and a clean stop.
 fn partition(f: &Fleet) {
     f.ok("start partition/plain.service");
     f.ok("start partition/fenced.service");
@@ -1015,18 +1031,29 @@ fn partition(f: &Fleet) {
         assert_eq!(s.trim(), "active", "{unit} on {cut}");
     }
 
+    // fleet's server monitor: no heartbeat for a whole TTL is reported.
+    f.c.sh_until(
+        &cut,
+        "journalctl -u fleet.service --no-pager -o cat",
+        "Server monitor triggered: Monitor timed out before successful heartbeat",
+        30,
+    );
+
     // The link comes back: the machine rejoins, stops the unit that moved, keeps the
     // pinned one (never stopped), and does not start the fenced one again.
-    ip(&["link", "set", "eth0", "up"]);
-    for r in routes.lines().filter(|r| r.starts_with("default")) {
-        let args: Vec<&str> = r.split_whitespace().collect();
-        let mut a = vec!["route", "replace"];
-        a.extend(args);
-        ip(&a);
-    }
-    f.wait("3 machines after the partition", 60, |f| {
-        (f.machine_ids_on(witness).len() == 3).then_some(())
-    });
+    let restore = || {
+        ip(&["link", "set", "eth0", "up"]);
+        for r in routes.lines().filter(|r| r.starts_with("default")) {
+            let args: Vec<&str> = r.split_whitespace().collect();
+            let mut a = vec!["route", "replace"];
+            a.extend(args);
+            ip(&a);
+        }
+        f.wait("3 machines after the partition", 60, |f| {
+            (f.machine_ids_on(witness).len() == 3).then_some(())
+        });
+    };
+    restore();
     f.wait(
         "plain.service stopped on the machine that was cut off",
         60,
@@ -1054,4 +1081,39 @@ fn partition(f: &Fleet) {
         "fenced.service",
         &format!("stay@{id}.service"),
     ]);
+
+    // TestShutdownVsMonitor: cut off again until the monitor fires, then stop fleet: it
+    // still shuts down cleanly.
+    let (_, before) = f.c.sh(
+        &cut,
+        "journalctl -u fleet.service --no-pager -o cat | wc -l",
+    );
+    ip(&["link", "set", "eth0", "down"]);
+    f.c.sh_until(
+        &cut,
+        &format!(
+            "journalctl -u fleet.service --no-pager -o cat | tail -n +{}",
+            before.trim().parse::<u64>().unwrap_or(0) + 1
+        ),
+        "Server monitor triggered",
+        30,
+    );
+    let t = Instant::now();
+    let (code, out) =
+        f.c.sh(&cut, "sudo systemctl stop fleet.socket fleet.service 2>&1");
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "shutdown while cut off from etcd: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (_, show) = f.c.sh(
+        &cut,
+        "systemctl show -p ActiveState -p Result fleet.service",
+    );
+    assert!(show.contains("ActiveState=inactive\n"), "{show}");
+    assert!(show.contains("Result=success\n"), "{show}");
+    let (code, out) =
+        f.c.sh(&cut, "sudo systemctl start fleet.socket fleet.service 2>&1");
+    assert_eq!(code, 0, "{out}");
+    restore();
 }

@@ -180,6 +180,8 @@ struct Presence {
     renewed: Arc<AtomicU64>,
     epoch: tokio::time::Instant,
     failing: bool,
+    /// Whether this outage has lasted a whole TTL and been reported (fleet's server monitor).
+    monitor_fired: bool,
 }
 
 impl Presence {
@@ -193,6 +195,7 @@ impl Presence {
             renewed: Arc::new(AtomicU64::new(0)),
             epoch: sent,
             failing: false,
+            monitor_fired: false,
         }
     }
 
@@ -212,6 +215,7 @@ impl Presence {
         match tokio::time::timeout(self.period, reg.store().keep_alive(self.lease)).await {
             Ok(Ok(true)) => {
                 self.mark(now);
+                self.monitor_fired = false;
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(machine = %me.id, "etcd reachable again; presence renewed");
                     return Ok(Tended::Recovered);
@@ -235,6 +239,18 @@ impl Presence {
                     tracing::warn!(machine = %me.id, "cannot renew presence: {why}");
                 }
                 self.failing = true;
+                // fleet's server monitor fired when no heartbeat succeeded for a whole TTL
+                // (and restarted the server); here the agent simply keeps trying.
+                let last = self.epoch + Duration::from_millis(self.renewed.load(Ordering::SeqCst));
+                if !self.monitor_fired
+                    && now.saturating_duration_since(last)
+                        >= Duration::from_secs(self.ttl.max(1) as u64)
+                {
+                    self.monitor_fired = true;
+                    tracing::warn!(
+                        "Server monitor triggered: Monitor timed out before successful heartbeat"
+                    );
+                }
                 Ok(Tended::Failed)
             }
         }
@@ -249,6 +265,7 @@ impl Presence {
         self.lease = lease;
         self.mark(sent);
         self.failing = false;
+        self.monitor_fired = false;
         self.next = tokio::time::Instant::now() + self.period;
         Ok(())
     }
@@ -303,8 +320,9 @@ struct Agent<S, M> {
     fencing: bool,
     presence: Presence,
     current: BTreeMap<String, Local>,
-    /// Requirements of global units, by content.
-    globals: BTreeMap<(String, UnitHash), Requirements>,
+    /// Requirements of units, by content: of global units, and of the units here when a
+    /// global unit has to be checked against them.
+    reqs: BTreeMap<(String, UnitHash), Requirements>,
     /// The metadata global units are matched against: the configured metadata with fleet
     /// 1.0's dynamic metadata (the API's PATCH) laid over it.
     metadata: BTreeMap<String, String>,
@@ -385,27 +403,50 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             .jobs(|r| r.global || r.target.as_deref() == Some(me.as_str()))
             .await?;
         let mut desired = BTreeMap::new();
+        let mut globals = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
         for r in records {
             if r.target_state == JobState::Inactive {
                 continue;
             }
             let Some(text) = r.unit else { continue };
-            let mine = if r.global {
-                let req = self
-                    .globals
-                    .entry((r.name.clone(), r.hash))
-                    .or_insert_with(|| {
-                        let opts = systemd_unit::fleet::deserialize(&text).unwrap_or_default();
-                        Requirements::from_options(&r.name, &opts)
-                    });
-                req.metadata_matches(&self.metadata)
-            } else {
-                r.target.as_deref() == Some(me.as_str())
-            };
-            if mine {
+            if r.global {
+                seen.insert((r.name.clone(), r.hash));
+                if requirements(&mut self.reqs, &r.name, r.hash, &text)
+                    .metadata_matches(&self.metadata)
+                {
+                    globals.push((r.name, r.target_state, r.hash, text));
+                }
+            } else if r.target.as_deref() == Some(me.as_str()) {
                 desired.insert(r.name, (r.target_state, r.hash, text));
             }
         }
+        // fleet 1.0: a global unit that conflicts (either way) with a unit already chosen
+        // here is skipped; units the engine placed here come first, then globals by name.
+        if !globals.is_empty() {
+            seen.extend(desired.iter().map(|(n, (_, h, _))| (n.clone(), *h)));
+        }
+        for (name, state, hash, text) in globals {
+            let mut conflict = None;
+            for (other, (_, h, t)) in &desired {
+                if *other != name
+                    && (requirements(&mut self.reqs, &name, hash, &text).conflicts_with(other)
+                        || requirements(&mut self.reqs, other, *h, t).conflicts_with(&name))
+                {
+                    conflict = Some(other.clone());
+                    break;
+                }
+            }
+            match conflict {
+                Some(other) => {
+                    tracing::debug!(unit = %name, "global unit conflicts with {other}: skipped");
+                }
+                None => {
+                    desired.insert(name, (state, hash, text));
+                }
+            }
+        }
+        self.reqs.retain(|k, _| seen.contains(k));
         if std::mem::take(&mut self.refence) {
             for (name, (_, _, text)) in &desired {
                 let fenced = self.fenced(name, text);
@@ -636,6 +677,19 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
     }
 }
 
+/// A unit's `[X-Fleet]` requirements from `cache`, parsed once per content.
+fn requirements<'a>(
+    cache: &'a mut BTreeMap<(String, UnitHash), Requirements>,
+    name: &str,
+    hash: UnitHash,
+    text: &str,
+) -> &'a Requirements {
+    cache.entry((name.to_string(), hash)).or_insert_with(|| {
+        let opts = systemd_unit::fleet::deserialize(text).unwrap_or_default();
+        Requirements::from_options(name, &opts)
+    })
+}
+
 /// Runs the agent until `stop` turns true; then purges, as fleet did on a graceful stop:
 /// unloads every unit and removes the machine. `ready` turns true once the machine is
 /// registered.
@@ -705,7 +759,7 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
         fencing: cfg.fencing,
         presence,
         current: BTreeMap::new(),
-        globals: BTreeMap::new(),
+        reqs: BTreeMap::new(),
         metadata,
         republish: false,
         hold_until: None,

@@ -598,3 +598,34 @@ async fn a_duplicate_machine_id_waits_unregistered_until_the_id_is_free() {
     stop.send(true).unwrap();
     second.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_unit_that_conflicts_with_a_unit_here_is_skipped() {
+    // fleet 1.0's TestScheduleGlobalConflicts on one machine.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 2, false);
+    let global = |n: &str| format!("{UNIT}\n[X-Fleet]\nGlobal=true\nConflicts={n}\n");
+    reg.create_unit(
+        "conflict-global.0.service",
+        &global("conflict-global.*"),
+        JobState::Launched,
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while m.units.running().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reg.create_unit(
+        "conflict-global.1.service",
+        &global("conflict-global.*"),
+        JobState::Launched,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(m.units.running(), vec!["conflict-global.0.service"]);
+    m.stop.send(true).unwrap();
+}
