@@ -127,6 +127,21 @@ pub trait KvStore: Clone + Send + Sync + 'static {
         value: Vec<u8>,
         lease: Option<i64>,
     ) -> impl Future<Output = R<bool>> + Send;
+    /// Sets each key that does not exist yet, without a lease; gives, in order, whether
+    /// each was set. One request per [`PUT_BATCH`] keys when none exists (the common case),
+    /// then one per key for a batch where some did.
+    fn create_many(
+        &self,
+        kvs: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = R<Vec<bool>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(kvs.len());
+            for (k, v) in kvs {
+                out.push(self.create(&k, v, None).await?);
+            }
+            Ok(out)
+        }
+    }
     /// Sets a key only if `guard` exists; returns whether it did so.
     fn put_if_exists(
         &self,
@@ -275,6 +290,35 @@ impl KvStore for EtcdStore {
             .and_then([TxnOp::put(key, value, opts)]);
         let r = self.c().txn(txn).await.map_err(etcd_err("create", key))?;
         Ok(r.succeeded())
+    }
+
+    async fn create_many(&self, kvs: Vec<(String, Vec<u8>)>) -> R<Vec<bool>> {
+        let mut out = Vec::with_capacity(kvs.len());
+        for chunk in kvs.chunks(PUT_BATCH) {
+            let compares: Vec<Compare> = chunk
+                .iter()
+                .map(|(k, _)| Compare::create_revision(k.as_str(), CompareOp::Equal, 0))
+                .collect();
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None))
+                .collect();
+            let first = chunk.first().map(|(k, _)| k.as_str()).unwrap_or("");
+            let all = self
+                .c()
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await
+                .map_err(etcd_err("create", first))?;
+            if all.succeeded() {
+                out.extend(std::iter::repeat_n(true, chunk.len()));
+            } else {
+                // Some key exists (or a key is named twice): one at a time.
+                for (k, v) in chunk {
+                    out.push(self.create(k, v.clone(), None).await?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {

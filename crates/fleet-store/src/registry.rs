@@ -557,6 +557,21 @@ impl<S: KvStore> Registry<S> {
             .await?)
     }
 
+    /// Places many jobs at once (see [`KvStore::create_many`]); gives, in order, whether
+    /// each was placed (`false`: another engine placed it first).
+    pub async fn schedule_many(&self, placements: &[(String, String)]) -> R<Vec<bool>> {
+        let kvs = placements
+            .iter()
+            .map(|(name, machine)| {
+                (
+                    self.key(&format!("job/{name}/target")),
+                    machine.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        Ok(self.store.create_many(kvs).await?)
+    }
+
     /// Takes a job off `machine`; `false` if its target was something else.
     pub async fn unschedule(&self, name: &str, machine: &str) -> R<bool> {
         Ok(self

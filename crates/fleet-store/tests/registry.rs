@@ -203,6 +203,20 @@ async fn registry_flows<S: KvStore>(store: S) {
     assert!(!reg.unschedule("hello.service", "m2").await.unwrap());
     assert!(reg.unschedule("hello.service", "m1").await.unwrap());
 
+    // Batched placement: all at once when none is placed; one at a time when one is.
+    let batch: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("batch{i}.service"), format!("m{}", i % 3)))
+        .collect();
+    let placed = reg.schedule_many(&batch[..120]).await.unwrap();
+    assert_eq!(placed, vec![true; 120]);
+    let placed = reg.schedule_many(&batch[110..]).await.unwrap();
+    let mut want = vec![false; 10];
+    want.extend(vec![true; 30]);
+    assert_eq!(placed, want);
+    for (name, machine) in &batch {
+        assert!(reg.unschedule(name, machine).await.unwrap(), "{name}");
+    }
+
     // Unit states.
     let st = UnitState {
         unit: "hello.service".into(),

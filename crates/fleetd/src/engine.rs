@@ -76,13 +76,12 @@ async fn pass<S: KvStore>(
         machines: cache.machines(),
     };
     let decisions = reconcile(&snapshot);
+    // Unschedules first, each a compare-and-delete, as the decisions order them; then the
+    // placements, batched (a pass that places a thousand new units is a few requests).
+    let mut placements = Vec::new();
     for d in &decisions {
         match d {
-            Decision::Schedule { job, machine } => {
-                if reg.schedule(job, machine).await? {
-                    tracing::info!("Scheduled Unit({job}) to Machine({machine})");
-                }
-            }
+            Decision::Schedule { job, machine } => placements.push((job.clone(), machine.clone())),
             Decision::Unschedule {
                 job,
                 machine,
@@ -92,6 +91,12 @@ async fn pass<S: KvStore>(
                     tracing::info!("Unscheduled Unit({job}) from Machine({machine}): {reason:?}");
                 }
             }
+        }
+    }
+    let placed = reg.schedule_many(&placements).await?;
+    for ((job, machine), done) in placements.iter().zip(placed) {
+        if done {
+            tracing::info!("Scheduled Unit({job}) to Machine({machine})");
         }
     }
     Ok(decisions.len() as u64)

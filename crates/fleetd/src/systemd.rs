@@ -60,35 +60,41 @@ impl UnitManager for SystemdManager {
 
     async fn load_many(&mut self, units: &[(String, String)]) -> Result<(), (String, String)> {
         let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
-        atomic_file::create_dirs(&self.dir).map_err(|e| (first.clone(), e.to_string()))?;
-        let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
-        for (name, text) in units {
-            let path = self.dir.join(name);
-            atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
-                .map_err(|e| (name.clone(), e.to_string()))?;
-            let p = path.display().to_string();
-            if has_install_section(text) {
-                enabled.push(p);
-            } else {
-                linked.push(p);
+        let (dir, units) = (self.dir.clone(), units.to_vec());
+        // Files and links on the blocking pool: the runtime thread keeps serving the API.
+        let dbus = self.dbus.clone();
+        tokio::task::spawn_blocking(move || {
+            atomic_file::create_dirs(&dir).map_err(|e| (first.clone(), e.to_string()))?;
+            let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
+            for (name, text) in &units {
+                let path = dir.join(name);
+                atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
+                    .map_err(|e| (name.clone(), e.to_string()))?;
+                let p = path.display().to_string();
+                if has_install_section(text) {
+                    enabled.push(p);
+                } else {
+                    linked.push(p);
+                }
             }
-        }
-        // One call per batch: systemd rescans its search paths per call.
-        for chunk in linked.chunks(LINK_BATCH) {
-            let chunk = chunk.to_vec();
-            self.with(move |d| d.link_unit_files(&chunk, true, true))
-                .await
-                .map_err(|e| (first.clone(), e))?;
-        }
-        // fleet 1.0: a unit with an [Install] section is enabled (runtime, forced), so its
-        // WantedBy= and friends take effect.
-        for chunk in enabled.chunks(LINK_BATCH) {
-            let chunk = chunk.to_vec();
-            self.with(move |d| d.enable_unit_files(&chunk, true, true))
-                .await
-                .map_err(|e| (first.clone(), e))?;
-        }
-        Ok(())
+            let mut d = dbus
+                .lock()
+                .map_err(|_| (first.clone(), "systemd connection poisoned".to_string()))?;
+            // One call per batch: systemd rescans its search paths per call. fleet 1.0: a
+            // unit with an [Install] section is enabled (runtime, forced), so its
+            // WantedBy= and friends take effect.
+            for chunk in linked.chunks(LINK_BATCH) {
+                d.link_unit_files(chunk, true, true)
+                    .map_err(|e| (first.clone(), e.to_string()))?;
+            }
+            for chunk in enabled.chunks(LINK_BATCH) {
+                d.enable_unit_files(chunk, true, true)
+                    .map_err(|e| (first.clone(), e.to_string()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| (String::new(), e.to_string()))?
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
@@ -112,6 +118,19 @@ impl UnitManager for SystemdManager {
     async fn start(&mut self, name: &str) -> Result<(), String> {
         let n = name.to_string();
         self.with(move |d| d.enqueue(JobKind::Start, &n)).await
+    }
+
+    async fn start_many(&mut self, names: &[String]) -> Result<(), (String, String)> {
+        let want = names.to_vec();
+        let first = want.first().cloned().unwrap_or_default();
+        let results = self
+            .with(move |d| Ok(d.enqueue_many(JobKind::Start, &want)))
+            .await
+            .map_err(|e| (first, e))?;
+        for (name, r) in names.iter().zip(results) {
+            r.map_err(|e| (name.clone(), e.to_string()))?;
+        }
+        Ok(())
     }
 
     async fn stop(&mut self, name: &str) -> Result<(), String> {

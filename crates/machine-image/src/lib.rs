@@ -16,7 +16,8 @@
 //!
 //! A rebuild with nothing changed finds both keys and takes milliseconds. Stages are built
 //! in a temporary directory and renamed into place, so an interrupted build leaves no
-//! half-made cache entry.
+//! half-made cache entry. A new build removes the entries it supersedes once they are an
+//! hour old, so the cache does not grow by an image per rebuild.
 //!
 //! Invariant: nothing here runs inside a machine or touches a machine's disk; it only
 //! produces images.
@@ -336,12 +337,45 @@ pub fn build(spec: &BuildSpec) -> Result<BuiltImage, Error> {
     }
     let _ = std::fs::remove_dir_all(&image_dir);
     std::fs::rename(&tmp, &image_dir).map_err(io_err("renaming into", &image_dir))?;
+    prune(&spec.cache_dir.join("images"), &ikey);
+    prune(&spec.cache_dir.join("rootfs"), &rkey);
     Ok(BuiltImage {
         path: image,
         key: ikey,
         cached: false,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// How long a superseded cache entry is kept: another build (another checkout, a test
+/// run) may still be booting machines from it.
+const KEEP_SUPERSEDED: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the entries of a cache stage other than `current` that were made more than
+/// [`KEEP_SUPERSEDED`] ago: every rebuild makes a new image (~600 MB), and a machine needs
+/// its image only while it is being created (it boots from its own copy). Runs under the
+/// build lock; what cannot be removed stays.
+fn prune(stage: &Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(stage) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Unfinished builds (`.<key>.tmp`) too: one an hour old was interrupted.
+        if name == current {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > KEEP_SUPERSEDED);
+        if old {
+            tracing::info!("removing superseded {}", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn ensure_rootfs(spec: &BuildSpec, key: &str) -> Result<PathBuf, Error> {
@@ -620,6 +654,29 @@ pub fn image_info(image: &Path) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_keeps_the_current_and_recent_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - KEEP_SUPERSEDED * 2;
+        for name in ["current", "old", "recent", ".old.tmp"] {
+            std::fs::create_dir(d.path().join(name)).unwrap();
+            std::fs::write(d.path().join(name).join("ferrite.img"), "x").unwrap();
+            if name != "recent" {
+                std::fs::File::open(d.path().join(name))
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        prune(d.path(), "current");
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["current", "recent"]);
+    }
 
     #[test]
     fn keys_change_with_inputs() {
