@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   gcc binutils          # C parts of crates; strip for image binaries
   ca-certificates
+  openssl               # certificates for the etcd-over-TLS test
   debootstrap           # the image's Debian /usr
   systemd-container     # systemd-nspawn: the machine driver
   e2fsprogs             # mkfs.ext4 -d for USR, OEM and ROOT

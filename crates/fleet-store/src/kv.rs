@@ -40,6 +40,57 @@ pub enum StoreError {
     /// This view of the in-memory store is cut off (a simulated partition).
     #[error("in-memory store: cut off")]
     CutOff,
+    /// A TLS file for etcd could not be read.
+    #[error("etcd TLS: reading {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A client certificate without its key, or a key without its certificate.
+    #[error("etcd TLS: a client certificate needs its key, and a key its certificate")]
+    TlsPair,
+}
+
+/// TLS for etcd, as fleet's `etcd_cafile`, `etcd_certfile` and `etcd_keyfile` (and
+/// fleetctl's `--ca-file`, `--cert-file`, `--key-file`): PEM files; endpoints use `https://`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate (else the system's roots are not used: give it).
+    pub ca: Option<std::path::PathBuf>,
+    /// This client's certificate, for etcd's `--client-cert-auth`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The certificate's private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    /// Whether any TLS setting is given.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    fn options(&self) -> R<etcd_client::TlsOptions> {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).map_err(|source| StoreError::TlsFile {
+                path: p.clone(),
+                source,
+            })
+        };
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+            }
+            (None, None) => {}
+            _ => return Err(StoreError::TlsPair),
+        }
+        Ok(tls)
+    }
 }
 
 impl StoreError {
@@ -52,7 +103,11 @@ impl StoreError {
                 etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
                 _ => false,
             },
-            Self::Poisoned | Self::CutOff | Self::TimedOut { .. } => false,
+            Self::Poisoned
+            | Self::CutOff
+            | Self::TimedOut { .. }
+            | Self::TlsFile { .. }
+            | Self::TlsPair => false,
         }
     }
 }
@@ -212,9 +267,18 @@ fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
 impl EtcdStore {
     /// Connects to etcd at `endpoints` (e.g. `http://127.0.0.1:2379`).
     pub async fn connect(endpoints: &[String], timeout: Duration) -> R<Self> {
-        let opts = etcd_client::ConnectOptions::new()
+        Self::connect_tls(endpoints, timeout, &EtcdTls::default()).await
+    }
+
+    /// Connects to etcd at `endpoints`, over TLS when `tls` sets anything (then the
+    /// endpoints are `https://`).
+    pub async fn connect_tls(endpoints: &[String], timeout: Duration, tls: &EtcdTls) -> R<Self> {
+        let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        if tls.is_set() {
+            opts = opts.with_tls(tls.options()?);
+        }
         let client = Client::connect(endpoints, Some(opts))
             .await
             .map_err(etcd_err("connect", &endpoints.join(",")))?;

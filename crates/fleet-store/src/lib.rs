@@ -15,7 +15,7 @@ pub mod kv;
 pub mod registry;
 
 pub use cache::{Change, ClusterCache};
-pub use kv::{EtcdStore, Event, KeyValue, KvStore, MemoryStore, StoreError};
+pub use kv::{EtcdStore, EtcdTls, Event, KeyValue, KvStore, MemoryStore, StoreError};
 pub use registry::{
     JobFields, JobRecord, MachineFields, Registry, RegistryError, UnitState, DEFAULT_PREFIX,
 };

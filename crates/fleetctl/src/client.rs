@@ -1,13 +1,14 @@
 //! How fleetctl reaches the cluster, as fleet's `--driver` chose: `api` (the default) speaks
 //! fleetd's HTTP API on `unix:///var/run/fleet.sock` or an `http://host:port` endpoint;
-//! `etcd` reads and writes fleet's etcd keyspace directly. Both give the same records, so
-//! every command works the same over either.
+//! `etcd` reads and writes fleet's etcd keyspace directly (over TLS with `--ca-file`,
+//! `--cert-file` and `--key-file`). Both give the same records, so every command works the
+//! same over either.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_model::{api, JobState, Machine, Requirements};
-use fleet_store::{EtcdStore, JobRecord, Registry, RegistryError, UnitState};
+use fleet_store::{EtcdStore, EtcdTls, JobRecord, Registry, RegistryError, UnitState};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -39,11 +40,12 @@ impl Client {
         endpoint: &str,
         prefix: &str,
         timeout: Duration,
+        tls: &EtcdTls,
     ) -> Result<Self, String> {
         match driver {
             "etcd" => {
                 let endpoints: Vec<String> = endpoint.split(',').map(str::to_string).collect();
-                let store = EtcdStore::connect(&endpoints, timeout)
+                let store = EtcdStore::connect_tls(&endpoints, timeout, tls)
                     .await
                     .map_err(|e| format!("Unable to initialize client: {e}"))?;
                 Ok(Self::Etcd(Box::new(Registry::new(store, prefix))))

@@ -15,7 +15,8 @@
 //! machine, else through the OpenSSH client (see [`remote`]). `--tunnel=host[:port]` reaches
 //! fleetd through an SSH bastion, as fleet's did: the bastion runs `fleetctl fd-forward` to
 //! its API socket (or forwards to a TCP endpoint), and `status`/`journal`/`ssh` hop through
-//! it. Not yet: the TLS flags, and `--tunnel` with the etcd driver.
+//! it. `--ca-file`, `--cert-file` and `--key-file` give the etcd driver TLS. Not yet:
+//! `--tunnel` with the etcd driver.
 
 mod client;
 mod remote;
@@ -63,6 +64,8 @@ fn err(line: impl AsRef<str>) {
 
 struct Global {
     ssh: remote::SshOptions,
+    /// `--ca-file`, `--cert-file`, `--key-file` (the etcd driver's TLS).
+    tls: fleet_store::EtcdTls,
     driver: String,
     endpoint: String,
     prefix: String,
@@ -157,7 +160,7 @@ fn print_table(flags: &BTreeMap<String, String>, fields: &[String], rows: Vec<Ve
 async fn registry(g: &Global) -> Result<Client, String> {
     let timeout = Duration::from_secs_f64(g.timeout.max(0.5));
     match g.ssh.bastion()? {
-        None => Client::connect(&g.driver, &g.endpoint, &g.prefix, timeout).await,
+        None => Client::connect(&g.driver, &g.endpoint, &g.prefix, timeout, &g.tls).await,
         Some(bastion) if g.driver == "api" => Ok(Client::Api(ApiClient::tunneled(
             &g.endpoint,
             timeout,
@@ -623,8 +626,21 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }),
         },
     };
+    let file = |flag: &str, var: &str| {
+        gflags
+            .get(flag)
+            .cloned()
+            .or_else(|| env(var))
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
     let g = Global {
         ssh,
+        tls: fleet_store::EtcdTls {
+            ca: file("ca-file", "CA_FILE"),
+            cert: file("cert-file", "CERT_FILE"),
+            key: file("key-file", "KEY_FILE"),
+        },
         driver,
         endpoint,
         prefix: gflags

@@ -30,6 +30,8 @@ pub struct Config {
     /// `fencing` (Ferrite's addition): stop every unit that does not say otherwise when
     /// this machine cannot renew its presence, before another machine may take it over.
     pub fencing: bool,
+    /// `etcd_cafile`, `etcd_certfile`, `etcd_keyfile`: TLS to etcd (`https://` servers).
+    pub etcd_tls: fleet_store::EtcdTls,
     /// Keys that were not understood.
     pub unknown: Vec<String>,
 }
@@ -49,6 +51,7 @@ impl Default for Config {
             disable_engine: false,
             etcd_request_timeout: 1.0,
             fencing: false,
+            etcd_tls: fleet_store::EtcdTls::default(),
             unknown: Vec::new(),
         }
     }
@@ -134,19 +137,18 @@ impl Config {
             }
             "disable_engine" => self.disable_engine = truthy(v),
             "fencing" => self.fencing = truthy(v),
-            "verbosity"
-            | "etcd_cafile"
-            | "etcd_certfile"
-            | "etcd_keyfile"
-            | "authorized_keys_file"
-            | "token_limit"
-            | "verify_units" => {}
+            "etcd_cafile" => self.etcd_tls.ca = path(v),
+            "etcd_certfile" => self.etcd_tls.cert = path(v),
+            "etcd_keyfile" => self.etcd_tls.key = path(v),
+            "verbosity" | "authorized_keys_file" | "token_limit" | "verify_units" => {}
             other => self.unknown.push(other.to_string()),
         }
         Ok(())
     }
 
     /// The file's settings (if it exists), then `FLEET_*` from `env`.
+    ///
+    /// An empty `etcd_cafile` (or cert or key) means none, as fleet read it.
     pub fn load(
         file: &Path,
         env: impl Iterator<Item = (String, String)>,
@@ -170,6 +172,12 @@ impl Config {
         }
         Ok(c)
     }
+}
+
+/// A file setting: an empty value is none.
+fn path(v: &str) -> Option<std::path::PathBuf> {
+    let v = v.trim().trim_matches('"');
+    (!v.is_empty()).then(|| v.into())
 }
 
 #[cfg(test)]
@@ -202,6 +210,32 @@ mod tests {
         assert_eq!(c.public_ip, "172.20.0.101");
         assert_eq!(c.etcd_servers, vec!["http://a:2379"]);
         assert_eq!(c.unknown, vec!["bogus"]);
+        assert!(!c.etcd_tls.is_set());
+        let c = Config::load(
+            Path::new("/nonexistent"),
+            vec![
+                (
+                    "FLEET_ETCD_CAFILE".to_string(),
+                    "/etc/ssl/etcd/ca.pem".to_string(),
+                ),
+                (
+                    "FLEET_ETCD_CERTFILE".to_string(),
+                    "/etc/ssl/etcd/c.pem".to_string(),
+                ),
+                ("FLEET_ETCD_KEYFILE".to_string(), String::new()),
+            ]
+            .into_iter(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.etcd_tls.ca.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/ca.pem"))
+        );
+        assert_eq!(
+            c.etcd_tls.cert.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/c.pem"))
+        );
+        assert_eq!(c.etcd_tls.key, None);
         assert!(Config::load(
             Path::new("/nonexistent"),
             vec![("FLEET_AGENT_TTL".to_string(), "x".to_string())].into_iter()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use fleet_model::Machine;
-use fleet_store::{EtcdStore, KvStore, Registry};
+use fleet_store::{EtcdStore, KvStore, Registry, StoreError};
 use fleetd::agent::{run_reconfigurable_agent, AgentConfig, Reconfig};
 use fleetd::config::Config;
 use fleetd::engine::{run_engine, EngineConfig};
@@ -41,13 +41,15 @@ fn detect_public_ip() -> String {
     String::new()
 }
 
-async fn connect(cfg: &Config) -> EtcdStore {
+/// Waits for etcd; only a TLS setting that cannot work is fatal.
+async fn connect(cfg: &Config) -> Result<EtcdStore, StoreError> {
     let timeout = Duration::from_secs_f64(cfg.etcd_request_timeout.max(0.5));
     let mut delay = Duration::from_millis(100);
     loop {
-        match EtcdStore::connect(&cfg.etcd_servers, timeout).await {
-            Ok(s) if s.get("/").await.is_ok() => return s,
+        match EtcdStore::connect_tls(&cfg.etcd_servers, timeout, &cfg.etcd_tls).await {
+            Ok(s) if s.get("/").await.is_ok() => return Ok(s),
             Ok(_) => tracing::info!("etcd at {:?} not answering yet", cfg.etcd_servers),
+            Err(e @ (StoreError::TlsFile { .. } | StoreError::TlsPair)) => return Err(e),
             Err(e) => tracing::info!("waiting for etcd: {e}"),
         }
         tokio::time::sleep(delay).await;
@@ -80,7 +82,7 @@ async fn run(config: PathBuf) -> Result<()> {
     };
     tracing::info!(machine = %id, ip = %machine.public_ip, "starting fleetd {VERSION}");
 
-    let store = connect(&cfg).await;
+    let store = connect(&cfg).await.context("connecting to etcd")?;
     let reg = Arc::new(Registry::new(store.clone(), &cfg.etcd_key_prefix));
     let (stop_tx, stop_rx) = watch::channel(false);
     let manager = SystemdManager::connect(PathBuf::from("/run/fleet/units"))
@@ -169,6 +171,7 @@ async fn run(config: PathBuf) -> Result<()> {
                     ("etcd_servers", new.etcd_servers != cfg.etcd_servers),
                     ("etcd_key_prefix", new.etcd_key_prefix != cfg.etcd_key_prefix),
                     ("agent_ttl", new.agent_ttl != cfg.agent_ttl),
+                    ("etcd TLS files", new.etcd_tls != cfg.etcd_tls),
                 ] {
                     if changed {
                         tracing::warn!("{key} changed: it takes effect when fleetd restarts");
