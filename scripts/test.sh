@@ -16,7 +16,13 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+{
+  cargo test --workspace --locked &&
+    # TLS to etcd is a build feature (it costs fleetd memory): its own lints and test.
+    cargo clippy -p fleet-store -p fleetd -p fleetctl --all-targets --locked \
+      --features fleet-store/tls -- -D warnings &&
+    cargo test -p fleet-store --features tls --test tls --locked
+} 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).

@@ -51,10 +51,14 @@ pub enum StoreError {
     /// A client certificate without its key, or a key without its certificate.
     #[error("etcd TLS: a client certificate needs its key, and a key its certificate")]
     TlsPair,
+    /// TLS settings given to a build without TLS.
+    #[error("etcd TLS: this build has no TLS support (build with --features tls)")]
+    TlsUnsupported,
 }
 
 /// TLS for etcd, as fleet's `etcd_cafile`, `etcd_certfile` and `etcd_keyfile` (and
 /// fleetctl's `--ca-file`, `--cert-file`, `--key-file`): PEM files; endpoints use `https://`.
+/// Used only in builds with the `tls` feature (others refuse TLS settings).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EtcdTls {
     /// The CA that signed etcd's certificate (else the system's roots are not used: give it).
@@ -71,6 +75,7 @@ impl EtcdTls {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
 
+    #[cfg(feature = "tls")]
     fn options(&self) -> R<etcd_client::TlsOptions> {
         let read = |p: &std::path::PathBuf| {
             std::fs::read(p).map_err(|source| StoreError::TlsFile {
@@ -107,7 +112,8 @@ impl StoreError {
             | Self::CutOff
             | Self::TimedOut { .. }
             | Self::TlsFile { .. }
-            | Self::TlsPair => false,
+            | Self::TlsPair
+            | Self::TlsUnsupported => false,
         }
     }
 }
@@ -273,11 +279,18 @@ impl EtcdStore {
     /// Connects to etcd at `endpoints`, over TLS when `tls` sets anything (then the
     /// endpoints are `https://`).
     pub async fn connect_tls(endpoints: &[String], timeout: Duration, tls: &EtcdTls) -> R<Self> {
-        let mut opts = etcd_client::ConnectOptions::new()
+        let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout);
+        #[cfg(feature = "tls")]
+        let opts = if tls.is_set() {
+            opts.with_tls(tls.options()?)
+        } else {
+            opts
+        };
+        #[cfg(not(feature = "tls"))]
         if tls.is_set() {
-            opts = opts.with_tls(tls.options()?);
+            return Err(StoreError::TlsUnsupported);
         }
         let client = Client::connect(endpoints, Some(opts))
             .await

@@ -15,8 +15,8 @@
 //! machine, else through the OpenSSH client (see [`remote`]). `--tunnel=host[:port]` reaches
 //! fleetd through an SSH bastion, as fleet's did: the bastion runs `fleetctl fd-forward` to
 //! its API socket (or forwards to a TCP endpoint), and `status`/`journal`/`ssh` hop through
-//! it. `--ca-file`, `--cert-file` and `--key-file` give the etcd driver TLS. Not yet:
-//! `--tunnel` with the etcd driver.
+//! it. `--ca-file`, `--cert-file` and `--key-file` give the etcd driver TLS (in builds with the
+//! `tls` feature). Not yet: `--tunnel` with the etcd driver.
 
 mod client;
 mod remote;

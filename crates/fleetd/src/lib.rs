@@ -19,9 +19,9 @@
 //! [`systemd::SystemdManager`] is the real unit manager (units under `/run/fleet/units`,
 //! linked, started over D-Bus); [`agent::SimManager`] simulates one for tests and benches.
 //!
-//! The `fleetd` binary adds the configuration (`config`, with TLS to etcd), SIGHUP reloads
-//! (address, metadata and fencing in place through `run_reconfigurable_agent`; the engine
-//! restarted) and the API sockets.
+//! The `fleetd` binary adds the configuration (`config`; TLS to etcd with the `tls`
+//! feature), SIGHUP reloads (address, metadata and fencing in place through
+//! `run_reconfigurable_agent`; the engine restarted) and the API sockets.
 //!
 //! Next: the cost of a thousand units, about twice what systemd alone needs on a 2-core
 //! machine (`crates/ferrite/benches/fleet.rs`; the burst is CPU-bound there, and the

@@ -49,7 +49,9 @@ async fn connect(cfg: &Config) -> Result<EtcdStore, StoreError> {
         match EtcdStore::connect_tls(&cfg.etcd_servers, timeout, &cfg.etcd_tls).await {
             Ok(s) if s.get("/").await.is_ok() => return Ok(s),
             Ok(_) => tracing::info!("etcd at {:?} not answering yet", cfg.etcd_servers),
-            Err(e @ (StoreError::TlsFile { .. } | StoreError::TlsPair)) => return Err(e),
+            Err(
+                e @ (StoreError::TlsFile { .. } | StoreError::TlsPair | StoreError::TlsUnsupported),
+            ) => return Err(e),
             Err(e) => tracing::info!("waiting for etcd: {e}"),
         }
         tokio::time::sleep(delay).await;
