@@ -14,6 +14,9 @@ pub mod cache;
 pub mod kv;
 pub mod registry;
 
+#[cfg(feature = "test-support")]
+pub mod testing;
+
 pub use cache::{Change, ClusterCache};
 pub use kv::{EtcdStore, EtcdTls, Event, KeyValue, KvStore, MemoryStore, StoreError};
 pub use registry::{

@@ -1,85 +1,13 @@
 //! The registry on both stores: in memory, and a real etcd started on loopback ports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleet_model::{machine::parse_metadata, JobState, Machine};
-use fleet_store::{EtcdStore, Event, KvStore, MemoryStore, Registry, UnitState};
+use fleet_store::testing::LocalEtcd;
+use fleet_store::{EtcdTls, Event, KvStore, MemoryStore, Registry, UnitState};
 
 const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/bash -c \"while true; do echo \\\"Hello, world\\\"; sleep 1; done\"\n";
-
-/// An etcd on 127.0.0.1, killed (by PID) and its data removed when dropped.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(dir.path())
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("test=http://127.0.0.1:{peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("etcd (Debian etcd-server) must be installed: scripts/install-deps.sh");
-        Self {
-            child,
-            endpoint,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn etcd_store(e: &Etcd) -> EtcdStore {
-    for _ in 0..100 {
-        if let Ok(s) =
-            EtcdStore::connect(std::slice::from_ref(&e.endpoint), Duration::from_secs(2)).await
-        {
-            if s.get("/probe").await.is_ok() {
-                return s;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("etcd at {} did not come up", e.endpoint);
-}
 
 fn machine(id: &str) -> Machine {
     Machine {
@@ -282,8 +210,12 @@ async fn registry_in_memory() {
 
 #[tokio::test]
 async fn registry_on_etcd() {
-    let etcd = Etcd::start();
-    let store = etcd_store(&etcd).await;
+    let etcd = LocalEtcd::start(&std::env::temp_dir(), "http", &[])
+        .expect("etcd (Debian etcd-server) must be installed: scripts/install-deps.sh");
+    let store = etcd
+        .store(Duration::from_secs(2), &EtcdTls::default(), 100)
+        .await
+        .unwrap_or_else(|| panic!("etcd at {} did not come up", etcd.endpoint));
     registry_flows(store).await;
 }
 

@@ -24,20 +24,12 @@ async fn a_build_without_tls_refuses_tls_settings() {
 #[cfg(feature = "tls")]
 mod with_tls {
 
-    use std::net::TcpListener;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::time::Duration;
 
+    use fleet_store::testing::LocalEtcd;
     use fleet_store::{EtcdStore, EtcdTls, KvStore, StoreError};
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 
     fn openssl(dir: &Path, args: &[&str]) {
         let out = Command::new("openssl")
@@ -115,11 +107,9 @@ mod with_tls {
         }
     }
 
-    /// An etcd that serves clients only over TLS with client certificates, killed (by PID)
-    /// when dropped.
+    /// An etcd that serves clients only over TLS with client certificates.
     struct Etcd {
-        child: Child,
-        endpoint: String,
+        etcd: LocalEtcd,
         dir: tempfile::TempDir,
     }
 
@@ -127,46 +117,23 @@ mod with_tls {
         fn start() -> Self {
             let dir = tempfile::tempdir().unwrap();
             certificates(dir.path());
-            let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("https://127.0.0.1:{client}");
             let p = |f: &str| dir.path().join(f).display().to_string();
-            let child = Command::new("etcd")
-                .args(["--name", "tls", "--data-dir", &p("data")])
-                .args(["--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
-                .args(["--initial-cluster", &format!("tls=http://127.0.0.1:{peer}")])
-                .args([
-                    "--cert-file",
-                    &p("server.pem"),
-                    "--key-file",
-                    &p("server.key"),
-                ])
-                .args(["--client-cert-auth", "--trusted-ca-file", &p("ca.pem")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
+            let args = [
+                "--cert-file".to_string(),
+                p("server.pem"),
+                "--key-file".into(),
+                p("server.key"),
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                p("ca.pem"),
+            ];
+            let etcd = LocalEtcd::start(dir.path(), "https", &args)
                 .expect("etcd (Debian etcd-server) must be installed: scripts/install-deps.sh");
-            Self {
-                child,
-                endpoint,
-                dir,
-            }
+            Self { etcd, dir }
         }
 
         fn file(&self, name: &str) -> Option<PathBuf> {
             Some(self.dir.path().join(name))
-        }
-    }
-
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 
@@ -178,19 +145,17 @@ mod with_tls {
             cert: e.file("client.pem"),
             key: e.file("client.key"),
         };
-        let endpoints = [e.endpoint.clone()];
+        let endpoints = [e.etcd.endpoint.clone()];
         let timeout = Duration::from_secs(2);
-        let mut store = None;
-        for _ in 0..100 {
-            if let Ok(s) = EtcdStore::connect_tls(&endpoints, timeout, &tls).await {
-                if s.put("/tls/probe", b"yes".to_vec(), None).await.is_ok() {
-                    store = Some(s);
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let store = store.unwrap_or_else(|| panic!("no TLS connection to {}", e.endpoint));
+        let store = e
+            .etcd
+            .store(timeout, &tls, 100)
+            .await
+            .unwrap_or_else(|| panic!("no TLS connection to {}", e.etcd.endpoint));
+        store
+            .put("/tls/probe", b"yes".to_vec(), None)
+            .await
+            .unwrap();
         assert_eq!(
             store.get("/tls/probe").await.unwrap().unwrap().value,
             b"yes".to_vec()

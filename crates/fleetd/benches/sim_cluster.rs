@@ -12,24 +12,15 @@
     clippy::print_stdout
 )]
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_model::{JobState, Machine};
-use fleet_store::{EtcdStore, KvStore, Registry};
+use fleet_store::testing::LocalEtcd;
+use fleet_store::{EtcdStore, EtcdTls, KvStore, Registry};
 use fleetd::agent::{run_agent, AgentConfig, SimManager};
 use fleetd::engine::{run_engine, EngineConfig};
 use tokio::sync::watch;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -43,45 +34,16 @@ async fn main() {
     let machines = env("SIM_MACHINES", 500);
     let units = env("SIM_UNITS", 5000);
     // etcd's data on tmpfs: this measures fleet's traffic, not this machine's disk.
-    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-    let (cport, pport) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{cport}");
-    let mut etcd = Command::new("etcd")
-        .args(["--name", "sim", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{pport}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("sim=http://127.0.0.1:{pport}"),
-        ])
-        .args(["--quota-backend-bytes", "4294967296"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd must be installed");
-    let mut store = None;
-    for _ in 0..100 {
-        if let Ok(s) =
-            EtcdStore::connect(std::slice::from_ref(&endpoint), Duration::from_secs(10)).await
-        {
-            if s.get("/probe").await.is_ok() {
-                store = Some(s);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let store = store.expect("etcd did not start");
+    let etcd = LocalEtcd::start(
+        std::path::Path::new("/dev/shm"),
+        "http",
+        &["--quota-backend-bytes".into(), "4294967296".into()],
+    )
+    .expect("etcd must be installed");
+    let store = etcd
+        .store(Duration::from_secs(10), &EtcdTls::default(), 100)
+        .await
+        .expect("etcd did not start");
     let reg = Arc::new(Registry::new(store.clone(), "/_coreos.com/fleet/"));
     let (stop_tx, stop_rx) = watch::channel(false);
     let _ = &stop_tx;
@@ -129,9 +91,12 @@ async fn main() {
     );
 
     // The client creating units has its own connection (and request counter).
-    let client = EtcdStore::connect(std::slice::from_ref(&endpoint), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let client = EtcdStore::connect(
+        std::slice::from_ref(&etcd.endpoint),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let creator = Registry::new(client.clone(), "/_coreos.com/fleet/");
     let before = store.requests();
     let t = Instant::now();
@@ -180,6 +145,5 @@ async fn main() {
     for t in &tasks {
         t.abort();
     }
-    let _ = etcd.kill();
-    let _ = etcd.wait();
+    drop(etcd);
 }

@@ -1,0 +1,73 @@
+//! Test support (feature `test-support`): a real etcd on free loopback ports, for the
+//! store's own tests, the TLS test and fleetd's simulated-cluster benchmark. Debian's
+//! `etcd` must be installed (`scripts/install-deps.sh`).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{EtcdStore, EtcdTls, KvStore};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One etcd member on 127.0.0.1, stopped (by its PID) and its data removed when dropped.
+#[derive(Debug)]
+pub struct LocalEtcd {
+    child: Child,
+    /// Its client URL.
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalEtcd {
+    /// Starts etcd with its data under `parent` (a temporary directory there) and
+    /// clients served on `scheme` (`http` or `https`), plus `extra` arguments.
+    pub fn start(parent: &Path, scheme: &str, extra: &[String]) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir_in(parent)?;
+        let (client, peer) = (free_port()?, free_port()?);
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "local", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("local={peer}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            endpoint,
+            _dir: dir,
+        })
+    }
+
+    /// A store on it once it answers (at most `tries` × 100 ms).
+    pub async fn store(&self, timeout: Duration, tls: &EtcdTls, tries: u32) -> Option<EtcdStore> {
+        for _ in 0..tries {
+            let endpoints = std::slice::from_ref(&self.endpoint);
+            if let Ok(s) = EtcdStore::connect_tls(endpoints, timeout, tls).await {
+                if s.get("/probe").await.is_ok() {
+                    return Some(s);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
