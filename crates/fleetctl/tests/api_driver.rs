@@ -4,15 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_model::Machine;
-use fleet_store::{MemoryStore, Registry};
-use fleetd::agent::{run_agent, AgentConfig, SimManager};
-use fleetd::api::{router, Api};
-use fleetd::engine::{run_engine, EngineConfig};
-use tokio::sync::watch;
+use fleetd::testing::InMemoryFleetd;
 
 const ID: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
@@ -45,15 +40,8 @@ async fn fleetctl_over_the_api() {
         "{err}"
     );
 
-    let reg = Arc::new(Registry::new(MemoryStore::new(), "/_coreos.com/fleet/"));
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let api = Arc::new(Api {
-        reg: reg.clone(),
-        ready: ready_rx,
-        server: "fleetd/0.1.0",
-    });
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, router(api)).await });
+    let mut fleetd = InMemoryFleetd::serve(&sock).unwrap();
+    let reg = fleetd.reg.clone();
 
     // Before registration fleetd answers 503 and fleetctl says why.
     let (code, _, err) = fleetctl(&sock, &["list-units"]).await;
@@ -63,34 +51,12 @@ async fn fleetctl_over_the_api() {
         "{err}"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let machine = Machine {
+    fleetd.join(Machine {
         id: ID.into(),
         public_ip: "172.20.0.21".into(),
         metadata: [("role".to_string(), "web".to_string())].into(),
         version: "0.1.0".into(),
-    };
-    let agent = tokio::spawn(run_agent(
-        reg.clone(),
-        AgentConfig {
-            machine,
-            ttl: 5,
-            resync: Duration::from_secs(30),
-            fencing: false,
-        },
-        SimManager::default(),
-        stop_rx.clone(),
-        Some(ready_tx),
-    ));
-    let engine = tokio::spawn(run_engine(
-        reg.clone(),
-        EngineConfig {
-            machine_id: ID.into(),
-            lease_ttl: 5,
-            resync: Duration::from_secs(30),
-        },
-        stop_rx,
-    ));
+    });
 
     let mut machines = String::new();
     for _ in 0..500 {
@@ -250,8 +216,5 @@ async fn fleetctl_over_the_api() {
         "{err}"
     );
 
-    stop_tx.send(true).unwrap();
-    agent.await.unwrap().unwrap();
-    engine.await.unwrap().unwrap();
-    server.abort();
+    fleetd.stop().await.unwrap();
 }

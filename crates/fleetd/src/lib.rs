@@ -33,6 +33,8 @@ pub mod api;
 pub mod config;
 pub mod engine;
 pub mod systemd;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 /// A fleetd failure.
 #[derive(Debug, thiserror::Error)]

@@ -3,17 +3,12 @@
 //! status codes and errors for machines, units (create, start, fetch, delete) and states.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleet_model::Machine;
-use fleet_store::{MemoryStore, Registry};
-use fleetd::agent::{run_agent, AgentConfig, SimManager};
-use fleetd::api::{router, Api};
-use fleetd::engine::{run_engine, EngineConfig};
+use fleetd::testing::InMemoryFleetd;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
-use tokio::sync::watch;
 
 struct Reply {
     status: u16,
@@ -79,15 +74,7 @@ async fn get_until(
 async fn api_serves_fleet_v1() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("fleet.sock");
-    let reg = Arc::new(Registry::new(MemoryStore::new(), "/_coreos.com/fleet/"));
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let api = Arc::new(Api {
-        reg: reg.clone(),
-        ready: ready_rx,
-        server: "fleetd/0.1.0",
-    });
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, router(api)).await });
+    let mut fleetd = InMemoryFleetd::serve(&sock).unwrap();
 
     // Before the machine registers, fleet answered 503.
     let r = request(&sock, "GET", "/fleet/v1/machines", None).await;
@@ -98,34 +85,12 @@ async fn api_serves_fleet_v1() {
         "fleet server unable to communicate with etcd"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let machine = Machine {
+    fleetd.join(Machine {
         id: "a1b2c3d4e5f60718293a4b5c6d7e8f90".into(),
         public_ip: "172.20.0.11".into(),
         metadata: [("role".to_string(), "web".to_string())].into(),
         version: "0.1.0".into(),
-    };
-    let agent = tokio::spawn(run_agent(
-        reg.clone(),
-        AgentConfig {
-            machine,
-            ttl: 5,
-            resync: Duration::from_secs(30),
-            fencing: false,
-        },
-        SimManager::default(),
-        stop_rx.clone(),
-        Some(ready_tx),
-    ));
-    let engine = tokio::spawn(run_engine(
-        reg.clone(),
-        EngineConfig {
-            machine_id: "a1b2c3d4e5f60718293a4b5c6d7e8f90".into(),
-            lease_ttl: 5,
-            resync: Duration::from_secs(30),
-        },
-        stop_rx,
-    ));
+    });
 
     let machines = get_until(&sock, "/fleet/v1/machines", "ready", |r| r.status == 200)
         .await
@@ -335,8 +300,5 @@ async fn api_serves_fleet_v1() {
     })
     .await;
 
-    stop_tx.send(true).unwrap();
-    agent.await.unwrap().unwrap();
-    engine.await.unwrap().unwrap();
-    server.abort();
+    fleetd.stop().await.unwrap();
 }
