@@ -922,7 +922,16 @@ fn member_reboot(f: &Fleet) {
         (f.machine_ids_on("core-01").len() == 2).then_some(())
     });
     let during = f.wait_active_on("core-01", 2);
+    let token = f.c.cluster_json()["discovery"]["url"].clone();
     f.c.ok(&["up", "--instances", "3", "--user-data", &f.user_data]);
+    // The cluster keeps its discovery token, as a Vagrantfile's user-data did.
+    assert_eq!(f.c.cluster_json()["discovery"]["url"], token);
+    assert!(
+        token
+            .as_str()
+            .is_some_and(|t| t.contains("/_etcd/registry/")),
+        "{token}"
+    );
     let after = f.wait("3 active after the reboot", 90, |f| {
         let a = f.active_on("core-01");
         (a.len() == 3).then_some(a)

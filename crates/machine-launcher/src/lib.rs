@@ -618,6 +618,15 @@ fn ensure_discovery(paths: &Paths, cluster: &mut ClusterState, size: u32) -> Res
         });
         cluster.save(paths)?;
     }
+    // The cluster keeps its token, as a Vagrantfile's user-data did: a machine added later
+    // finds the cluster full and becomes an etcd proxy, as on CoreOS.
+    if running {
+        if let Some(url) = cluster.discovery.as_ref().map(|d| d.url.clone()) {
+            if !url.is_empty() {
+                return Ok(url);
+            }
+        }
+    }
     let token = random_hex(16);
     let key = format!("/_etcd/registry/{token}/_config/size");
     let ok = sys::wait_until(Duration::from_secs(15), || {
