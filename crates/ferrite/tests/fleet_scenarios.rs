@@ -1,12 +1,15 @@
 //! fleet's functional scenarios on a real three-machine Ferrite cluster (`ferrite up`), each
 //! asserting what fleet's own test asserted (adapted where the harness differs, and said
 //! so): fleetctl's help, version and environment; the API on its Unix socket and on TCP;
-//! the API's machine list, page tokens and metadata PATCH; unit actions (submit, load, start, stop, unload, destroy, cat, status,
-//! journal, `--replace`, list-unit-files order); MachineOf with a member leaving (and its
-//! purge); Conflicts one- and two-way; MachineID; global units; metadata with specifiers;
-//! SSH to other machines, known-hosts checking and `--tunnel`; `[Install]` units; SIGHUP
-//! reload; a duplicate machine ID; Replaces; a new member taking a moved unit; a member's reboot; and a network partition (the machine's link cut inside its
-//! namespace): plain units keep running, fenced units stop before they run elsewhere.
+//! the API's machine list, page tokens and metadata PATCH; unit actions (submit, load,
+//! start, stop, unload, destroy, cat, status, journal, `--replace`, list-unit-files order);
+//! MachineOf with a member leaving (and its purge); Conflicts one- and two-way; MachineID;
+//! global units and their conflicts; metadata with specifiers; SSH to other machines,
+//! known-hosts checking and `--tunnel`; `[Install]` units; SIGHUP reload; a duplicate
+//! machine ID; Replaces; a new member taking a moved unit; a member's reboot; a network
+//! partition (the machine's link cut inside its namespace: plain units keep running,
+//! fenced units stop before they run elsewhere) and a clean stop while cut off; and a
+//! fourth machine whose etcd is a proxy.
 //!
 //! Units come from `fixtures/fleet-units`; fleetctl runs inside the machines over fleetd's
 //! API socket. Needs root, like `machines.rs`.
@@ -231,6 +234,7 @@ fn fleet_scenarios_on_three_machines() {
     machine_id_global_and_metadata(&f);
     member_reboot(&f);
     partition(&f);
+    etcd_proxy_member(&f);
 
     eprintln!("all scenarios: {:.1} s", start.elapsed().as_secs_f64());
     f.c.destroy_and_check();
@@ -948,6 +952,35 @@ fn member_reboot(f: &Fleet) {
     }
     assert_eq!(before, after);
     f.destroy(&three.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// kola's coreos.fleet.etcdproxy on a fourth machine: the discovery cluster is full, so its
+/// etcd is a v2 proxy (as on CoreOS); fleet there still joins (it talks to the members
+/// directly), and a looping unit started on it reaches `active` there.
+fn etcd_proxy_member(f: &Fleet) {
+    f.c.ok(&["up", "--instances", "4", "--user-data", &f.user_data]);
+    f.c.sh_until(
+        "core-04",
+        "journalctl -u etcd2 --no-pager -o cat",
+        "v2 proxy started",
+        60,
+    );
+    f.wait("4 machines, seen from the proxy", 60, |f| {
+        (f.machine_ids_on("core-04").len() == 4).then_some(())
+    });
+    let (code, out) = f.c.sh(
+        "core-04",
+        "printf '[Service]\\nExecStart=/bin/bash -c \"while true; do echo proxied; sleep 1; done\"\\n[X-Fleet]\\nMachineID=%s\\n' $(cat /etc/machine-id) > /tmp/proxied.service && cd /tmp && fleetctl start proxied.service 2>&1",
+    );
+    assert_eq!(code, 0, "{out}");
+    let row = f.wait("proxied.service active", 30, |f| {
+        f.units_on("core-04")
+            .into_iter()
+            .find(|u| u.unit == "proxied.service" && u.active == "active")
+    });
+    let (_, id) = f.c.sh("core-04", "cat /etc/machine-id");
+    assert_eq!(row.machine, id.trim());
+    f.destroy(&["proxied.service"]);
 }
 
 /// The machine's link cut inside its network namespace (TestSingleNodeConnectivityLoss's

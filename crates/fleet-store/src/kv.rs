@@ -51,6 +51,14 @@ pub enum StoreError {
     /// A client certificate without its key, or a key without its certificate.
     #[error("etcd TLS: a client certificate needs its key, and a key its certificate")]
     TlsPair,
+    /// An etcd v2 proxy could not tell its cluster's members.
+    #[error("etcd proxy at {endpoint}: {reason}")]
+    Proxy {
+        /// The proxy's client URL.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// TLS settings given to a build without TLS.
     #[error("etcd TLS: this build has no TLS support (build with --features tls)")]
     TlsUnsupported,
@@ -113,7 +121,8 @@ impl StoreError {
             | Self::TimedOut { .. }
             | Self::TlsFile { .. }
             | Self::TlsPair
-            | Self::TlsUnsupported => false,
+            | Self::TlsUnsupported
+            | Self::Proxy { .. } => false,
         }
     }
 }
@@ -268,6 +277,82 @@ fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
         mod_revision: kv.mod_revision(),
         lease: kv.lease(),
     }
+}
+
+/// One HTTP/1.1 request to etcd's HTTP side (`http://host:port` only): (status, body).
+async fn http(endpoint: &str, method: &str, path: &str, timeout: Duration) -> R<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt as _, Full};
+    let fail = |reason: String| StoreError::Proxy {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let host = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| fail("not an http:// endpoint".into()))?
+        .trim_end_matches('/')
+        .to_string();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&host)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        let driver = tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &host)
+            .body(Full::new(hyper::body::Bytes::from_static(b"{}")))
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes()
+            .to_vec();
+        driver.abort();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| fail("no answer in time".into()))?
+}
+
+/// When `endpoint` is etcd's v2 proxy — what a machine that found its discovery cluster
+/// full runs, as on CoreOS — the client URLs of the cluster's members; `None` for a real
+/// member. The proxy does not carry the v3 gRPC API, but it forwards the JSON gateway, so
+/// the member list comes through it.
+pub async fn proxied_members(endpoint: &str, timeout: Duration) -> R<Option<Vec<String>>> {
+    let (status, _) = http(endpoint, "GET", "/v2/config/local/proxy", timeout).await?;
+    if status != 200 {
+        return Ok(None);
+    }
+    let (status, body) = http(endpoint, "POST", "/v3/cluster/member/list", timeout).await?;
+    let bad = |reason: String| StoreError::Proxy {
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    if status != 200 {
+        return Err(bad(format!("member list: HTTP {status}")));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("member list: {e}")))?;
+    let urls: Vec<String> = v["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["clientURLs"].as_array().into_iter().flatten())
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect();
+    Ok(Some(urls))
 }
 
 impl EtcdStore {

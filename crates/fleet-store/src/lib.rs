@@ -18,7 +18,9 @@ pub mod registry;
 pub mod testing;
 
 pub use cache::{Change, ClusterCache};
-pub use kv::{EtcdStore, EtcdTls, Event, KeyValue, KvStore, MemoryStore, StoreError};
+pub use kv::{
+    proxied_members, EtcdStore, EtcdTls, Event, KeyValue, KvStore, MemoryStore, StoreError,
+};
 pub use registry::{
     JobFields, JobRecord, MachineFields, Registry, RegistryError, UnitState, DEFAULT_PREFIX,
 };

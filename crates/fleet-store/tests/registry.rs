@@ -216,6 +216,14 @@ async fn registry_on_etcd() {
         .store(Duration::from_secs(2), &EtcdTls::default(), 100)
         .await
         .unwrap_or_else(|| panic!("etcd at {} did not come up", etcd.endpoint));
+    // A member is no proxy.
+    let members = fleet_store::proxied_members(&etcd.endpoint, Duration::from_secs(2)).await;
+    assert_eq!(members.unwrap(), None);
+    assert!(
+        fleet_store::proxied_members("unix:///x", Duration::from_secs(2))
+            .await
+            .is_err()
+    );
     registry_flows(store).await;
 }
 

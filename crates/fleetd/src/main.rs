@@ -1,6 +1,7 @@
 //! `fleetd`: fleet's daemon — the agent of this machine and, unless disabled, an engine that
 //! schedules when it holds the leader lease. Configured as fleet was: `/etc/fleet/fleet.conf`
 //! and `FLEET_*` variables (`--config` names another file). Identified by `/etc/machine-id`.
+//! When the local etcd is a v2 proxy, fleetd uses the cluster's members directly.
 //! SIGTERM or SIGINT stops it gracefully: its units are unloaded and the machine leaves the
 //! cluster at once, as fleet did. SIGHUP reads the configuration again, as fleet did: the
 //! machine's public IP, metadata and fencing default change in place and the engine
@@ -41,14 +42,21 @@ fn detect_public_ip() -> String {
     String::new()
 }
 
-/// Waits for etcd; only a TLS setting that cannot work is fatal.
+/// Waits for etcd; only a TLS setting that cannot work is fatal. When the local etcd is a
+/// v2 proxy (a machine that found its discovery cluster full), fleetd talks to the
+/// cluster's members directly: the proxy does not carry etcd's v3 API.
 async fn connect(cfg: &Config) -> Result<EtcdStore, StoreError> {
     let timeout = Duration::from_secs_f64(cfg.etcd_request_timeout.max(0.5));
     let mut delay = Duration::from_millis(100);
     loop {
         match EtcdStore::connect_tls(&cfg.etcd_servers, timeout, &cfg.etcd_tls).await {
             Ok(s) if s.get("/").await.is_ok() => return Ok(s),
-            Ok(_) => tracing::info!("etcd at {:?} not answering yet", cfg.etcd_servers),
+            Ok(_) => {
+                if let Some(s) = through_proxy(cfg, timeout).await {
+                    return Ok(s);
+                }
+                tracing::info!("etcd at {:?} not answering yet", cfg.etcd_servers);
+            }
             Err(
                 e @ (StoreError::TlsFile { .. } | StoreError::TlsPair | StoreError::TlsUnsupported),
             ) => return Err(e),
@@ -57,6 +65,26 @@ async fn connect(cfg: &Config) -> Result<EtcdStore, StoreError> {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The cluster's members, when a configured etcd is a v2 proxy in front of them.
+async fn through_proxy(cfg: &Config, timeout: Duration) -> Option<EtcdStore> {
+    for server in &cfg.etcd_servers {
+        let Ok(Some(members)) = fleet_store::proxied_members(server, timeout).await else {
+            continue;
+        };
+        if members.is_empty() {
+            continue;
+        }
+        let Ok(s) = EtcdStore::connect_tls(&members, timeout, &cfg.etcd_tls).await else {
+            continue;
+        };
+        if s.get("/").await.is_ok() {
+            tracing::info!("etcd at {server} is a proxy: using the cluster's members {members:?}");
+            return Some(s);
+        }
+    }
+    None
 }
 
 async fn run(config: PathBuf) -> Result<()> {
