@@ -197,17 +197,6 @@ fn out(line: impl AsRef<str>) -> Result<()> {
     Ok(())
 }
 
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn cmd_up(
     cluster: String,
@@ -288,7 +277,10 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
         "core",
     ]);
     if !command.is_empty() {
-        let line: Vec<String> = command.iter().map(|a| shell_quote(a)).collect();
+        let line: Vec<String> = command
+            .iter()
+            .map(|a| host_command::shell_quote(a))
+            .collect();
         cmd.arg("-c").arg(line.join(" "));
     }
     let status = cmd.status().context("running nsenter")?;

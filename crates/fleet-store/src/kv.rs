@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
+use http_body_util::Full;
+use hyper::body::Bytes;
 use tokio::sync::mpsc;
 
 /// A store failure.
@@ -279,9 +281,34 @@ fn kv_of(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+/// One request on a fresh HTTP/1.1 connection over `io`: the reply's status and body, or
+/// the stage that failed (`handshake`, `request`, `reply`) and hyper's error.
+pub async fn http1_exchange<I>(
+    io: I,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, Bytes), (&'static str, hyper::Error)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt as _;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ("handshake", e))?;
+    let driver = tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| ("request", e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ("reply", e))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
+}
+
 /// One HTTP/1.1 request to etcd's HTTP side (`http://host:port` only): (status, body).
 async fn http(endpoint: &str, method: &str, path: &str, timeout: Duration) -> R<(u16, Vec<u8>)> {
-    use http_body_util::{BodyExt as _, Full};
     let fail = |reason: String| StoreError::Proxy {
         endpoint: endpoint.to_string(),
         reason,
@@ -295,31 +322,16 @@ async fn http(endpoint: &str, method: &str, path: &str, timeout: Duration) -> R<
         let tcp = tokio::net::TcpStream::connect(&host)
             .await
             .map_err(|e| fail(e.to_string()))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-        let driver = tokio::spawn(conn);
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &host)
-            .body(Full::new(hyper::body::Bytes::from_static(b"{}")))
+            .body(Full::new(Bytes::from_static(b"{}")))
             .map_err(|e| fail(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
+        let (status, body) = http1_exchange(hyper_util::rt::TokioIo::new(tcp), req)
             .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes()
-            .to_vec();
-        driver.abort();
-        Ok((status, body))
+            .map_err(|(stage, e)| fail(format!("{stage}: {e}")))?;
+        Ok((status.as_u16(), body.to_vec()))
     };
     tokio::time::timeout(timeout, exchange)
         .await

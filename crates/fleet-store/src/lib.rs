@@ -19,7 +19,8 @@ pub mod testing;
 
 pub use cache::{Change, ClusterCache};
 pub use kv::{
-    proxied_members, EtcdStore, EtcdTls, Event, KeyValue, KvStore, MemoryStore, StoreError,
+    http1_exchange, proxied_members, EtcdStore, EtcdTls, Event, KeyValue, KvStore, MemoryStore,
+    StoreError,
 };
 pub use registry::{
     JobFields, JobRecord, MachineFields, Registry, RegistryError, UnitState, DEFAULT_PREFIX,

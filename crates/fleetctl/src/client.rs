@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleet_model::{api, JobState, Machine, Requirements};
 use fleet_store::{EtcdStore, EtcdTls, JobRecord, Registry, RegistryError, UnitState};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -466,21 +466,7 @@ async fn exchange_on<I>(io: I, req: Request<Full<Bytes>>) -> Result<(StatusCode,
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    fleet_store::http1_exchange(io, req)
         .await
-        .map_err(|e| format!("fleet API handshake: {e}"))?;
-    let driver = tokio::spawn(conn);
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("fleet API request: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("fleet API reply: {e}"))?
-        .to_bytes();
-    driver.abort();
-    Ok((status, body))
+        .map_err(|(stage, e)| format!("fleet API {stage}: {e}"))
 }

@@ -625,6 +625,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 None => (t, 22),
             }),
         },
+        bastion_args: std::sync::OnceLock::new(),
     };
     let file = |flag: &str, var: &str| {
         gflags

@@ -29,6 +29,8 @@ pub struct SshOptions {
     pub strict: bool,
     /// `--tunnel`: the bastion's address and SSH port.
     pub tunnel: Option<(String, u16)>,
+    /// [`SshOptions::bastion`]'s answer, worked out (its host key checked) once.
+    pub bastion_args: std::sync::OnceLock<Result<Option<Vec<String>>, String>>,
 }
 
 impl SshOptions {
@@ -67,6 +69,12 @@ impl SshOptions {
     /// ssh's arguments to the bastion of `--tunnel`, destination last. One connection
     /// serves every request of a command (OpenSSH connection sharing).
     pub fn bastion(&self) -> Result<Option<Vec<String>>, String> {
+        self.bastion_args
+            .get_or_init(|| self.bastion_once())
+            .clone()
+    }
+
+    fn bastion_once(&self) -> Result<Option<Vec<String>>, String> {
         let Some((host, port)) = &self.tunnel else {
             return Ok(None);
         };
@@ -97,14 +105,14 @@ impl SshOptions {
                 // ssh expands `%` in a ProxyCommand: the bastion's own `%C` stays literal.
                 let quoted: Vec<String> = opts
                     .iter()
-                    .map(|o| shell_quote(&o.replace('%', "%%")))
+                    .map(|o| host_command::shell_quote(&o.replace('%', "%%")))
                     .collect();
                 a.extend([
                     "-o".into(),
                     format!(
                         "ProxyCommand=ssh {} -W %h:%p {}",
                         quoted.join(" "),
-                        shell_quote(dest)
+                        host_command::shell_quote(dest)
                     ),
                 ]);
                 a
@@ -112,17 +120,6 @@ impl SshOptions {
         };
         a.push(format!("{}@{ip}", self.user));
         Ok(a)
-    }
-}
-
-/// `s` quoted for the shell ssh runs a ProxyCommand with.
-fn shell_quote(s: &str) -> String {
-    if s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_=.,:/@%+".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

@@ -443,17 +443,12 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             seen.extend(desired.iter().map(|(n, (_, h, _))| (n.clone(), *h)));
         }
         for (name, state, hash, text) in globals {
-            let mut conflict = None;
-            for (other, (_, h, t)) in &desired {
-                if *other != name
+            let conflict = desired.iter().find(|&(other, (_, h, t))| {
+                *other != name
                     && (requirements(&mut self.reqs, &name, hash, &text).conflicts_with(other)
                         || requirements(&mut self.reqs, other, *h, t).conflicts_with(&name))
-                {
-                    conflict = Some(other.clone());
-                    break;
-                }
-            }
-            match conflict {
+            });
+            match conflict.map(|(other, _)| other.clone()) {
                 Some(other) => {
                     tracing::debug!(unit = %name, "global unit conflicts with {other}: skipped");
                 }
@@ -609,7 +604,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             self.publish(&touched, true).await?;
             took.push(("publish", touched.len(), began.elapsed()));
         }
-        if !took.is_empty() {
+        if !took.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
             let steps: Vec<String> = took
                 .iter()
                 .map(|(what, n, at)| format!("{what} {n} by {} ms", at.as_millis()))

@@ -26,6 +26,15 @@ use tokio::sync::watch;
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const API_SOCKET: &str = "/var/run/fleet.sock";
 
+/// `public_ip` as configured, else detected.
+fn public_ip_of(cfg: &Config) -> String {
+    if cfg.public_ip.is_empty() {
+        detect_public_ip()
+    } else {
+        cfg.public_ip.clone()
+    }
+}
+
 /// The first global IPv4 address of the default route's interface.
 fn detect_public_ip() -> String {
     let out = std::process::Command::new("ip")
@@ -99,11 +108,7 @@ async fn run(config: PathBuf) -> Result<()> {
     if id.is_empty() {
         bail!("unable to determine local machine ID");
     }
-    let public_ip = if cfg.public_ip.is_empty() {
-        detect_public_ip()
-    } else {
-        cfg.public_ip.clone()
-    };
+    let public_ip = public_ip_of(&cfg);
     let machine = Machine {
         id: id.clone(),
         public_ip,
@@ -207,12 +212,7 @@ async fn run(config: PathBuf) -> Result<()> {
                         tracing::warn!("{key} changed: it takes effect when fleetd restarts");
                     }
                 }
-                let ip = if new.public_ip.is_empty() {
-                    detect_public_ip()
-                } else {
-                    new.public_ip.clone()
-                };
-                reconfig_tx.send_replace(reconfig_of(&new, &ip));
+                reconfig_tx.send_replace(reconfig_of(&new, &public_ip_of(&new)));
                 if new.disable_engine != cfg.disable_engine
                     || new.engine_reconcile_interval != cfg.engine_reconcile_interval
                 {

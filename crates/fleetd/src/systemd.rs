@@ -43,6 +43,40 @@ impl SystemdManager {
     }
 }
 
+/// Writes the units' files into `dir` and links them in, one call per batch (systemd
+/// rescans its search paths per call). fleet 1.0: a unit with an `[Install]` section is
+/// enabled (runtime, forced) instead, so its `WantedBy=` and friends take effect. A failure
+/// names its unit (the batch's first, for a failed call).
+fn write_and_link(
+    d: &mut DbusSystemd,
+    dir: &std::path::Path,
+    units: &[(String, String)],
+) -> Result<(), (String, String)> {
+    let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
+    atomic_file::create_dirs(dir).map_err(|e| (first.clone(), e.to_string()))?;
+    let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
+    for (name, text) in units {
+        let path = dir.join(name);
+        atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
+            .map_err(|e| (name.clone(), e.to_string()))?;
+        let p = path.display().to_string();
+        if has_install_section(text) {
+            enabled.push(p);
+        } else {
+            linked.push(p);
+        }
+    }
+    for chunk in linked.chunks(LINK_BATCH) {
+        d.link_unit_files(chunk, true, true)
+            .map_err(|e| (first.clone(), e.to_string()))?;
+    }
+    for chunk in enabled.chunks(LINK_BATCH) {
+        d.enable_unit_files(chunk, true, true)
+            .map_err(|e| (first.clone(), e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// Whether a unit file has an `[Install]` section.
 fn has_install_section(text: &str) -> bool {
     text.lines().any(|l| l.trim() == "[Install]")
@@ -62,39 +96,9 @@ impl UnitManager for SystemdManager {
         let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
         let (dir, units) = (self.dir.clone(), units.to_vec());
         // Files and links on the blocking pool: the runtime thread keeps serving the API.
-        let dbus = self.dbus.clone();
-        tokio::task::spawn_blocking(move || {
-            atomic_file::create_dirs(&dir).map_err(|e| (first.clone(), e.to_string()))?;
-            let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
-            for (name, text) in &units {
-                let path = dir.join(name);
-                atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
-                    .map_err(|e| (name.clone(), e.to_string()))?;
-                let p = path.display().to_string();
-                if has_install_section(text) {
-                    enabled.push(p);
-                } else {
-                    linked.push(p);
-                }
-            }
-            let mut d = dbus
-                .lock()
-                .map_err(|_| (first.clone(), "systemd connection poisoned".to_string()))?;
-            // One call per batch: systemd rescans its search paths per call. fleet 1.0: a
-            // unit with an [Install] section is enabled (runtime, forced), so its
-            // WantedBy= and friends take effect.
-            for chunk in linked.chunks(LINK_BATCH) {
-                d.link_unit_files(chunk, true, true)
-                    .map_err(|e| (first.clone(), e.to_string()))?;
-            }
-            for chunk in enabled.chunks(LINK_BATCH) {
-                d.enable_unit_files(chunk, true, true)
-                    .map_err(|e| (first.clone(), e.to_string()))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| (String::new(), e.to_string()))?
+        self.with(move |d| Ok(write_and_link(d, &dir, &units)))
+            .await
+            .map_err(|e| (first, e))?
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {

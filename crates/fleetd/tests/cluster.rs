@@ -62,21 +62,57 @@ fn start_node<S: KvStore>(reg: &Arc<Registry<S>>, id: &str, ttl: i64) -> Node {
     }
 }
 
-/// Polls (every 20 ms, for at most 30 s) until `f` holds.
+/// Polls `check` every 5 ms until it gives `Ok` (for at most `limit`) and returns how long
+/// that took; otherwise panics naming `what` and the last state `check` described.
+async fn until(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(()) => return start.elapsed(),
+            Err(state) => state,
+        };
+        assert!(start.elapsed() < limit, "never: {what}: {last}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `Ok` when `done`, else the state to report.
+fn ok_if(done: bool, state: impl FnOnce() -> String) -> Result<(), String> {
+    if done {
+        Ok(())
+    } else {
+        Err(state())
+    }
+}
+
+/// Until the jobs satisfy `f` (at most 30 s).
 async fn eventually<S: KvStore>(
     reg: &Registry<S>,
     what: &str,
     f: impl Fn(&[fleet_store::JobRecord]) -> bool,
 ) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
+    until(what, Duration::from_secs(30), async || {
         let (jobs, _) = reg.jobs().await.unwrap();
-        if f(&jobs) {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never: {what}");
+        ok_if(f(&jobs), || format!("{jobs:?}"))
+    })
+    .await
+}
+
+/// Until `n` machines are registered (at most 10 s).
+async fn machines<S: KvStore>(reg: &Registry<S>, n: usize) {
+    until(
+        &format!("{n} machines"),
+        Duration::from_secs(10),
+        async || {
+            let m = reg.machines().await.unwrap();
+            ok_if(m.len() == n, || format!("{m:?}"))
+        },
+    )
+    .await;
 }
 
 fn launched_everywhere(jobs: &[fleet_store::JobRecord], n: usize) -> bool {
@@ -96,14 +132,7 @@ async fn units_are_placed_and_move_when_a_machine_dies() {
         .iter()
         .map(|id| start_node(&reg, id, 1))
         .collect();
-    let start = Instant::now();
-    while reg.machines().await.unwrap().len() < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "machines did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    machines(&reg, 3).await;
     for n in 0..3 {
         reg.create_unit(&format!("hello.{n}.service"), UNIT, JobState::Launched)
             .await
@@ -162,14 +191,7 @@ async fn units_are_placed_and_move_when_a_machine_dies() {
         .map(|j| j.name.clone())
         .collect();
     survivor.stop.send(true).unwrap();
-    let start = Instant::now();
-    while reg.machines().await.unwrap().len() != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "purge did not remove the machine"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    machines(&reg, 1).await;
     eventually(&reg, "purged units launched on the last machine", |jobs| {
         moved.iter().all(|m| {
             jobs.iter().any(|j| {
@@ -237,6 +259,8 @@ struct Member {
     view: MemoryStore,
     units: SimManager,
     stop: watch::Sender<bool>,
+    /// New settings for its agent, as fleetd's SIGHUP gives them.
+    reload: watch::Sender<Reconfig>,
 }
 
 fn start_member(store: &MemoryStore, id: &str, ttl: i64, fencing: bool) -> Member {
@@ -250,13 +274,25 @@ fn start_member(store: &MemoryStore, id: &str, ttl: i64, fencing: bool) -> Membe
         metadata: Default::default(),
         version: "0.1.0".into(),
     };
+    let (reload, reload_rx) = watch::channel(Reconfig {
+        public_ip: machine.public_ip.clone(),
+        metadata: machine.metadata.clone(),
+        fencing,
+    });
     let cfg = AgentConfig {
         machine,
         ttl,
         resync: Duration::from_secs(30),
         fencing,
     };
-    tokio::spawn(run_agent(reg.clone(), cfg, units.clone(), rx.clone(), None));
+    tokio::spawn(run_reconfigurable_agent(
+        reg.clone(),
+        cfg,
+        units.clone(),
+        rx.clone(),
+        None,
+        Some(reload_rx),
+    ));
     let ecfg = EngineConfig {
         machine_id: id.into(),
         lease_ttl: ttl,
@@ -268,6 +304,7 @@ fn start_member(store: &MemoryStore, id: &str, ttl: i64, fencing: bool) -> Membe
         view,
         units,
         stop: tx,
+        reload,
     }
 }
 
@@ -321,11 +358,7 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
         .iter()
         .map(|id| start_member(&store, id, ttl, false))
         .collect();
-    let start = Instant::now();
-    while reg.machines().await.unwrap().len() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(10), "no machines");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    machines(&reg, 3).await;
     reg.create_unit("plain.service", UNIT, JobState::Launched)
         .await
         .unwrap();
@@ -369,25 +402,26 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
     // The link comes back: the machine registers again and stops the moved units; the
     // pinned one, unscheduled meanwhile, is scheduled back and never stopped.
     cut.view.set_reachable(true);
-    let start = Instant::now();
-    loop {
-        let machines = reg.machines().await.unwrap().len();
-        let here = cut.units.running();
-        assert!(
-            here.iter().any(|u| u == "stay.service"),
-            "stay.service was stopped"
-        );
-        let placed = reg.job("stay.service").await.unwrap().unwrap().target;
-        if machines == 3 && here == ["stay.service"] && placed.as_deref() == Some(target.as_str()) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "after the partition: {machines} machines, {here:?} still running on {}",
-            cut.id
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "back after the partition",
+        Duration::from_secs(30),
+        async || {
+            let machines = reg.machines().await.unwrap().len();
+            let here = cut.units.running();
+            assert!(
+                here.iter().any(|u| u == "stay.service"),
+                "stay.service was stopped"
+            );
+            let placed = reg.job("stay.service").await.unwrap().unwrap().target;
+            ok_if(
+                machines == 3
+                    && here == ["stay.service"]
+                    && placed.as_deref() == Some(target.as_str()),
+                || format!("{machines} machines, {here:?} still running on {}", cut.id),
+            )
+        },
+    )
+    .await;
     // Past the hold too: it stays.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(cut.units.running(), vec!["stay.service"]);
@@ -413,22 +447,20 @@ async fn a_short_outage_restarts_fenced_units_where_they_were() {
         .unwrap();
     eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
     m.view.set_reachable(false);
-    let start = Instant::now();
-    while m.units.running() == vec!["plain.service"] {
-        assert!(start.elapsed() < Duration::from_secs(30), "never fenced");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let fenced_after = start.elapsed();
+    let running = |want: bool| {
+        let units = m.units.clone();
+        async move || {
+            let now = units.running();
+            ok_if((now == ["plain.service"]) == want, || format!("{now:?}"))
+        }
+    };
+    let fenced_after = until("fenced", Duration::from_secs(30), running(false)).await;
     m.view.set_reachable(true);
-    let start = Instant::now();
-    while m.units.running() != vec!["plain.service"] {
-        assert!(start.elapsed() < Duration::from_secs(30), "never restarted");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let restarted_after = until("restarted", Duration::from_secs(30), running(true)).await;
     eprintln!(
         "fenced {:.0} ms after the cut (TTL 4 s), running again {:.0} ms after it healed",
         fenced_after.as_secs_f64() * 1e3,
-        start.elapsed().as_secs_f64() * 1e3
+        restarted_after.as_secs_f64() * 1e3
     );
     let (jobs, _) = reg.jobs().await.unwrap();
     assert_eq!(jobs[0].target.as_deref(), Some("solo"));
@@ -447,21 +479,16 @@ async fn a_unit_that_stops_on_its_own_is_reported() {
         .unwrap();
     eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
     m.units.crash("crashy.service");
-    let start = Instant::now();
-    loop {
+    until("reported", Duration::from_secs(20), async || {
         let states = reg.states().await.unwrap();
-        if states
-            .iter()
-            .any(|s| s.unit == "crashy.service" && s.active_state == "inactive")
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never reported: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ok_if(
+            states
+                .iter()
+                .any(|s| s.unit == "crashy.service" && s.active_state == "inactive"),
+            || format!("{states:?}"),
+        )
+    })
+    .await;
     m.stop.send(true).unwrap();
 }
 
@@ -470,40 +497,8 @@ async fn a_reload_changes_metadata_and_address_in_place() {
     // fleetd's SIGHUP: the machine's new address and metadata are published under the
     // same lease; its units keep running and a global unit follows the new metadata.
     let store = MemoryStore::new();
-    let reg = Arc::new(Registry::new(store.clone(), "/p/"));
-    let units = SimManager::default();
-    let (stop, stop_rx) = watch::channel(false);
-    let first = Reconfig {
-        public_ip: "172.20.0.101".into(),
-        metadata: [("role".to_string(), "web".to_string())].into(),
-        fencing: false,
-    };
-    let (reload, reload_rx) = watch::channel(first.clone());
-    let cfg = AgentConfig {
-        machine: Machine {
-            id: "solo".into(),
-            public_ip: first.public_ip.clone(),
-            metadata: first.metadata.clone(),
-            version: "0.1.0".into(),
-        },
-        ttl: 2,
-        resync: Duration::from_secs(30),
-        fencing: false,
-    };
-    tokio::spawn(run_reconfigurable_agent(
-        reg.clone(),
-        cfg,
-        units.clone(),
-        stop_rx.clone(),
-        None,
-        Some(reload_rx),
-    ));
-    let ecfg = EngineConfig {
-        machine_id: "solo".into(),
-        lease_ttl: 2,
-        resync: Duration::from_secs(30),
-    };
-    tokio::spawn(run_engine(reg.clone(), ecfg, stop_rx));
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 2, false);
     reg.create_unit("plain.service", UNIT, JobState::Launched)
         .await
         .unwrap();
@@ -517,32 +512,26 @@ async fn a_reload_changes_metadata_and_address_in_place() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(units.running(), vec!["plain.service"]);
+    assert_eq!(m.units.running(), vec!["plain.service"]);
 
-    reload.send_replace(Reconfig {
+    m.reload.send_replace(Reconfig {
         public_ip: "172.20.0.201".into(),
         metadata: [("role".to_string(), "db".to_string())].into(),
         fencing: false,
     });
-    let start = Instant::now();
-    loop {
-        let m = reg.machines().await.unwrap();
-        if m.len() == 1
-            && m[0].public_ip == "172.20.0.201"
-            && m[0].metadata.get("role").map(String::as_str) == Some("db")
-            && units.running().len() == 2
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not reconfigured: {m:?}, running {:?}",
-            units.running()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(units.running(), vec!["db.service", "plain.service"]);
-    stop.send(true).unwrap();
+    until("reconfigured", Duration::from_secs(20), async || {
+        let machines = reg.machines().await.unwrap();
+        ok_if(
+            machines.len() == 1
+                && machines[0].public_ip == "172.20.0.201"
+                && machines[0].metadata.get("role").map(String::as_str) == Some("db")
+                && m.units.running().len() == 2,
+            || format!("{machines:?}, running {:?}", m.units.running()),
+        )
+    })
+    .await;
+    assert_eq!(m.units.running(), vec!["db.service", "plain.service"]);
+    m.stop.send(true).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,14 +541,7 @@ async fn a_duplicate_machine_id_waits_unregistered_until_the_id_is_free() {
     let store = MemoryStore::new();
     let reg = Arc::new(Registry::new(store.clone(), "/p/"));
     let first = start_member(&store, "twin", 2, false);
-    let start = Instant::now();
-    while reg.machines().await.unwrap().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "never registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    machines(&reg, 1).await;
     let (stop, stop_rx) = watch::channel(false);
     let (ready, mut ready_rx) = watch::channel(false);
     let cfg = AgentConfig {
@@ -613,11 +595,12 @@ async fn a_global_unit_that_conflicts_with_a_unit_here_is_skipped() {
     )
     .await
     .unwrap();
-    let start = Instant::now();
-    while m.units.running().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        "conflict-global.0 running",
+        Duration::from_secs(10),
+        async || ok_if(!m.units.running().is_empty(), String::new),
+    )
+    .await;
     reg.create_unit(
         "conflict-global.1.service",
         &global("conflict-global.*"),

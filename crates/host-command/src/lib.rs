@@ -3,7 +3,8 @@
 //! Ferrite's host side drives a few standard tools (`mount`, `ip`, `mkfs.ext4`,
 //! `debootstrap`, `systemd-nspawn` …). [`run`] is the one way it runs them: the command line
 //! is logged at debug level, and a failure names the command, its exit status and the end of
-//! its standard error.
+//! its standard error. [`shell_quote`] writes one argument for a command line a shell will
+//! read (`sh -c`, ssh's remote command and `ProxyCommand`).
 
 use std::process::Command;
 
@@ -54,9 +55,39 @@ pub fn run(cmd: &mut Command) -> Result<String, CommandError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `s` as one POSIX shell word: unchanged when it is plain, else in single quotes.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_survives_the_shell() {
+        for word in [
+            "plain-word_1.2:/x@y%z+",
+            "",
+            "two words",
+            "it's",
+            "$HOME",
+            "a'b\"c",
+        ] {
+            let out =
+                run(Command::new("sh").args(["-c", &format!("printf %s {}", shell_quote(word))]))
+                    .unwrap();
+            assert_eq!(out, word);
+        }
+        assert_eq!(shell_quote("/usr/bin/ssh"), "/usr/bin/ssh");
+    }
 
     #[test]
     fn output_and_errors() {

@@ -805,8 +805,9 @@ fn ensure_cluster_key(cluster_dir: &Path, name: &str) -> Result<(), Error> {
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     // Made under a temporary name and renamed, so a half-made pair is never used.
     let tmp = dir.join(format!(".{CLUSTER_KEY}.tmp"));
+    let tmp_pub = dir.join(format!(".{CLUSTER_KEY}.tmp.pub"));
     let _ = std::fs::remove_file(&tmp);
-    let _ = std::fs::remove_file(tmp.with_extension("tmp.pub"));
+    let _ = std::fs::remove_file(&tmp_pub);
     sys::run(
         Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C"])
@@ -814,7 +815,6 @@ fn ensure_cluster_key(cluster_dir: &Path, name: &str) -> Result<(), Error> {
             .arg("-f")
             .arg(&tmp),
     )?;
-    let tmp_pub = dir.join(format!(".{CLUSTER_KEY}.tmp.pub"));
     std::fs::rename(&tmp_pub, key.with_extension("pub")).map_err(io_err("renaming", &tmp_pub))?;
     std::fs::rename(&tmp, &key).map_err(io_err("renaming", &tmp))
 }
