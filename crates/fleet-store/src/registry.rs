@@ -686,7 +686,11 @@ impl<S: KvStore> Registry<S> {
 
     // --- engine leadership ------------------------------------------------------------------
 
-    /// Tries to become the engine leader under `lease`; `true` if this machine leads now.
+    /// Tries to become the engine leader under `lease`; `true` only if the leader key is
+    /// held under that very lease now (created by this call, or by an earlier call with the
+    /// same lease whose answer was lost). The key naming this machine under another lease —
+    /// a lease of an earlier session that nobody renews any more — is not leadership: it
+    /// lapses, and another engine may take the key then.
     pub async fn try_lead(&self, machine: &str, lease: i64) -> R<bool> {
         let key = self.key("lease/engine-leader");
         let value = json(&LeaderJson {
@@ -696,7 +700,11 @@ impl<S: KvStore> Registry<S> {
         if self.store.create(&key, value, Some(lease)).await? {
             return Ok(true);
         }
-        Ok(self.leader().await?.as_deref() == Some(machine))
+        Ok(self
+            .store
+            .get(&key)
+            .await?
+            .is_some_and(|kv| kv.lease == lease))
     }
 
     /// The key of the engine leader lease.
@@ -718,12 +726,12 @@ impl<S: KvStore> Registry<S> {
         ))
     }
 
-    /// Gives up leadership (graceful shutdown).
-    pub async fn resign(&self, machine: &str) -> R<()> {
+    /// Gives up leadership held under `lease` (graceful shutdown): the key is deleted if,
+    /// and only if, that lease holds it. Revoking the lease has the same effect.
+    pub async fn resign(&self, lease: i64) -> R<()> {
         let key = self.key("lease/engine-leader");
         if let Some(kv) = self.store.get(&key).await? {
-            let holder = serde_json::from_slice::<LeaderJson>(&kv.value).map(|l| l.MachineID);
-            if holder.is_ok_and(|h| h == machine) {
+            if kv.lease == lease {
                 self.store.delete_if_value(&key, &kv.value).await?;
             }
         }

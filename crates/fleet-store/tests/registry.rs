@@ -162,6 +162,14 @@ async fn registry_flows<S: KvStore>(store: S) {
     assert!(reg.try_lead("m1", lease).await.unwrap());
     assert!(!reg.try_lead("m2", lease2).await.unwrap());
     assert_eq!(reg.leader().await.unwrap().as_deref(), Some("m1"));
+    // The key names m1, but under another lease: that is not m1's leadership (an engine
+    // that restarted its session must not lead on a lease nobody renews).
+    let lease3 = store.grant_lease(2).await.unwrap();
+    assert!(!reg.try_lead("m1", lease3).await.unwrap());
+    assert!(reg.try_lead("m1", lease).await.unwrap(), "asking again");
+    reg.resign(lease3).await.unwrap();
+    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("m1"));
+    store.revoke(lease3).await.unwrap();
 
     // The lease lapses: machine, job-state, state and leadership go with it.
     let mut machines_watch = reg.watch_machines(0).await.unwrap();
@@ -193,7 +201,7 @@ async fn registry_flows<S: KvStore>(store: S) {
         reg.try_lead("m2", lease2).await.unwrap(),
         "m2 takes over the lapsed leadership"
     );
-    reg.resign("m2").await.unwrap();
+    reg.resign(lease2).await.unwrap();
     assert_eq!(reg.leader().await.unwrap(), None);
 
     // Destroy.
