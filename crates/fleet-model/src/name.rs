@@ -55,9 +55,20 @@ pub enum NameError {
     /// Starts with `@`.
     #[error("unit name cannot start in \"@\"")]
     StartsWithAt,
+    /// A template or instance of a type that cannot be one (fleet 1.0).
+    #[error("invalid unit type for template: {0:?}")]
+    InvalidTemplateType(String),
+    /// A name fleet accepted but the machines' systemd refuses (`.service`, a 256-byte
+    /// name, a type systemd no longer has): refused here so that no agent is handed it.
+    #[error("{0}")]
+    NotForSystemd(#[from] systemd_unit::UnitNameError),
 }
 
-/// fleet's `ValidateName`.
+/// The types fleet 1.0 accepts for templates and their instances.
+pub const VALID_TEMPLATE_TYPES: &[&str] = &["path", "service", "socket", "target", "timer"];
+
+/// fleet 1.0's `ValidateName`, with its messages, and then systemd's `unit_name_is_valid`
+/// (fleet passed names systemd refuses, such as `.service`, to its agents).
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
@@ -75,6 +86,9 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if !VALID_TYPES.contains(&suffix) {
         return Err(NameError::InvalidType(suffix.to_string()));
     }
+    if name.contains('@') && !VALID_TEMPLATE_TYPES.contains(&suffix) {
+        return Err(NameError::InvalidTemplateType(suffix.to_string()));
+    }
     if let Some(c) = name[..dot]
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')))
@@ -84,6 +98,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.starts_with('@') {
         return Err(NameError::StartsWithAt);
     }
+    systemd_unit::UnitName::parse(name)?;
     Ok(())
 }
 
@@ -159,7 +174,28 @@ mod tests {
     fn names() {
         assert_eq!(validate_name("hello.service"), Ok(()));
         assert_eq!(validate_name("hello@1.service"), Ok(()));
-        assert_eq!(validate_name("a.busname"), Ok(()));
+        // Types fleet knew and systemd 252 no longer has are refused with systemd's word.
+        assert_eq!(
+            validate_name("a.busname").map_err(|e| e.to_string()),
+            Err("unit name \"a.busname\" has an unknown type \"busname\"".into())
+        );
+        // fleet accepted these; systemd refuses them (and an agent handed one failed).
+        assert!(matches!(
+            validate_name(".service"),
+            Err(NameError::NotForSystemd(_))
+        ));
+        assert!(matches!(
+            validate_name(&format!("{}.service", "a".repeat(248))),
+            Err(NameError::NotForSystemd(_))
+        ));
+        assert_eq!(
+            validate_name("x@1.mount"),
+            Err(NameError::InvalidTemplateType("mount".into()))
+        );
+        assert_eq!(
+            NameError::InvalidTemplateType("mount".into()).to_string(),
+            "invalid unit type for template: \"mount\""
+        );
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert_eq!(
             validate_name(&format!("{}.service", "a".repeat(250))),

@@ -600,11 +600,16 @@ impl<S: KvStore> Registry<S> {
         Ok(self.store.put_many(kvs, Some(lease)).await?)
     }
 
-    /// Clears the "launched" mark.
-    pub async fn clear_job_state(&self, name: &str) -> R<()> {
+    /// Clears the "launched" mark if, and only if, `machine` set it (a compare-and-delete:
+    /// a unit the engine moved meanwhile keeps the mark its new machine set); `false` if
+    /// the mark was another machine's or absent.
+    pub async fn clear_own_job_state(&self, name: &str, machine: &str) -> R<bool> {
         Ok(self
             .store
-            .delete(&self.key(&format!("job/{name}/job-state")))
+            .delete_if_value(
+                &self.key(&format!("job/{name}/job-state")),
+                machine.as_bytes(),
+            )
             .await?)
     }
 

@@ -128,6 +128,23 @@ async fn registry_flows<S: KvStore>(store: S) {
         .unwrap()
         .starts_with("[Unit]\nDescription=Hello World\n"));
     assert!(!jobs[0].global);
+    // Only the machine that set the job-state clears it (a transaction).
+    assert!(!reg
+        .clear_own_job_state("hello.service", "m2")
+        .await
+        .unwrap());
+    assert_eq!(
+        reg.jobs().await.unwrap().0[0].job_state.as_deref(),
+        Some("m1")
+    );
+    assert!(reg
+        .clear_own_job_state("hello.service", "m1")
+        .await
+        .unwrap());
+    assert_eq!(reg.jobs().await.unwrap().0[0].job_state, None);
+    reg.set_job_state("hello.service", "m1", lease)
+        .await
+        .unwrap();
     assert!(!reg.unschedule("hello.service", "m2").await.unwrap());
     assert!(reg.unschedule("hello.service", "m1").await.unwrap());
 

@@ -19,16 +19,20 @@ use crate::Error;
 pub trait UnitManager: Send {
     /// Writes the unit and links it in (no daemon-reload yet).
     fn load(&mut self, name: &str, text: &str) -> impl Future<Output = Result<(), String>> + Send;
-    /// Writes and links many units (one request where the manager can).
+    /// Writes and links many units (one request where the manager can); gives the units
+    /// that failed, each with its reason — the others are loaded.
     fn load_many(
         &mut self,
         units: &[(String, String)],
-    ) -> impl Future<Output = Result<(), (String, String)>> + Send {
+    ) -> impl Future<Output = Vec<(String, String)>> + Send {
         async move {
+            let mut failed = Vec::new();
             for (name, text) in units {
-                self.load(name, text).await.map_err(|e| (name.clone(), e))?;
+                if let Err(e) = self.load(name, text).await {
+                    failed.push((name.clone(), e));
+                }
             }
-            Ok(())
+            failed
         }
     }
     /// Stops, unlinks and removes the unit.
@@ -37,17 +41,20 @@ pub trait UnitManager: Send {
     fn reload(&mut self) -> impl Future<Output = Result<(), String>> + Send;
     /// Starts the unit (not waiting for it to be active).
     fn start(&mut self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
-    /// Starts many units (requests pipelined where the manager can); the first failure
-    /// names its unit.
+    /// Starts many units (requests pipelined where the manager can); gives the units that
+    /// failed, each with its reason.
     fn start_many(
         &mut self,
         names: &[String],
-    ) -> impl Future<Output = Result<(), (String, String)>> + Send {
+    ) -> impl Future<Output = Vec<(String, String)>> + Send {
         async move {
+            let mut failed = Vec::new();
             for n in names {
-                self.start(n).await.map_err(|e| (n.clone(), e))?;
+                if let Err(e) = self.start(n).await {
+                    failed.push((n.clone(), e));
+                }
             }
-            Ok(())
+            failed
         }
     }
     /// Stops the unit.
@@ -353,9 +360,60 @@ struct Agent<S, M> {
     stale: std::collections::BTreeSet<String>,
     /// The fencing default changed: the next pass decides anew which units are fenced.
     refence: bool,
+    /// Units whose last task failed, waiting to be tried again (see [`Failure`]).
+    failures: BTreeMap<String, Failure>,
 }
 
+/// A unit whose last task (unload, load, stop, start) failed: it is tried again after a
+/// backoff, and meanwhile the other units' tasks go on — one unit never stops a machine's
+/// agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    /// Failures in a row.
+    attempts: u32,
+    /// Not before then.
+    retry_at: tokio::time::Instant,
+    /// The content that failed, when it was a load (its state is published as failed).
+    hash: Option<UnitHash>,
+}
+
+/// The first retry of a failed unit task; it doubles with each failure in a row.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest wait between retries of a failed unit task.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
 impl<S: KvStore, M: UnitManager> Agent<S, M> {
+    /// Records that `step` failed for `name`, and when to try again.
+    fn failed(&mut self, name: &str, step: &str, error: &str, hash: Option<UnitHash>) {
+        let attempts = self.failures.get(name).map_or(0, |f| f.attempts) + 1;
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << (attempts - 1).min(10))
+            .min(RETRY_MAX);
+        tracing::warn!(
+            unit = name,
+            "{step} of {name} failed (attempt {attempts}), retrying in {wait:?}: {error}"
+        );
+        self.failures.insert(
+            name.to_string(),
+            Failure {
+                attempts,
+                retry_at: tokio::time::Instant::now() + wait,
+                hash,
+            },
+        );
+    }
+
+    /// Whether `name` failed and waits for its retry time.
+    fn waiting(&self, name: &str, now: tokio::time::Instant) -> bool {
+        self.failures.get(name).is_some_and(|f| f.retry_at > now)
+    }
+
+    /// When the next failed unit is due to be tried again.
+    fn next_retry(&self) -> Option<tokio::time::Instant> {
+        self.failures.values().map(|f| f.retry_at).min()
+    }
+
     fn fenced(&self, name: &str, text: &str) -> bool {
         let opts = systemd_unit::fleet::deserialize(text).unwrap_or_default();
         Requirements::from_options(name, &opts)
@@ -412,8 +470,29 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         self.hold_until = Some(tokio::time::Instant::now() + HOLD);
     }
 
+    /// Whether `name`, here but not meant to be, is held rather than unloaded: during the
+    /// hold after (re)registering, a unit that is merely unscheduled (not moved elsewhere,
+    /// not destroyed, not meant to be inactive) stays; the engine is about to place it,
+    /// likely here again (a pinned unit always).
+    fn held(
+        &self,
+        cache: &ClusterCache<S>,
+        desired: &BTreeMap<String, (JobState, UnitHash, String)>,
+        name: &str,
+    ) -> bool {
+        self.hold_until
+            .is_some_and(|h| tokio::time::Instant::now() < h)
+            && !desired.contains_key(name)
+            && cache.target_of(name).is_none()
+            && cache
+                .target_state_of(name)
+                .is_some_and(|s| s != JobState::Inactive)
+    }
+
     /// One pass: make this machine's units match the schedule, in fleet's task order.
     async fn pass(&mut self, cache: &ClusterCache<S>) -> Result<(), Error> {
+        // A lapse noticed now arms the hold before any unload is decided.
+        self.tend().await?;
         let me = self.me.id.clone();
         let records = cache
             .jobs(|r| r.global || r.target.as_deref() == Some(me.as_str()))
@@ -467,20 +546,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             }
         }
         let mut t = tasks(&desired, &self.current);
-        // Just back from a lapse: a unit that is merely unscheduled (not moved elsewhere)
-        // stays for now; the engine is about to place it, likely here again.
-        if self
-            .hold_until
-            .is_some_and(|h| tokio::time::Instant::now() < h)
-        {
-            t.unload.retain(|n| {
-                !(!desired.contains_key(n)
-                    && cache.target_of(n).is_none()
-                    && cache
-                        .target_state_of(n)
-                        .is_some_and(|s| s != JobState::Inactive))
-            });
-        }
+        t.unload.retain(|n| !self.held(cache, &desired, n));
         // Past the fencing moment, fenced units stay stopped until the lease is renewed.
         if tokio::time::Instant::now() >= self.presence.fence_at() {
             t.start.retain(|n| {
@@ -489,6 +555,24 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                     .is_some_and(|(_, _, text)| self.fenced(n, text))
             });
         }
+        // Units whose last task failed wait for their retry time; the rest go on.
+        let now = tokio::time::Instant::now();
+        t.unload.retain(|n| !self.waiting(n, now));
+        t.load.retain(|(n, _)| !self.waiting(n, now));
+        t.stop.retain(|n| !self.waiting(n, now));
+        t.start.retain(|n| !self.waiting(n, now));
+        self.failures
+            .retain(|n, _| desired.contains_key(n) || self.current.contains_key(n));
+        let tried: std::collections::BTreeSet<String> = t
+            .unload
+            .iter()
+            .chain(t.load.iter().map(|(n, _)| n))
+            .chain(&t.stop)
+            .chain(&t.start)
+            .cloned()
+            .collect();
+        // Units a step failed for in this pass: their later steps are skipped.
+        let mut failed = std::collections::BTreeSet::new();
         // systemd reads a new unit file when the unit is first started (it notices the
         // changed unit directory), so a daemon-reload — 1.5 s with a thousand units — is
         // needed only when a name it may still hold in memory gets new content.
@@ -500,23 +584,33 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         let mut took = Vec::new();
         for name in &t.unload {
             self.tend().await?;
-            self.manager
-                .unload(name)
-                .await
-                .map_err(|e| Error::Unit(name.clone(), e))?;
+            // A renewal just now may have found the lease lapsed and armed the hold.
+            if self.held(cache, &desired, name) {
+                continue;
+            }
+            if let Err(e) = self.manager.unload(name).await {
+                self.failed(name, "unloading", &e, None);
+                failed.insert(name.clone());
+                continue;
+            }
             self.current.remove(name);
             self.stale.insert(name.clone());
-            self.reg.clear_job_state(name).await?;
+            self.reg.clear_own_job_state(name, &me).await?;
             self.reg.remove_state(name, &me).await?;
         }
+        t.load.retain(|(n, _)| !failed.contains(n));
         if !t.load.is_empty() {
             self.tend().await?;
-            self.manager
-                .load_many(&t.load)
-                .await
-                .map_err(|(name, e)| Error::Unit(name, e))?;
+            for (name, e) in self.manager.load_many(&t.load).await {
+                let hash = desired.get(&name).map(|(_, h, _)| *h);
+                self.failed(&name, "loading", &e, hash);
+                failed.insert(name);
+            }
         }
         for (name, text) in &t.load {
+            if failed.contains(name) {
+                continue;
+            }
             if let Some((_, hash, _)) = desired.get(name) {
                 let fenced = self.fenced(name, text);
                 self.current.insert(
@@ -539,15 +633,17 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         }
         for name in &t.stop {
             self.tend().await?;
-            self.reg.clear_job_state(name).await?;
-            self.manager
-                .stop(name)
-                .await
-                .map_err(|e| Error::Unit(name.clone(), e))?;
+            self.reg.clear_own_job_state(name, &me).await?;
+            if let Err(e) = self.manager.stop(name).await {
+                self.failed(name, "stopping", &e, None);
+                failed.insert(name.clone());
+                continue;
+            }
             if let Some(c) = self.current.get_mut(name) {
                 c.state = JobState::Loaded;
             }
         }
+        t.start.retain(|n| !failed.contains(n));
         if !t.start.is_empty() {
             // "Launched here" for the whole batch first (one request per hundred units),
             // then the starts, as fleet's order has it.
@@ -564,12 +660,43 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             // Pipelined in chunks, the lease renewed between them.
             for chunk in t.start.chunks(START_CHUNK) {
                 self.tend().await?;
-                self.manager
-                    .start_many(chunk)
-                    .await
-                    .map_err(|(name, e)| Error::Unit(name, e))?;
+                for (name, e) in self.manager.start_many(chunk).await {
+                    self.failed(&name, "starting", &e, None);
+                    // Still "launched" (a start was requested, as fleet's job state says);
+                    // the retry starts it again.
+                    if let Some(c) = self.current.get_mut(&name) {
+                        c.state = JobState::Loaded;
+                    }
+                    failed.insert(name);
+                }
             }
             took.push(("start", t.start.len(), began.elapsed()));
+        }
+        for name in &tried {
+            if !failed.contains(name) {
+                self.failures.remove(name);
+            }
+        }
+        // Units that could not be loaded show as failed, with the content that failed.
+        let refused: Vec<UnitState> = failed
+            .iter()
+            .filter(|n| !self.current.contains_key(*n))
+            .filter_map(|n| {
+                let hash = self.failures.get(n)?.hash?;
+                Some(UnitState {
+                    unit: n.clone(),
+                    machine_id: me.clone(),
+                    load_state: "error".into(),
+                    active_state: "failed".into(),
+                    sub_state: "failed".into(),
+                    hash: hash.to_string(),
+                })
+            })
+            .collect();
+        if !refused.is_empty() {
+            self.reg
+                .publish_states(&refused, &self.me, self.presence.lease)
+                .await?;
         }
         let touched: Vec<String> = if self.republish {
             let launched: Vec<String> = self
@@ -693,7 +820,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             }
         }
         for name in self.current.keys() {
-            self.reg.clear_job_state(name).await?;
+            self.reg.clear_own_job_state(name, &self.me.id).await?;
             self.reg.remove_state(name, &self.me.id).await?;
         }
         self.reg.unregister_machine(&self.me.id).await?;
@@ -791,6 +918,7 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
         published: BTreeMap::new(),
         stale: Default::default(),
         refence: false,
+        failures: BTreeMap::new(),
     };
     // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
     // state): desired ones are loaded again (a no-op for running units), others unloaded.
@@ -807,6 +935,12 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
                 fenced,
             },
         );
+    }
+    // Units a previous run left here may have been unscheduled while no fleetd ran (its
+    // lease lapsed): hold them until the engine has seen this machine again, so a pinned
+    // unit keeps running through a fleetd restart.
+    if !agent.current.is_empty() {
+        agent.hold_until = Some(tokio::time::Instant::now() + HOLD);
     }
     let mut dirty = true;
     let mut settle: Option<tokio::time::Instant> = None;
@@ -934,6 +1068,10 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
                 agent.fence().await;
             },
             _ = resync.tick() => dirty = true,
+            // A unit whose task failed is due to be tried again.
+            _ = tokio::time::sleep_until(agent.next_retry().unwrap_or_else(tokio::time::Instant::now)), if agent.next_retry().is_some() && !dirty => {
+                dirty = true;
+            }
             _ = watch_states.tick(), if !agent.current.is_empty() && !dirty => {
                 let clock = agent.fence_clock();
                 match unless_fenced(agent.refresh_states(), clock).await {
@@ -980,18 +1118,59 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
 }
 
 /// A unit manager that only remembers: for tests and simulated clusters. Its clones share
-/// what it remembers, so a test can watch the units of an agent it started.
+/// what it remembers, so a test can watch the units of an agent it started, and make steps
+/// fail for chosen units ([`SimManager::refuse`]), as systemd refuses a bad unit.
 #[derive(Debug, Default, Clone)]
 pub struct SimManager {
-    /// name → (loaded, running).
-    units: Arc<std::sync::Mutex<BTreeMap<String, (bool, bool)>>>,
+    /// The loaded units, by name.
+    units: Arc<std::sync::Mutex<BTreeMap<String, SimUnit>>>,
+    /// (unit, step) pairs that fail: step is `load`, `start`, `stop` or `unload`.
+    refused: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
+}
+
+/// One unit a [`SimManager`] has loaded.
+#[derive(Debug, Default, Clone)]
+struct SimUnit {
+    text: String,
+    running: bool,
+    /// How many times it was started from stopped.
+    starts: u32,
 }
 
 impl SimManager {
-    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, (bool, bool)>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, SimUnit>) -> T) -> T {
         match self.units.lock() {
             Ok(mut u) => f(&mut u),
             Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    fn refusals<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::BTreeSet<(String, String)>) -> T,
+    ) -> T {
+        match self.refused.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Makes `step` (`load`, `start`, `stop` or `unload`) fail for `unit` from now on.
+    pub fn refuse(&self, unit: &str, step: &str) {
+        self.refusals(|r| r.insert((unit.to_string(), step.to_string())));
+    }
+
+    /// Lets `step` succeed for `unit` again.
+    pub fn allow(&self, unit: &str, step: &str) {
+        self.refusals(|r| r.remove(&(unit.to_string(), step.to_string())));
+    }
+
+    fn check(&self, unit: &str, step: &str) -> Result<(), String> {
+        let refused = self.refusals(|r| r.contains(&(unit.to_string(), step.to_string())));
+        if refused {
+            Err(format!("simulated: {step} of {unit} refused"))
+        } else {
+            Ok(())
         }
     }
 
@@ -999,7 +1178,7 @@ impl SimManager {
     pub fn crash(&self, name: &str) {
         self.with(|u| {
             if let Some(u) = u.get_mut(name) {
-                u.1 = false;
+                u.running = false;
             }
         });
     }
@@ -1008,20 +1187,42 @@ impl SimManager {
     pub fn running(&self) -> Vec<String> {
         self.with(|u| {
             u.iter()
-                .filter(|(_, (_, running))| *running)
+                .filter(|(_, s)| s.running)
                 .map(|(n, _)| n.clone())
                 .collect()
         })
     }
+
+    /// How many times `name` went from stopped to running since it was loaded.
+    pub fn starts(&self, name: &str) -> u32 {
+        self.with(|u| u.get(name).map_or(0, |s| s.starts))
+    }
+
+    /// The units loaded now (running or not).
+    pub fn loaded(&self) -> Vec<String> {
+        self.with(|u| u.keys().cloned().collect())
+    }
 }
 
 impl UnitManager for SimManager {
-    async fn load(&mut self, name: &str, _text: &str) -> Result<(), String> {
-        self.with(|u| u.insert(name.to_string(), (true, false)));
+    async fn load(&mut self, name: &str, text: &str) -> Result<(), String> {
+        self.check(name, "load")?;
+        // Loading the same content again leaves a running unit running, as linking the same
+        // file again does in systemd.
+        self.with(|u| {
+            let unit = u.entry(name.to_string()).or_default();
+            if unit.text != text {
+                *unit = SimUnit {
+                    text: text.to_string(),
+                    ..SimUnit::default()
+                };
+            }
+        });
         Ok(())
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
+        self.check(name, "unload")?;
         self.with(|u| u.remove(name));
         Ok(())
     }
@@ -1031,9 +1232,13 @@ impl UnitManager for SimManager {
     }
 
     async fn start(&mut self, name: &str) -> Result<(), String> {
+        self.check(name, "start")?;
         self.with(|u| match u.get_mut(name) {
             Some(u) => {
-                u.1 = true;
+                if !u.running {
+                    u.running = true;
+                    u.starts += 1;
+                }
                 Ok(())
             }
             None => Err(format!("{name} is not loaded")),
@@ -1041,22 +1246,24 @@ impl UnitManager for SimManager {
     }
 
     async fn stop(&mut self, name: &str) -> Result<(), String> {
+        self.check(name, "stop")?;
         self.with(|u| {
             if let Some(u) = u.get_mut(name) {
-                u.1 = false;
+                u.running = false;
             }
         });
         Ok(())
     }
 
+    /// The units still loaded, as a fleetd that restarts finds its unit files.
     async fn existing(&mut self) -> Vec<(String, String)> {
-        Vec::new()
+        self.with(|u| u.iter().map(|(n, s)| (n.clone(), s.text.clone())).collect())
     }
 
     async fn state(&mut self, name: &str) -> (String, String, String) {
-        match self.with(|u| u.get(name).copied()) {
-            Some((_, true)) => ("loaded".into(), "active".into(), "running".into()),
-            Some((_, false)) => ("loaded".into(), "inactive".into(), "dead".into()),
+        match self.with(|u| u.get(name).map(|s| s.running)) {
+            Some(true) => ("loaded".into(), "active".into(), "running".into()),
+            Some(false) => ("loaded".into(), "inactive".into(), "dead".into()),
             None => ("not-found".into(), "inactive".into(), "dead".into()),
         }
     }

@@ -432,8 +432,8 @@ async fn unit_item<S: KvStore>(
                     }
                     let opts: Vec<systemd_unit::fleet::UnitOption> =
                         unit.options.iter().cloned().map(Into::into).collect();
-                    if let Err(e) = Requirements::from_options(name, &opts).validate() {
-                        return error(v, StatusCode::BAD_REQUEST, &e.to_string());
+                    if let Err(e) = check_options(name, &opts) {
+                        return error(v, StatusCode::BAD_REQUEST, &e);
                     }
                     let state = if unit.desired_state.is_empty() {
                         JobState::Inactive
@@ -464,8 +464,8 @@ async fn unit_item<S: KvStore>(
                     let replace = !opts.is_empty()
                         && systemd_unit::fleet::UnitHash::of_options(&opts) != j.hash;
                     if replace {
-                        if let Err(e) = Requirements::from_options(name, &opts).validate() {
-                            return error(v, StatusCode::BAD_REQUEST, &e.to_string());
+                        if let Err(e) = check_options(name, &opts) {
+                            return error(v, StatusCode::BAD_REQUEST, &e);
                         }
                     }
                     let state = if unit.desired_state.is_empty() {
@@ -520,6 +520,15 @@ async fn unit_item<S: KvStore>(
             "only GET, PUT and DELETE supported against this resource",
         ),
     }
+}
+
+/// fleet's `ValidateOptions`: options that read back as given (Ferrite refuses what
+/// fleet stored and then read back as other options), and requirements that can be met.
+fn check_options(name: &str, opts: &[systemd_unit::fleet::UnitOption]) -> Result<(), String> {
+    systemd_unit::fleet::check_round_trip(opts).map_err(|e| e.to_string())?;
+    Requirements::from_options(name, opts)
+        .validate()
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -45,36 +45,80 @@ impl SystemdManager {
 
 /// Writes the units' files into `dir` and links them in, one call per batch (systemd
 /// rescans its search paths per call). fleet 1.0: a unit with an `[Install]` section is
-/// enabled (runtime, forced) instead, so its `WantedBy=` and friends take effect. A failure
-/// names its unit (the batch's first, for a failed call).
+/// enabled (runtime, forced) instead, so its `WantedBy=` and friends take effect. Gives the
+/// units that failed, each with its reason: a batch systemd refuses is tried again one unit
+/// at a time, so one unit it rejects never keeps the others from loading.
 fn write_and_link(
     d: &mut DbusSystemd,
     dir: &std::path::Path,
     units: &[(String, String)],
-) -> Result<(), (String, String)> {
-    let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
-    atomic_file::create_dirs(dir).map_err(|e| (first.clone(), e.to_string()))?;
+) -> Vec<(String, String)> {
+    let mut failed = Vec::new();
+    if let Err(e) = atomic_file::create_dirs(dir) {
+        return units
+            .iter()
+            .map(|(n, _)| (n.clone(), e.to_string()))
+            .collect();
+    }
     let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
     for (name, text) in units {
         let path = dir.join(name);
-        atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
-            .map_err(|e| (name.clone(), e.to_string()))?;
-        let p = path.display().to_string();
+        if let Err(e) =
+            atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
+        {
+            failed.push((name.clone(), e.to_string()));
+            continue;
+        }
+        let entry = (name.clone(), path.display().to_string());
         if has_install_section(text) {
-            enabled.push(p);
+            enabled.push(entry);
         } else {
-            linked.push(p);
+            linked.push(entry);
         }
     }
-    for chunk in linked.chunks(LINK_BATCH) {
-        d.link_unit_files(chunk, true, true)
-            .map_err(|e| (first.clone(), e.to_string()))?;
+    link_in(d, &linked, false, &mut failed);
+    link_in(d, &enabled, true, &mut failed);
+    failed
+}
+
+/// Links (or with `enable`, enables) the unit files `entries` (name, path), a batch per
+/// call; a batch systemd refuses is tried one unit at a time and each refusal recorded.
+fn link_in(
+    d: &mut DbusSystemd,
+    entries: &[(String, String)],
+    enable: bool,
+    failed: &mut Vec<(String, String)>,
+) {
+    let call = |d: &mut DbusSystemd, paths: &[String]| {
+        if enable {
+            d.enable_unit_files(paths, true, true)
+        } else {
+            d.link_unit_files(paths, true, true)
+        }
+    };
+    for chunk in entries.chunks(LINK_BATCH) {
+        let paths: Vec<String> = chunk.iter().map(|(_, p)| p.clone()).collect();
+        if call(d, &paths).is_ok() {
+            continue;
+        }
+        for (name, path) in chunk {
+            if let Err(e) = call(d, std::slice::from_ref(path)) {
+                failed.push((name.clone(), e.to_string()));
+            }
+        }
     }
-    for chunk in enabled.chunks(LINK_BATCH) {
-        d.enable_unit_files(chunk, true, true)
-            .map_err(|e| (first.clone(), e.to_string()))?;
+}
+
+/// Queues a stop; a unit systemd has not loaded (or could not load: a refused file) runs
+/// nothing, so there is nothing to stop.
+fn stop_if_loaded(d: &mut DbusSystemd, name: &str) -> Result<(), systemd_client::Error> {
+    match d.enqueue(JobKind::Stop, name) {
+        Err(e) if e.is_not_loaded() => {
+            tracing::debug!(unit = name, "not loaded, nothing to stop: {e}");
+            Ok(())
+        }
+        other => other,
     }
-    Ok(())
 }
 
 /// Whether a unit file has an `[Install]` section.
@@ -87,24 +131,29 @@ const LINK_BATCH: usize = 256;
 
 impl UnitManager for SystemdManager {
     async fn load(&mut self, name: &str, text: &str) -> Result<(), String> {
-        self.load_many(&[(name.to_string(), text.to_string())])
+        match self
+            .load_many(&[(name.to_string(), text.to_string())])
             .await
-            .map_err(|(_, e)| e)
+            .pop()
+        {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    async fn load_many(&mut self, units: &[(String, String)]) -> Result<(), (String, String)> {
-        let first = units.first().map(|(n, _)| n.clone()).unwrap_or_default();
-        let (dir, units) = (self.dir.clone(), units.to_vec());
+    async fn load_many(&mut self, units: &[(String, String)]) -> Vec<(String, String)> {
+        let (dir, todo) = (self.dir.clone(), units.to_vec());
         // Files and links on the blocking pool: the runtime thread keeps serving the API.
-        self.with(move |d| Ok(write_and_link(d, &dir, &units)))
-            .await
-            .map_err(|e| (first, e))?
+        match self.with(move |d| Ok(write_and_link(d, &dir, &todo))).await {
+            Ok(failed) => failed,
+            Err(e) => units.iter().map(|(n, _)| (n.clone(), e.clone())).collect(),
+        }
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
         let n = name.to_string();
         self.with(move |d| {
-            d.enqueue(JobKind::Stop, &n)?;
+            stop_if_loaded(d, &n)?;
             d.disable_unit_files(std::slice::from_ref(&n), true)?;
             d.reset_failed(&n)
         })
@@ -124,22 +173,24 @@ impl UnitManager for SystemdManager {
         self.with(move |d| d.enqueue(JobKind::Start, &n)).await
     }
 
-    async fn start_many(&mut self, names: &[String]) -> Result<(), (String, String)> {
+    async fn start_many(&mut self, names: &[String]) -> Vec<(String, String)> {
         let want = names.to_vec();
-        let first = want.first().cloned().unwrap_or_default();
-        let results = self
+        match self
             .with(move |d| Ok(d.enqueue_many(JobKind::Start, &want)))
             .await
-            .map_err(|e| (first, e))?;
-        for (name, r) in names.iter().zip(results) {
-            r.map_err(|e| (name.clone(), e.to_string()))?;
+        {
+            Ok(results) => names
+                .iter()
+                .zip(results)
+                .filter_map(|(name, r)| r.err().map(|e| (name.clone(), e.to_string())))
+                .collect(),
+            Err(e) => names.iter().map(|n| (n.clone(), e.clone())).collect(),
         }
-        Ok(())
     }
 
     async fn stop(&mut self, name: &str) -> Result<(), String> {
         let n = name.to_string();
-        self.with(move |d| d.enqueue(JobKind::Stop, &n)).await
+        self.with(move |d| stop_if_loaded(d, &n)).await
     }
 
     async fn states(&mut self, names: &[String]) -> Vec<(String, String, String)> {
@@ -158,6 +209,16 @@ impl UnitManager for SystemdManager {
                         })
                     })
                     .collect()
+            }
+            // One name systemd refuses fails the whole question: ask unit by unit, so the
+            // others' states are still read.
+            Err(e) if names.len() > 1 => {
+                tracing::debug!("reading unit states together: {e}; one at a time");
+                let mut out = Vec::with_capacity(names.len());
+                for n in names {
+                    out.push(self.state(n).await);
+                }
+                out
             }
             Err(e) => {
                 tracing::warn!("reading unit states: {e}");
@@ -195,7 +256,7 @@ impl UnitManager for SystemdManager {
                 let known = fleet_model::name::RECOGNIZED_TYPES
                     .iter()
                     .any(|t| name.ends_with(&format!(".{t}")));
-                if !known {
+                if !known || systemd_unit::UnitName::parse(&name).is_err() {
                     tracing::warn!(file = %name, "ignoring a file in the unit directory");
                     return None;
                 }

@@ -278,6 +278,49 @@ async fn api_serves_fleet_v1() {
     )
     .await;
     assert_eq!(r.status, 400);
+    // Names systemd refuses, and options that would not read back as sent, are refused
+    // with a 400 and a message (fleet stored them; its agents then failed on them).
+    let ok_opts = r#"{"options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
+    for (name, message) in [
+        (".service", "unit name \".service\" has an empty prefix"),
+        (
+            "x.busname",
+            "unit name \"x.busname\" has an unknown type \"busname\"",
+        ),
+        ("x@1.mount", "invalid unit type for template: \"mount\""),
+    ] {
+        let r = request(
+            &sock,
+            "PUT",
+            &format!("/fleet/v1/units/{name}"),
+            Some(ok_opts),
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json()["error"]["message"].as_str()),
+            (400, Some(message))
+        );
+    }
+    for (opts, message) in [
+        (
+            r#"{"section":"Ser]vice","name":"ExecStart","value":"/bin/true"}"#,
+            "unit option \"ExecStart\" in section \"Ser]vice\" cannot be stored: the section name contains a bracket",
+        ),
+        (
+            r#"{"section":"Service","name":"ExecStart","value":"/bin/true\n[Service]\nExecStartPre=/bin/evil"}"#,
+            "unit option \"ExecStart\" in section \"Service\" cannot be stored: the value contains a line break",
+        ),
+        (
+            r#"{"section":"Service","name":"Exec=Start","value":"/bin/true"}"#,
+            "unit option \"Exec=Start\" in section \"Service\" cannot be stored: the option name contains \"=\"",
+        ),
+    ] {
+        let body = format!(r#"{{"options":[{opts}]}}"#);
+        let r = request(&sock, "PUT", "/fleet/v1/units/odd.service", Some(&body)).await;
+        assert_eq!((r.status, r.json()["error"]["message"].as_str()), (400, Some(message)));
+    }
+    let r = request(&sock, "GET", "/fleet/v1/units/odd.service", None).await;
+    assert_eq!(r.status, 404, "nothing was stored");
     let r = request(&sock, "GET", "/fleet/v1/units/nope.service", None).await;
     assert_eq!(r.status, 404);
     let r = request(&sock, "GET", "/fleet/v1/units?nextPageToken=EwBMLg==", None).await;

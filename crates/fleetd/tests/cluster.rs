@@ -612,3 +612,213 @@ async fn a_global_unit_that_conflicts_with_a_unit_here_is_skipped() {
     assert_eq!(m.units.running(), vec!["conflict-global.0.service"]);
     m.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_the_machine_refuses_never_stops_the_others() {
+    // One unit systemd refuses to load, one it refuses to start, and one it cannot stop:
+    // each fails on its own, is reported and retried, and every other unit goes on.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 2, false);
+    m.units.refuse("bad-load.service", "load");
+    m.units.refuse("bad-start.service", "start");
+    for name in ["bad-load.service", "bad-start.service", "good.service"] {
+        reg.create_unit(name, UNIT, JobState::Launched)
+            .await
+            .unwrap();
+    }
+    let running = |want: &'static [&'static str]| {
+        let units = m.units.clone();
+        async move || {
+            let now = units.running();
+            ok_if(now == want, || format!("{now:?}"))
+        }
+    };
+    until(
+        "good runs",
+        Duration::from_secs(10),
+        running(&["good.service"]),
+    )
+    .await;
+    // The refused load is published as failed, with the content that failed.
+    until("refusal reported", Duration::from_secs(10), async || {
+        let states = reg.states().await.unwrap();
+        ok_if(
+            states.iter().any(|s| {
+                s.unit == "bad-load.service"
+                    && s.load_state == "error"
+                    && s.active_state == "failed"
+            }),
+            || format!("{states:?}"),
+        )
+    })
+    .await;
+    // Later work goes on while the bad units are retried.
+    reg.create_unit("later.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    until(
+        "later runs",
+        Duration::from_secs(10),
+        running(&["good.service", "later.service"]),
+    )
+    .await;
+    // Once systemd accepts them, the retries bring them up (the backoff is short at first).
+    m.units.allow("bad-load.service", "load");
+    m.units.allow("bad-start.service", "start");
+    until(
+        "all run",
+        Duration::from_secs(20),
+        running(&[
+            "bad-load.service",
+            "bad-start.service",
+            "good.service",
+            "later.service",
+        ]),
+    )
+    .await;
+    // A unit that cannot be unloaded does not keep others from stopping or starting.
+    m.units.refuse("good.service", "unload");
+    reg.destroy_unit("good.service").await.unwrap();
+    reg.set_target_state("later.service", JobState::Loaded)
+        .await
+        .unwrap();
+    reg.create_unit("last.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    until(
+        "last runs, later stopped",
+        Duration::from_secs(10),
+        running(&[
+            "bad-load.service",
+            "bad-start.service",
+            "good.service",
+            "last.service",
+        ]),
+    )
+    .await;
+    m.units.allow("good.service", "unload");
+    until("good unloaded", Duration::from_secs(20), async || {
+        let loaded = m.units.loaded();
+        ok_if(!loaded.contains(&"good.service".to_string()), || {
+            format!("{loaded:?}")
+        })
+    })
+    .await;
+    m.stop.send(true).unwrap();
+}
+
+/// Only an agent, on its own store view, driving `units` (a fleetd whose engine is off).
+fn spawn_agent(
+    store: &MemoryStore,
+    id: &str,
+    metadata: &str,
+    ttl: i64,
+    units: SimManager,
+) -> JoinHandle<()> {
+    let reg = Arc::new(Registry::new(store.view(), "/p/"));
+    let cfg = AgentConfig {
+        machine: Machine {
+            id: id.into(),
+            public_ip: String::new(),
+            metadata: fleet_model::machine::parse_metadata(metadata),
+            version: "0.1.0".into(),
+        },
+        ttl,
+        resync: Duration::from_secs(30),
+        fencing: false,
+    };
+    // The sender is leaked on purpose: these agents end by abort (a SIGKILL), never by stop.
+    let (tx, rx) = watch::channel(false);
+    std::mem::forget(tx);
+    tokio::spawn(async move {
+        run_agent(reg, cfg, units, rx, None).await.unwrap();
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_unit_keeps_running_through_a_fleetd_restart() {
+    // fleetd killed (no purge) long enough for its lease to lapse and the engine to
+    // unschedule its pinned unit; the restarted fleetd finds the unit running and keeps it
+    // while the engine places it back: never stopped, never started again.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let other = start_member(&store, "other", 1, false);
+    let units = SimManager::default();
+    let first = spawn_agent(&store, "pinnedhost", "", 1, units.clone());
+    let pinned = format!("{UNIT}\n[X-Fleet]\nMachineID=pinnedhost\n");
+    reg.create_unit("pinned.service", &pinned, JobState::Launched)
+        .await
+        .unwrap();
+    eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
+    first.abort();
+    eventually(&reg, "unscheduled after the lapse", |j| {
+        j[0].target.is_none()
+    })
+    .await;
+    let second = spawn_agent(&store, "pinnedhost", "", 1, units.clone());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        assert_eq!(
+            units.running(),
+            ["pinned.service"],
+            "after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually(&reg, "placed back and launched", |j| {
+        launched_everywhere(j, 1) && j[0].target.as_deref() == Some("pinnedhost")
+    })
+    .await;
+    assert_eq!(units.starts("pinned.service"), 1, "started once only");
+    second.abort();
+    other.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_never_clears_another_machines_job_state() {
+    // m1 is killed; its unit moves to m2, which launches it. m1 comes back, finds the unit
+    // left in its unit directory, and unloads it: the job-state m2 set must stay.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m2 = start_member(&store, "m2", 1, false);
+    let units = SimManager::default();
+    let m1 = spawn_agent(&store, "m1", "role=web", 1, units.clone());
+    let on_web = format!("{UNIT}\n[X-Fleet]\nMachineMetadata=role=web\n");
+    reg.create_unit("moving.service", &on_web, JobState::Launched)
+        .await
+        .unwrap();
+    eventually(&reg, "launched on m1", |j| {
+        launched_everywhere(j, 1) && j[0].target.as_deref() == Some("m1")
+    })
+    .await;
+    // Now m2 may take it too.
+    m2.reload
+        .send(Reconfig {
+            public_ip: String::new(),
+            metadata: fleet_model::machine::parse_metadata("role=web"),
+            fencing: false,
+        })
+        .unwrap();
+    m1.abort();
+    eventually(&reg, "moved to m2 and launched", |j| {
+        launched_everywhere(j, 1) && j[0].target.as_deref() == Some("m2")
+    })
+    .await;
+    let again = spawn_agent(&store, "m1", "role=web", 1, units.clone());
+    until(
+        "m1 unloaded its copy",
+        Duration::from_secs(15),
+        async || {
+            let loaded = units.loaded();
+            ok_if(loaded.is_empty(), || format!("{loaded:?}"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (jobs, _) = reg.jobs().await.unwrap();
+    assert_eq!(jobs[0].job_state.as_deref(), Some("m2"), "{jobs:?}");
+    again.abort();
+    m2.stop.send(true).unwrap();
+}

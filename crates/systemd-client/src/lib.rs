@@ -44,6 +44,40 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The D-Bus error name systemd answered with, e.g. `org.freedesktop.systemd1.NoSuchUnit`.
+    pub fn dbus_name(&self) -> Option<&str> {
+        match self {
+            Error::Call { source, .. } => match source.as_ref() {
+                zbus::Error::MethodError(name, _, _) => Some(name.as_str()),
+                zbus::Error::FDO(e) => match e.as_ref() {
+                    zbus::fdo::Error::ZBus(zbus::Error::MethodError(name, _, _)) => {
+                        Some(name.as_str())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            },
+            Error::Connect { .. } => None,
+        }
+    }
+
+    /// Whether systemd has no such unit loaded, or could not load it (its file is missing,
+    /// refused, or has a bad setting): a unit in that state runs nothing, so stopping it is
+    /// already done.
+    pub fn is_not_loaded(&self) -> bool {
+        matches!(
+            self.dbus_name(),
+            Some(
+                "org.freedesktop.systemd1.NoSuchUnit"
+                    | "org.freedesktop.systemd1.LoadFailed"
+                    | "org.freedesktop.systemd1.BadUnitSetting"
+                    | "org.freedesktop.systemd1.UnitMasked"
+            )
+        ) || self.to_string().contains("NoSuchUnit")
+    }
+}
+
 /// The job-queuing manager methods coreos-cloudinit's `command:` values map to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {

@@ -138,6 +138,69 @@ pub fn serialize(opts: &[UnitOption]) -> String {
     out
 }
 
+/// An option that fleet's canonical text cannot carry: stored, it would read back as
+/// something else (another option, another section) or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unit option {name:?} in section {section:?} cannot be stored: {reason}")]
+pub struct OptionError {
+    /// The section.
+    pub section: String,
+    /// The option name.
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Checks that `opts` read back from their canonical text exactly as given: what a unit's
+/// options must satisfy before they are stored.
+pub fn check_round_trip(opts: &[UnitOption]) -> Result<(), OptionError> {
+    for o in opts {
+        let reason = if o.section.is_empty() {
+            Some("the section name is empty")
+        } else if o.section.contains(['[', ']']) {
+            Some("the section name contains a bracket")
+        } else if o.section.contains(['\n', '\r']) {
+            Some("the section name contains a line break")
+        } else if o.name.trim().is_empty() {
+            Some("the option name is empty")
+        } else if o.name.contains('=') {
+            Some("the option name contains \"=\"")
+        } else if o.name.contains(['\n', '\r']) {
+            Some("the option name contains a line break")
+        } else if o.name.starts_with(['[', '#', ';']) {
+            Some("the option name starts with a character that begins a section or comment")
+        } else if o.value.contains(['\n', '\r']) {
+            Some("the value contains a line break")
+        } else if o.name.trim() != o.name || o.value.trim() != o.value {
+            Some("the name or value has leading or trailing white space")
+        } else if o.value.ends_with('\\') {
+            Some("the value ends with a backslash (a line continuation)")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(OptionError {
+                section: o.section.clone(),
+                name: o.name.clone(),
+                reason,
+            });
+        }
+    }
+    // The rules above are what the reader needs; confirm with the reader itself.
+    let back = deserialize(&serialize(opts)).unwrap_or_default();
+    match opts.iter().zip(&back).position(|(a, b)| a != b) {
+        None if back.len() == opts.len() => Ok(()),
+        at => {
+            let o = &opts[at.unwrap_or(back.len().min(opts.len().saturating_sub(1)))];
+            Err(OptionError {
+                section: o.section.clone(),
+                name: o.name.clone(),
+                reason: "it does not read back as given",
+            })
+        }
+    }
+}
+
 /// A fleet unit hash: SHA-1 of the canonical text.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnitHash(pub [u8; 20]);
@@ -204,6 +267,49 @@ mod tests {
         assert_eq!(
             opts[1].value,
             "/bin/bash -c \"while true; do echo \\\"Hello, world\\\";  sleep 1; done\""
+        );
+    }
+
+    #[test]
+    fn options_that_cannot_round_trip_are_refused() {
+        let o = |section: &str, name: &str, value: &str| UnitOption {
+            section: section.into(),
+            name: name.into(),
+            value: value.into(),
+        };
+        assert_eq!(
+            check_round_trip(&[o("Service", "ExecStart", "/bin/true")]),
+            Ok(())
+        );
+        let refused = [
+            o("Serv]ice", "ExecStart", "x"),
+            o("Service", "Exec=Start", "x"),
+            o("Service", "[Unit", "x"),
+            o(
+                "Service",
+                "ExecStart",
+                "x\n[Service]\nExecStartPre=/bin/evil",
+            ),
+            o("Service", "ExecStart", "x\\"),
+            o("Service", "ExecStart", " x"),
+        ];
+        for bad in refused {
+            let e = check_round_trip(std::slice::from_ref(&bad)).unwrap_err();
+            assert_eq!(
+                (e.section.as_str(), e.name.as_str()),
+                (bad.section.as_str(), bad.name.as_str())
+            );
+            // Each of them really would come back as something else.
+            let back = deserialize(&serialize(std::slice::from_ref(&bad)));
+            assert_ne!(back, Ok(vec![bad.clone()]), "{bad:?}");
+        }
+        // fleet's reader would keep this one, but no systemd unit file can hold it.
+        assert!(check_round_trip(&[o("Service\n", "ExecStart", "x")]).is_err());
+        assert!(check_round_trip(&[o("", "ExecStart", "x")]).is_err());
+        assert!(check_round_trip(&[o("Service", "", "x")]).is_err());
+        assert_eq!(
+            check_round_trip(&[o("Service", "ExecStart", "a\nb")]).unwrap_err().to_string(),
+            "unit option \"ExecStart\" in section \"Service\" cannot be stored: the value contains a line break"
         );
     }
 

@@ -42,6 +42,19 @@ proptest! {
     }
 
     #[test]
+    fn options_accepted_as_storable_read_back(
+        opts in prop::collection::vec(("[ -~\n]{0,6}", "[ -~\n\r]{0,6}", "[ -~\n\\\\]{0,8}"), 0..5)
+    ) {
+        let opts: Vec<fleet::UnitOption> = opts
+            .into_iter()
+            .map(|(section, name, value)| fleet::UnitOption { section, name, value })
+            .collect();
+        if fleet::check_round_trip(&opts).is_ok() {
+            prop_assert_eq!(fleet::deserialize(&fleet::serialize(&opts)).unwrap(), opts);
+        }
+    }
+
+    #[test]
     fn arbitrary_strings_do_not_panic(text in any::<String>()) {
         let _ = UnitFile::parse(&text);
         let _ = fleet::deserialize(&text);
