@@ -147,6 +147,21 @@ impl Fleet {
         }
     }
 
+    /// When systemd on `m` last logged `what` (`Started`, `Stopped`) for `unit`, by the
+    /// kernel's monotonic clock (the same in every machine; systemd forgets an inactive
+    /// unit's own timestamps).
+    fn logged(&self, m: &str, unit: &str, what: &str) -> f64 {
+        let (_, out) = self.c.sh(
+            m,
+            &format!("sudo journalctl -u {unit} -o short-monotonic --no-pager"),
+        );
+        out.lines()
+            .filter(|l| l.contains(&format!("systemd[1]: {what} {unit}")))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.trim().parse().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("{m}: no {what:?} for {unit}:\n{out}"))
+    }
+
     /// Writes a file into core-01's /home/core/units.
     fn put(&self, name: &str, text: &str) {
         let p = self.units_dir().join(name);
@@ -233,6 +248,7 @@ fn fleet_scenarios_on_three_machines() {
     replace_and_new_member(&f);
     machine_id_global_and_metadata(&f);
     member_reboot(&f);
+    fleetd_faults(&f);
     partition(&f);
     etcd_proxy_member(&f);
 
@@ -989,6 +1005,118 @@ fn etcd_proxy_member(f: &Fleet) {
 /// (Fencing=true) stops there before it starts elsewhere, by the kernel's monotonic clock
 /// that all machines share; `stay@<id>` (pinned there) runs on, and is never stopped.
 /// Then TestShutdownVsMonitor: fleet's monitor line while cut off, and a clean stop.
+/// fleetd's own faults: a unit systemd refuses (an `Execstart=` typo) is started and
+/// destroyed without holding up any other unit; a pinned unit survives a SIGKILL of fleetd
+/// with its PID unchanged; a SIGKILL of fleetd stops its fenced units at once (they are
+/// bound to fleet.service) and never runs one on two machines.
+fn fleetd_faults(f: &Fleet) {
+    f.ok("start --no-block crash/typo.service");
+    f.ok("start hello.service");
+    f.wait("hello active", 30, |f| {
+        f.active_on("core-01")
+            .iter()
+            .any(|r| r.unit == "hello.service")
+            .then_some(())
+    });
+    f.destroy(&["typo.service"]);
+    f.ok("start goodbye.service");
+    f.wait("goodbye active", 30, |f| {
+        f.active_on("core-01")
+            .iter()
+            .any(|r| r.unit == "goodbye.service")
+            .then_some(())
+    });
+    for m in MACHINES {
+        let (_, journal) = f.c.sh(m, "journalctl -u fleet.service --no-pager -o cat");
+        assert!(!journal.contains("agent pass failed"), "{m}:\n{journal}");
+        let (_, left) = f.c.sh(m, "ls /run/fleet/units");
+        assert!(!left.contains("typo"), "{m} still has typo.service: {left}");
+    }
+    f.destroy(&["hello.service", "goodbye.service"]);
+
+    // A pinned unit and a SIGKILL of its machine's fleetd.
+    let host = "core-02";
+    let id = f.ids[host].clone();
+    let stay = format!("stay@{id}.service");
+    f.ok(&format!("start partition/{stay}"));
+    f.wait_active_on("core-01", 1);
+    let pid_of = |unit: &str| {
+        f.c.sh(host, &format!("systemctl show -p MainPID --value {unit}"))
+            .1
+    };
+    let pid = pid_of(&stay);
+    let (_, before) = f.c.sh(
+        host,
+        "journalctl -u fleet.service --no-pager -o cat | wc -l",
+    );
+    f.c.sh(host, "sudo systemctl kill -s KILL fleet.service");
+    // Back (restarted by systemd), registered again, and past its 5 s hold.
+    f.c.sh_until(
+        host,
+        &format!(
+            "journalctl -u fleet.service --no-pager -o cat | tail -n +{}",
+            before.trim().parse::<u64>().unwrap_or(0) + 1
+        ),
+        "starting fleetd",
+        30,
+    );
+    f.wait("the machine back in fleet", 30, |f| {
+        (f.machine_ids_on("core-01").len() == 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    let rows = f.wait_active_on("core-01", 1);
+    assert_eq!(
+        (rows[0].unit.as_str(), rows[0].machine.as_str()),
+        (stay.as_str(), id.as_str())
+    );
+    assert_eq!(pid_of(&stay), pid, "{stay} was restarted");
+    let (_, journal) = f.c.sh(host, "sudo journalctl -b --no-pager -o cat _PID=1");
+    assert!(
+        !journal.contains(&format!("Stopping {stay}")),
+        "{stay} was stopped"
+    );
+    f.destroy(&[&stay]);
+
+    // Fenced units and a SIGKILL of fleetd.
+    f.ok("start partition/plain.service");
+    f.ok("start partition/fenced.service");
+    let rows = f.wait_active_on("core-01", 2);
+    let home = f.name_of(&rows[0].machine).to_string();
+    let (_, bound) =
+        f.c.sh(&home, "systemctl show -p BindsTo --value fenced.service");
+    assert!(
+        bound.contains("fleet.service"),
+        "fenced.service binds to: {bound:?}"
+    );
+    let t = Instant::now();
+    f.c.sh(&home, "sudo systemctl kill -s KILL fleet.service");
+    let stopped = f.wait("fenced.service stopped with fleetd", 30, |f| {
+        let (_, s) = f.c.sh(&home, "systemctl is-active fenced.service");
+        (s.trim() != "active").then(|| t.elapsed())
+    });
+    let rows = f.wait("plain and fenced running again", 60, |f| {
+        let a = f.active_on(f.witness(&home));
+        (a.len() == 2).then_some(a)
+    });
+    let now_on = f.name_of(&rows[0].machine).to_string();
+    if now_on != home {
+        let stop_at = f.logged(&home, "fenced.service", "Stopped");
+        let start_at = f.logged(&now_on, "fenced.service", "Started");
+        assert!(
+            stop_at < start_at,
+            "fenced.service started on {now_on} ({start_at} s) before it stopped on {home} ({stop_at} s)"
+        );
+    }
+    eprintln!(
+        "fleetd SIGKILL: fenced.service stopped {:.2} s after the kill; running again on {} ({}) after {:.2} s",
+        stopped.as_secs_f64(),
+        now_on,
+        if now_on == home { "the same machine" } else { "another machine" },
+        t.elapsed().as_secs_f64()
+    );
+    f.destroy(&["plain.service", "fenced.service"]);
+}
+
 fn partition(f: &Fleet) {
     f.ok("start partition/plain.service");
     f.ok("start partition/fenced.service");
@@ -1020,19 +1148,6 @@ fn partition(f: &Fleet) {
     let t = Instant::now();
     ip(&["link", "set", "eth0", "down"]);
 
-    // When systemd logged `what` for the unit last, by the kernel's monotonic clock (the
-    // same in every machine; systemd forgets an inactive unit's own timestamps).
-    let logged = |m: &str, unit: &str, what: &str| -> f64 {
-        let (_, out) = f.c.sh(
-            m,
-            &format!("sudo journalctl -u {unit} -o short-monotonic --no-pager"),
-        );
-        out.lines()
-            .filter(|l| l.contains(&format!("systemd[1]: {what} {unit}")))
-            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.trim().parse().ok())
-            .next_back()
-            .unwrap_or_else(|| panic!("{m}: no {what:?} for {unit}:\n{out}"))
-    };
     let stopped = f.wait("fenced.service stopped on the cut-off machine", 30, |f| {
         let (_, s) = f.c.sh(&cut, "systemctl is-active fenced.service");
         (s.trim() != "active").then(|| t.elapsed())
@@ -1057,8 +1172,8 @@ fn partition(f: &Fleet) {
                 .machine,
         )
         .to_string();
-    let stop_at = logged(&cut, "fenced.service", "Stopped");
-    let start_at = logged(&new_home, "fenced.service", "Started");
+    let stop_at = f.logged(&cut, "fenced.service", "Stopped");
+    let start_at = f.logged(&new_home, "fenced.service", "Started");
     assert!(
         stop_at < start_at,
         "fenced.service started on {new_home} ({start_at} s) before it stopped on {cut} ({stop_at} s)"

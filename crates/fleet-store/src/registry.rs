@@ -666,8 +666,17 @@ impl<S: KvStore> Registry<S> {
 
     /// Every published unit state.
     pub async fn states(&self) -> R<Vec<UnitState>> {
+        self.states_under("").await
+    }
+
+    /// The states machines publish for one unit (one prefix read).
+    pub async fn states_of(&self, unit: &str) -> R<Vec<UnitState>> {
+        self.states_under(&format!("{unit}/")).await
+    }
+
+    async fn states_under(&self, below: &str) -> R<Vec<UnitState>> {
         let base = self.key("states/");
-        let (kvs, _) = self.store.get_prefix(&base).await?;
+        let (kvs, _) = self.store.get_prefix(&format!("{base}{below}")).await?;
         let mut out = Vec::new();
         for kv in kvs {
             let Some((unit, machine)) = kv.key[base.len()..].split_once('/') else {

@@ -159,7 +159,9 @@ impl Client {
         }
     }
 
-    /// Gives an existing unit new content (fleet 1.0's replace), keeping its state.
+    /// Gives an existing unit new content (fleet 1.0's replace): as fleet's registry did,
+    /// the unit is then inactive, and the caller waits for that before asking for the
+    /// state it wants.
     pub async fn replace_unit(
         &self,
         name: &str,
@@ -167,11 +169,14 @@ impl Client {
         options: &[UnitOption],
     ) -> Result<(), String> {
         match self {
-            Self::Etcd(r) => r
-                .replace_unit(name, text)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            Self::Etcd(r) => {
+                r.replace_unit(name, text)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                r.set_target_state(name, JobState::Inactive)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Self::Api(a) => {
                 let body = api::Unit {
                     name: name.into(),

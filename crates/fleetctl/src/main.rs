@@ -328,8 +328,13 @@ async fn lazy_create(
         }
     }
     let created = create_units(reg, new).await?;
-    for (n, _) in &created {
-        out(format!("Unit {n} inactive"));
+    for (n, global) in &created {
+        // fleet printed the current state, which a global unit never has.
+        if *global {
+            out(format!("Unit {n} "));
+        } else {
+            out(format!("Unit {n} inactive"));
+        }
     }
     Ok((found, created))
 }
@@ -411,6 +416,14 @@ async fn wait_for(
             let Some(j) = jobs.iter().find(|j| &j.name == n) else {
                 return true;
             };
+            // A global unit has no current state: fleet waited for its desired state.
+            if j.global {
+                if j.target_state != want {
+                    return true;
+                }
+                out(format!("Unit {n} "));
+                return false;
+            }
             if j.current_state(&states) != want {
                 return true;
             }
@@ -437,6 +450,14 @@ async fn wait_for(
     }
 }
 
+/// `--block-attempts=N` (0, the default: no limit).
+fn block_attempts(flags: &BTreeMap<String, String>) -> u32 {
+    flags
+        .get("block-attempts")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCode, String> {
     let (flags, units) = parse_flags(args, &["block-attempts"])?;
     let reg = registry(g).await?;
@@ -453,12 +474,14 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
     let mut names = Vec::new();
     let mut wait = Vec::new();
     let mut created = Vec::new();
+    let mut replaced: Vec<String> = Vec::new();
     if want == JobState::Inactive || stop {
         for u in &units {
             let n = mangle(u);
             // Unknown units are silently skipped.
             if let Some(j) = jobs.iter().find(|j| j.name == n) {
-                if stop && j.current_state(&states) == JobState::Inactive {
+                // A global unit has no current state to check (fleet 1.0).
+                if stop && !j.global && j.current_state(&states) == JobState::Inactive {
                     err(format!("Unable to stop unit {n} in state inactive"));
                     return Ok(ExitCode::FAILURE);
                 }
@@ -477,21 +500,29 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
                 return Ok(ExitCode::FAILURE);
             }
         };
-        for (n, how) in found {
-            if how == Ensured::Replaced
-                && jobs.iter().any(|j| j.name == n && j.target_state == want)
-            {
-                // Already in the wanted state: report it once the new content is there.
-                wait.push(n);
-            } else {
-                names.push(n);
-            }
+        // fleet 1.0's protocol: a replaced unit is inactive; wait for that (as fleet's
+        // lazy creation did), then ask for the wanted state like for any other unit.
+        replaced = found
+            .iter()
+            .filter(|(_, how)| *how == Ensured::Replaced)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let attempts = block_attempts(&flags);
+        if let Err(e) = wait_for(&reg, &replaced, JobState::Inactive, attempts).await {
+            err(format!("Error waiting on unit creation: {e}"));
+            return Ok(ExitCode::FAILURE);
         }
+        names.extend(found.into_iter().map(|(n, _)| n));
     }
     let mut changes = Vec::new();
     for name in names {
         let existing = jobs.iter().find(|j| j.name == name);
-        if existing.is_some_and(|j| j.target_state == want) {
+        // fleet's stop triggers a global unit whatever its state.
+        let stop_global = stop && existing.is_some_and(|j| j.global);
+        if existing.is_some_and(|j| j.target_state == want)
+            && !replaced.contains(&name)
+            && !stop_global
+        {
             continue;
         }
         let global = existing.is_some_and(|j| j.global)
@@ -527,11 +558,7 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let attempts: u32 = flags
-        .get("block-attempts")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if let Err(e) = wait_for(&reg, &wait, want, attempts).await {
+    if let Err(e) = wait_for(&reg, &wait, want, block_attempts(&flags)).await {
         err(format!("Error waiting for units: {e}"));
         return Ok(ExitCode::FAILURE);
     }

@@ -142,11 +142,12 @@ async fn fleetctl_over_the_api() {
     );
     let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
     assert!(cat.contains("Description=Hello\n"), "{cat}");
+    // fleet 1.0's protocol: the replaced unit goes inactive first, then is started.
     let (code, out, err) = fleetctl(&sock, &["start", "--replace", unit]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         out,
-        "Unit hello.service launched on 0f1e2d3c.../172.20.0.21\n"
+        "Unit hello.service inactive\nUnit hello.service launched on 0f1e2d3c.../172.20.0.21\n"
     );
     let (_, cat, _) = fleetctl(&sock, &["cat", "hello.service"]).await;
     assert!(cat.contains("Description=Hello again"), "{cat}");
@@ -199,6 +200,31 @@ async fn fleetctl_over_the_api() {
     );
     let (code, out, _) = fleetctl(&sock, &["destroy", "hello.service"]).await;
     assert_eq!((code, out.as_str()), (0, "Destroyed hello.service\n"));
+
+    // Global units, with fleet's words: no current state to print or to refuse a stop on.
+    let global = dir.path().join("everywhere.service");
+    std::fs::write(
+        &global,
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nGlobal=true\n",
+    )
+    .unwrap();
+    let global = global.to_str().unwrap();
+    let (code, out, err) = fleetctl(&sock, &["start", global]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Unit everywhere.service \nTriggered global unit everywhere.service start\n"),
+        "{err}"
+    );
+    for _ in 0..2 {
+        let (code, out, err) = fleetctl(&sock, &["stop", "everywhere.service"]).await;
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "Triggered global unit everywhere.service stop\n"),
+            "{err}"
+        );
+    }
+    let (code, _, _) = fleetctl(&sock, &["destroy", "everywhere.service"]).await;
+    assert_eq!(code, 0);
     let (code, _, err) = fleetctl(&sock, &["destroy", "hello.service"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("unit does not exist"), "{err}");

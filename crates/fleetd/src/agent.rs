@@ -35,6 +35,16 @@ pub trait UnitManager: Send {
             failed
         }
     }
+    /// Binds each unit that is fenced to the fleetd that guards it (and unbinds the others),
+    /// so that fenced units stop the moment that fleetd dies, before its lease can lapse;
+    /// takes effect at the unit's next load by systemd. Gives the units that failed.
+    fn bind(
+        &mut self,
+        units: &[(String, bool)],
+    ) -> impl Future<Output = Vec<(String, String)>> + Send {
+        let _ = units;
+        async { Vec::new() }
+    }
     /// Stops, unlinks and removes the unit.
     fn unload(&mut self, name: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// daemon-reload, once after loads and unloads.
@@ -537,13 +547,22 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             }
         }
         self.reqs.retain(|k, _| seen.contains(k));
+        let mut rebound = false;
         if std::mem::take(&mut self.refence) {
+            let mut binds = Vec::new();
             for (name, (_, _, text)) in &desired {
                 let fenced = self.fenced(name, text);
                 if let Some(l) = self.current.get_mut(name) {
+                    if l.fenced != fenced {
+                        binds.push((name.clone(), fenced));
+                    }
                     l.fenced = fenced;
                 }
             }
+            for (name, e) in self.manager.bind(&binds).await {
+                tracing::warn!(unit = %name, "binding to fleetd: {e}");
+            }
+            rebound = !binds.is_empty();
         }
         let mut t = tasks(&desired, &self.current);
         t.unload.retain(|n| !self.held(cache, &desired, n));
@@ -576,10 +595,10 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         // systemd reads a new unit file when the unit is first started (it notices the
         // changed unit directory), so a daemon-reload — 1.5 s with a thousand units — is
         // needed only when a name it may still hold in memory gets new content.
-        let reload = t
-            .load
-            .iter()
-            .any(|(n, _)| self.current.contains_key(n) || self.stale.contains(n));
+        let reload = rebound
+            || t.load
+                .iter()
+                .any(|(n, _)| self.current.contains_key(n) || self.stale.contains(n));
         let began = tokio::time::Instant::now();
         let mut took = Vec::new();
         for name in &t.unload {
@@ -604,6 +623,18 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             for (name, e) in self.manager.load_many(&t.load).await {
                 let hash = desired.get(&name).map(|(_, h, _)| *h);
                 self.failed(&name, "loading", &e, hash);
+                failed.insert(name);
+            }
+            // A fenced unit never starts unbound: a failed binding fails its load.
+            let binds: Vec<(String, bool)> = t
+                .load
+                .iter()
+                .filter(|(n, _)| !failed.contains(n))
+                .map(|(n, text)| (n.clone(), self.fenced(n, text)))
+                .collect();
+            for (name, e) in self.manager.bind(&binds).await {
+                let hash = desired.get(&name).map(|(_, h, _)| *h);
+                self.failed(&name, "binding to fleetd", &e, hash);
                 failed.insert(name);
             }
         }
@@ -1126,6 +1157,8 @@ pub struct SimManager {
     units: Arc<std::sync::Mutex<BTreeMap<String, SimUnit>>>,
     /// (unit, step) pairs that fail: step is `load`, `start`, `stop` or `unload`.
     refused: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
+    /// Units bound to fleetd (fenced).
+    bound: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// One unit a [`SimManager`] has loaded.
@@ -1198,6 +1231,14 @@ impl SimManager {
         self.with(|u| u.get(name).map_or(0, |s| s.starts))
     }
 
+    /// The units bound to fleetd now (see [`UnitManager::bind`]).
+    pub fn bound(&self) -> Vec<String> {
+        match self.bound.lock() {
+            Ok(b) => b.iter().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+        }
+    }
+
     /// The units loaded now (running or not).
     pub fn loaded(&self) -> Vec<String> {
         self.with(|u| u.keys().cloned().collect())
@@ -1221,8 +1262,26 @@ impl UnitManager for SimManager {
         Ok(())
     }
 
+    async fn bind(&mut self, units: &[(String, bool)]) -> Vec<(String, String)> {
+        let mut bound = match self.bound.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (name, fenced) in units {
+            if *fenced {
+                bound.insert(name.clone());
+            } else {
+                bound.remove(name);
+            }
+        }
+        Vec::new()
+    }
+
     async fn unload(&mut self, name: &str) -> Result<(), String> {
         self.check(name, "unload")?;
+        if let Ok(mut b) = self.bound.lock() {
+            b.remove(name);
+        }
         self.with(|u| u.remove(name));
         Ok(())
     }

@@ -224,11 +224,7 @@ pub async fn handle<S: KvStore>(
                     "only HTTP GET supported against this resource",
                 );
             }
-            let doc = serde_json::json!({
-                "kind": "discovery#restDescription", "id": "fleet:v1", "name": "fleet", "version": "v1",
-                "rootUrl": "$ENDPOINT/", "servicePath": "fleet/v1/", "protocol": "rest",
-                "resources": {"Machines": {}, "Units": {}, "UnitState": {}},
-            });
+            let doc = crate::discovery::document();
             json_response(v, StatusCode::OK, &doc)
         }
         "/machines" if method == Method::PATCH => match parse_metadata_patch(&body) {
@@ -312,17 +308,7 @@ pub async fn handle<S: KvStore>(
                 (a.unit.as_str(), a.machine_id.as_str())
                     .cmp(&(b.unit.as_str(), b.machine_id.as_str()))
             });
-            let list: Vec<StateJson> = states
-                .into_iter()
-                .map(|s| StateJson {
-                    hash: s.hash,
-                    machine_id: s.machine_id,
-                    name: s.unit,
-                    systemd_active_state: s.active_state,
-                    systemd_load_state: s.load_state,
-                    systemd_sub_state: s.sub_state,
-                })
-                .collect();
+            let list: Vec<StateJson> = states.into_iter().map(state_json).collect();
             let (items, next) = paginate(list, page);
             let body = StatePage {
                 states: items,
@@ -331,17 +317,55 @@ pub async fn handle<S: KvStore>(
             json_response(v, StatusCode::OK, &body)
         }
         item => {
-            let Some(name) = item
-                .strip_prefix("/units/")
-                .filter(|n| !n.is_empty() && !n.contains('/'))
-            else {
-                return error(v, StatusCode::NOT_FOUND, "");
+            let (kind, name) = match (item.strip_prefix("/units/"), item.strip_prefix("/state/")) {
+                (Some(n), _) => ("units", n),
+                (_, Some(n)) => ("state", n),
+                _ => return error(v, StatusCode::NOT_FOUND, ""),
             };
+            if name.is_empty() || name.contains('/') {
+                return error(v, StatusCode::NOT_FOUND, "");
+            }
             let Ok(name) = percent_encoding::percent_decode_str(name).decode_utf8() else {
                 return error(v, StatusCode::NOT_FOUND, "");
             };
+            if kind == "state" {
+                return state_item(&api, &method, &name).await;
+            }
             unit_item(&api, &method, &name, &headers, &body).await
         }
+    }
+}
+
+/// fleet 1.0's `GET /state/{unitName}`: the state the first machine (by ID) reports.
+async fn state_item<S: KvStore>(api: &Api<S>, method: &Method, name: &str) -> Response {
+    let v = api.server;
+    if *method != Method::GET {
+        return error(
+            v,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET supported against this resource",
+        );
+    }
+    match api.reg.states_of(name).await {
+        Ok(states) => match states
+            .into_iter()
+            .min_by(|a, b| a.machine_id.cmp(&b.machine_id))
+        {
+            Some(s) => json_response(v, StatusCode::OK, &state_json(s)),
+            None => error(v, StatusCode::NOT_FOUND, "unit state does not exist"),
+        },
+        Err(e) => internal(v, &e),
+    }
+}
+
+fn state_json(s: UnitState) -> StateJson {
+    StateJson {
+        hash: s.hash,
+        machine_id: s.machine_id,
+        name: s.unit,
+        systemd_active_state: s.active_state,
+        systemd_load_state: s.load_state,
+        systemd_sub_state: s.sub_state,
     }
 }
 
@@ -476,7 +500,10 @@ async fn unit_item<S: KvStore>(
                                 "must provide DesiredState to update existing unit",
                             );
                         }
-                        None
+                        // fleet 1.0 created the unit anew, inactive unless told otherwise:
+                        // its clients wait for "inactive" before they load or start the new
+                        // content.
+                        Some(JobState::Inactive)
                     } else {
                         let Some(state) = JobState::parse(&unit.desired_state) else {
                             return error(v, StatusCode::BAD_REQUEST, "invalid desiredState");

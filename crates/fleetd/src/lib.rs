@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod discovery;
 pub mod engine;
 pub mod systemd;
 #[cfg(feature = "test-support")]

@@ -120,7 +120,8 @@ async fn run(config: PathBuf) -> Result<()> {
     let store = connect(&cfg).await.context("connecting to etcd")?;
     let reg = Arc::new(Registry::new(store.clone(), &cfg.etcd_key_prefix));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let manager = SystemdManager::connect(PathBuf::from("/run/fleet/units"))
+    let bind_to = own_unit().map(|u| (u, PathBuf::from("/run/systemd/system")));
+    let manager = SystemdManager::connect(PathBuf::from("/run/fleet/units"), bind_to)
         .context("connecting to systemd")?;
     let agent_cfg = AgentConfig {
         machine,
@@ -251,6 +252,17 @@ fn reconfig_of(cfg: &Config, public_ip: &str) -> Reconfig {
         metadata: cfg.metadata.clone(),
         fencing: cfg.fencing,
     }
+}
+
+/// The systemd service fleetd runs as (`fleet.service`), read from its own cgroup; `None`
+/// when it is not a service (run by hand).
+fn own_unit() -> Option<String> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroups
+        .lines()
+        .flat_map(|l| l.rsplit('/'))
+        .find(|part| part.ends_with(".service"))
+        .map(str::to_string)
 }
 
 /// The engine role, when enabled, with its own stop switch so a reload can restart it.

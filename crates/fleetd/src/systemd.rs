@@ -16,15 +16,35 @@ use crate::agent::UnitManager;
 pub struct SystemdManager {
     dbus: Arc<Mutex<DbusSystemd>>,
     dir: PathBuf,
+    /// The unit fenced units are bound to (fleetd's own, `fleet.service`), and where their
+    /// drop-ins go (`/run/systemd/system`).
+    bind_to: Option<(String, PathBuf)>,
 }
+
+/// The drop-in that binds a fenced unit to fleetd.
+const FENCE_DROPIN: &str = "50-fleet-fence.conf";
 
 impl SystemdManager {
     /// Connects to the system bus; unit files go to `dir` (fleet: `/run/fleet/units`).
-    pub fn connect(dir: PathBuf) -> Result<Self, systemd_client::Error> {
+    /// Fenced units are bound to `bind_to` — fleetd's own unit — with a drop-in under
+    /// `dropins` (`/run/systemd/system`), so systemd stops them when fleetd dies.
+    pub fn connect(
+        dir: PathBuf,
+        bind_to: Option<(String, PathBuf)>,
+    ) -> Result<Self, systemd_client::Error> {
         Ok(Self {
             dbus: Arc::new(Mutex::new(DbusSystemd::system()?)),
             dir,
+            bind_to,
         })
+    }
+
+    fn dropin(&self, unit: &str) -> Option<(String, PathBuf)> {
+        let (bind, root) = self.bind_to.as_ref()?;
+        Some((
+            bind.clone(),
+            root.join(format!("{unit}.d")).join(FENCE_DROPIN),
+        ))
     }
 
     async fn with<T: Send + 'static>(
@@ -109,6 +129,35 @@ fn link_in(
     }
 }
 
+/// Writes (`bound`) or removes the drop-in at `path` that binds a unit to `bind`:
+/// `BindsTo=` stops the unit when `bind` stops or fails — also when systemd restarts it
+/// after a crash — and `After=` orders its stop before `bind`'s.
+fn write_binding(path: &std::path::Path, bound: bool, bind: &str) -> Result<(), String> {
+    if bound {
+        if let Some(dir) = path.parent() {
+            atomic_file::create_dirs(dir).map_err(|e| e.to_string())?;
+        }
+        let text = format!(
+            "# Written by fleetd: a fenced unit stops when fleetd does.\n[Unit]\nBindsTo={bind}\nAfter={bind}\n"
+        );
+        atomic_file::write(path, text.as_bytes(), &atomic_file::Options::mode(0o644))
+            .map_err(|e| e.to_string())
+    } else {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("removing {}: {e}", path.display()))
+            }
+            _ => {
+                if let Some(dir) = path.parent() {
+                    // Only if empty: the user's own drop-ins stay.
+                    let _ = std::fs::remove_dir(dir);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Queues a stop; a unit systemd has not loaded (or could not load: a refused file) runs
 /// nothing, so there is nothing to stop.
 fn stop_if_loaded(d: &mut DbusSystemd, name: &str) -> Result<(), systemd_client::Error> {
@@ -150,6 +199,26 @@ impl UnitManager for SystemdManager {
         }
     }
 
+    async fn bind(&mut self, units: &[(String, bool)]) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        for (name, fenced) in units {
+            let Some((bind, path)) = self.dropin(name) else {
+                if *fenced {
+                    tracing::warn!(
+                        unit = %name,
+                        "fleetd does not run as a systemd service: this fenced unit is not \
+                         bound to it and would outlive a crash of fleetd"
+                    );
+                }
+                continue;
+            };
+            if let Err(e) = write_binding(&path, *fenced, &bind) {
+                failed.push((name.clone(), e));
+            }
+        }
+        failed
+    }
+
     async fn unload(&mut self, name: &str) -> Result<(), String> {
         let n = name.to_string();
         self.with(move |d| {
@@ -158,6 +227,9 @@ impl UnitManager for SystemdManager {
             d.reset_failed(&n)
         })
         .await?;
+        if let Some((bind, path)) = self.dropin(name) {
+            write_binding(&path, false, &bind)?;
+        }
         match std::fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
             _ => Ok(()),

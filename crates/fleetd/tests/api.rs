@@ -250,6 +250,66 @@ async fn api_serves_fleet_v1() {
     assert_eq!(st["systemdLoadState"], "loaded");
     assert_eq!(st["hash"].as_str().unwrap().len(), 40);
 
+    // fleet 1.0's single state.
+    let r = request(&sock, "GET", "/fleet/v1/state/hello.service", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["name"], "hello.service");
+    assert_eq!(r.json()["systemdSubState"], "running");
+    let r = request(&sock, "GET", "/fleet/v1/state/nope.service", None).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["message"].as_str()),
+        (404, Some("unit state does not exist"))
+    );
+    let r = request(&sock, "DELETE", "/fleet/v1/state/hello.service", None).await;
+    assert_eq!(r.status, 405);
+    // The discovery document describes every route.
+    let r = request(&sock, "GET", "/fleet/v1/discovery", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["resources"]["UnitState"]["methods"]["Get"]["path"],
+        "state/{unitName}"
+    );
+
+    // fleet 1.0's replace: new options without a desired state make the unit inactive
+    // (its clients wait for that, then load or start the new content).
+    let replaced = r#"{"name":"hello.service","options":[
+        {"section":"Service","name":"ExecStart","value":"/bin/sh -c 'while true; do echo new; sleep 1; done'"}]}"#;
+    let r = request(
+        &sock,
+        "PUT",
+        "/fleet/v1/units/hello.service",
+        Some(replaced),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    get_until(
+        &sock,
+        "/fleet/v1/units/hello.service",
+        "inactive after replace",
+        |r| r.json()["desiredState"] == "inactive" && r.json()["currentState"] == "inactive",
+    )
+    .await;
+    let r = request(
+        &sock,
+        "PUT",
+        "/fleet/v1/units/hello.service",
+        Some(r#"{"desiredState":"launched"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    get_until(
+        &sock,
+        "/fleet/v1/units/hello.service",
+        "launched with the new content",
+        |r| {
+            r.json()["currentState"] == "launched"
+                && r.json()["options"][0]["value"]
+                    .as_str()
+                    .is_some_and(|v| v.contains("echo new"))
+        },
+    )
+    .await;
+
     // Names are percent-decoded from the path.
     let inst = r#"{"name":"tick@1.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
     let r = request(&sock, "PUT", "/fleet/v1/units/tick%401.service", Some(inst)).await;
