@@ -418,15 +418,23 @@ impl ApiClient {
                 (Target::Unix(_), Some(b)) => ("fleet".to_string(), self.tunnel_io(b)?),
                 (Target::Tcp(h), Some(b)) => (h.clone(), self.tunnel_io(b)?),
                 (Target::Unix(p), None) => {
-                    let s = tokio::net::UnixStream::connect(p)
-                        .await
-                        .map_err(|e| format!("dial unix {}: {e}", p.display()))?;
+                    let s = tokio::net::UnixStream::connect(p).await.map_err(|e| {
+                        go_url_error(
+                            &method,
+                            "domain-sock",
+                            path,
+                            &format!("dial unix {}", p.display()),
+                            &e,
+                        )
+                    })?;
                     ("fleet".to_string(), Io::Unix(TokioIo::new(s)))
                 }
                 (Target::Tcp(h), None) => {
                     let s = tokio::net::TcpStream::connect(h.as_str())
                         .await
-                        .map_err(|e| format!("dial tcp {h}: {e}"))?;
+                        .map_err(|e| {
+                            go_url_error(&method, h, path, &format!("dial tcp {h}"), &e)
+                        })?;
                     (h.clone(), Io::Tcp(TokioIo::new(s)))
                 }
             };
@@ -454,6 +462,36 @@ impl ApiClient {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| format!("fleet API request {path} timed out"))?
+    }
+}
+
+/// A failed connection as Go's HTTP client worded it, which fleetctl printed:
+/// `Get "http://127.0.0.1:49153/fleet/v1/machines?alt=json": dial tcp 127.0.0.1:49153:
+/// connect: connection refused`.
+fn go_url_error(method: &Method, host: &str, path: &str, dial: &str, e: &std::io::Error) -> String {
+    let verb = method.as_str();
+    let verb = format!("{}{}", &verb[..1], verb[1..].to_ascii_lowercase());
+    format!(
+        "{verb} \"http://{host}{path}\": {dial}: connect: {}",
+        go_errno(e)
+    )
+}
+
+/// An OS error as Go's `syscall.Errno` prints it: the C library's text, lower case, with
+/// no "(os error N)".
+fn go_errno(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match e.raw_os_error() {
+        Some(n) => text
+            .strip_suffix(&format!(" (os error {n})"))
+            .unwrap_or(&text)
+            .to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => text,
     }
 }
 

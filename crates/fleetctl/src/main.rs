@@ -44,6 +44,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ("list-unit-files", "List the units that exist in the cluster."),
     ("list-units", "List the current state of units in the cluster"),
     ("load", "Schedule one or more units in the cluster, first submitting them if necessary."),
+    ("restart", "Instruct systemd to rolling restart one or more units in the cluster."),
     ("ssh", "Open interactive shell on a machine in the cluster"),
     ("start", "Instruct systemd to start one or more units in the cluster, first submitting and loading if necessary."),
     ("status", "Output the status of one or more units in the cluster"),
@@ -73,10 +74,39 @@ struct Global {
 }
 
 /// Splits `--flag=value`, `--flag value`, `-flag`; returns (flags, rest).
+/// Why a command failed: a command line Go's flag package would refuse (exit 2, as fleet's
+/// fleetctl did), or anything else (exit 1).
+#[derive(Debug)]
+enum Failure {
+    /// A flag the command does not define, or one without its value.
+    Usage(String),
+    /// Everything else.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Self::Other(s)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(s: &str) -> Self {
+        Self::Other(s.to_string())
+    }
+}
+
+/// A command's result.
+type Outcome = Result<ExitCode, Failure>;
+
+/// A command's flags: those taking a value, and switches. Flags come before the first
+/// other argument (`--` ends them), with one or two dashes, `=value` or the next argument;
+/// one the command does not define is refused with Go's words.
 fn parse_flags(
     args: &[String],
     with_value: &[&str],
-) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
+    switches: &[&str],
+) -> Result<(BTreeMap<String, String>, Vec<String>), Failure> {
     let mut flags = BTreeMap::new();
     let mut rest = Vec::new();
     let mut i = 0;
@@ -92,13 +122,19 @@ fn parse_flags(
                 Some((n, v)) => (n.to_string(), Some(v.to_string())),
                 None => (body.to_string(), None),
             };
+            let takes_value = with_value.contains(&name.as_str());
+            if !takes_value && !switches.contains(&name.as_str()) {
+                return Err(Failure::Usage(format!(
+                    "flag provided but not defined: -{name}"
+                )));
+            }
             let value = match value {
                 Some(v) => v,
-                None if with_value.contains(&name.as_str()) => {
+                None if takes_value => {
                     i += 1;
                     args.get(i)
                         .cloned()
-                        .ok_or(format!("flag needs an argument: -{name}"))?
+                        .ok_or_else(|| Failure::Usage(format!("flag needs an argument: -{name}")))?
                 }
                 None => "true".to_string(),
             };
@@ -450,6 +486,72 @@ async fn wait_for(
     }
 }
 
+/// fleet 1.0's `restart`: a unit that is not running yet is created and started, one that
+/// runs is stopped and started again (waiting for each step, one unit after another: a
+/// rolling restart); a global unit is restarted by systemd on every machine it runs on.
+async fn restart(g: &Global, args: &[String]) -> Outcome {
+    let (flags, units) = parse_flags(args, &["block-attempts"], &[])?;
+    if units.is_empty() {
+        err("No units given");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reg = registry(g).await?;
+    let jobs = reg.jobs().await?;
+    let states = reg.states().await?;
+    let attempts = block_attempts(&flags);
+    // As fleet: the units that exist are looked up before any is created.
+    let existing: Vec<JobRecord> = units
+        .iter()
+        .filter_map(|u| jobs.iter().find(|j| j.name == mangle(u)).cloned())
+        .collect();
+    if let Err(e) = lazy_create(&reg, &units, &jobs, None).await {
+        err(format!("Error creating units: {e}"));
+        return Ok(ExitCode::FAILURE);
+    }
+    let step = |name: String, state: JobState| {
+        let reg = &reg;
+        async move {
+            reg.set_target_state(&name, state)
+                .await
+                .map_err(|e| format!("Error setting target state for unit {name}: {e}"))?;
+            wait_for(reg, std::slice::from_ref(&name), state, attempts)
+                .await
+                .map_err(|e| format!("Error waiting for unit states, exit status: {e}"))
+        }
+    };
+    let mut globals = Vec::new();
+    for j in existing {
+        if j.global {
+            globals.push(j.name);
+            continue;
+        }
+        let steps: &[JobState] = match j.current_state(&states) {
+            JobState::Inactive => {
+                err(format!(
+                    "Unable to restart unit {} in state inactive",
+                    j.name
+                ));
+                continue;
+            }
+            JobState::Loaded => &[JobState::Launched],
+            JobState::Launched => &[JobState::Loaded, JobState::Launched],
+        };
+        for s in steps {
+            if let Err(e) = step(j.name.clone(), *s).await {
+                err(e);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    if !globals.is_empty() {
+        let code = remote::restart_globals(g, &reg, &globals).await?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `--block-attempts=N` (0, the default: no limit).
 fn block_attempts(flags: &BTreeMap<String, String>) -> u32 {
     flags
@@ -458,8 +560,15 @@ fn block_attempts(flags: &BTreeMap<String, String>) -> u32 {
         .unwrap_or(0)
 }
 
-async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCode, String> {
-    let (flags, units) = parse_flags(args, &["block-attempts"])?;
+/// `load`, `start`, `unload`, and with `stop` true `stop` (desired state `loaded`, with
+/// stop's checks and words).
+async fn set_state(g: &Global, args: &[String], want: JobState, stop: bool) -> Outcome {
+    let switches: &[&str] = match want {
+        _ if stop => &["no-block"],
+        JobState::Inactive => &["no-block"],
+        _ => &["no-block", "replace"],
+    };
+    let (flags, units) = parse_flags(args, &["block-attempts"], switches)?;
     let reg = registry(g).await?;
     let jobs = reg.jobs().await?;
     let states = reg.states().await?;
@@ -468,7 +577,6 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
         JobState::Loaded => "load",
         JobState::Launched => "start",
     };
-    let stop = flags.contains_key("__stop");
     // As fleet: first every unit is found or created (and new ones reported), then the
     // desired states are set, then the command waits.
     let mut names = Vec::new();
@@ -565,7 +673,7 @@ async fn set_state(g: &Global, args: &[String], want: JobState) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(args: Vec<String>) -> Result<ExitCode, String> {
+async fn run(args: Vec<String>) -> Outcome {
     let env = |k: &str| std::env::var(format!("FLEETCTL_{k}")).ok();
     const VALUE_FLAGS: &[&str] = &[
         "endpoint",
@@ -591,7 +699,16 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
         };
     }
     let pos = pos.min(args.len());
-    let (gflags, _) = parse_flags(&args[..pos], VALUE_FLAGS)?;
+    let (gflags, _) = parse_flags(
+        &args[..pos],
+        VALUE_FLAGS,
+        &[
+            "version",
+            "debug",
+            "experimental-api",
+            "strict-host-key-checking",
+        ],
+    )?;
     let rest = args[pos..].to_vec();
     let endpoint = gflags.get("endpoint").cloned().or_else(|| env("ENDPOINT"));
     // As fleet: an explicit endpoint on etcd's ports means the etcd driver unless a
@@ -723,10 +840,10 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 err("Provide a single argument");
                 return Ok(ExitCode::FAILURE);
             };
-            fd_forward(socket).await
+            Ok(fd_forward(socket).await?)
         }
         "list-machines" => {
-            let (flags, _) = parse_flags(args, &["fields"])?;
+            let (flags, _) = parse_flags(args, &["fields"], &["full", "l", "no-legend"])?;
             let fields = match fields_of(
                 &flags,
                 "machine,ip,metadata",
@@ -773,8 +890,14 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         "list-units" | "list-unit-files" => {
-            let (flags, _) = parse_flags(args, &["fields"])?;
             let files = cmd == "list-unit-files";
+            // fleet's list-unit-files has no -l.
+            let switches: &[&str] = if files {
+                &["full", "no-legend"]
+            } else {
+                &["full", "l", "no-legend"]
+            };
+            let (flags, _) = parse_flags(args, &["fields"], switches)?;
             let (default, valid): (&str, &[&str]) = if files {
                 (
                     "unit,hash,dstate,state,target",
@@ -875,7 +998,7 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         "submit" => {
-            let (flags, units) = parse_flags(args, &[])?;
+            let (flags, units) = parse_flags(args, &[], &["replace"])?;
             let reg = registry(&g).await?;
             let jobs = reg.jobs().await?;
             let replace = flags.contains_key("replace").then_some(JobState::Inactive);
@@ -885,16 +1008,13 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        "load" => set_state(&g, args, JobState::Loaded).await,
-        "start" => set_state(&g, args, JobState::Launched).await,
-        "unload" => set_state(&g, args, JobState::Inactive).await,
-        "stop" => {
-            let mut a = vec!["--__stop".to_string()];
-            a.extend(args.iter().cloned());
-            set_state(&g, &a, JobState::Loaded).await
-        }
+        "load" => set_state(&g, args, JobState::Loaded, false).await,
+        "start" => set_state(&g, args, JobState::Launched, false).await,
+        "unload" => set_state(&g, args, JobState::Inactive, false).await,
+        "stop" => set_state(&g, args, JobState::Loaded, true).await,
+        "restart" => restart(&g, args).await,
         "destroy" => {
-            let (_, units) = parse_flags(args, &[])?;
+            let (_, units) = parse_flags(args, &[], &[])?;
             let reg = registry(&g).await?;
             let mut code = ExitCode::SUCCESS;
             for u in &units {
@@ -917,14 +1037,20 @@ async fn run(args: Vec<String>) -> Result<ExitCode, String> {
         "journal" => remote::journal(&g, &registry(&g).await?, args).await,
         "ssh" => remote::ssh(&g, &registry(&g).await?, args).await,
         "cat" => {
-            let (_, units) = parse_flags(args, &[])?;
+            let (_, units) = parse_flags(args, &[], &[])?;
             if units.len() != 1 {
                 err("One unit file must be provided");
                 return Ok(ExitCode::FAILURE);
             }
             let name = mangle(&units[0]);
             let reg = registry(&g).await?;
-            let jobs = reg.jobs().await?;
+            let jobs = match reg.jobs().await {
+                Ok(j) => j,
+                Err(e) => {
+                    err(format!("Error retrieving Unit {name}: {e}"));
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
             match jobs
                 .iter()
                 .find(|j| j.name == name)
@@ -988,7 +1114,12 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(args)) {
         Ok(c) => c,
-        Err(e) => {
+        Err(Failure::Usage(e)) => {
+            err(e);
+            err("Run 'fleetctl help' for usage.");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
             err(e);
             ExitCode::FAILURE
         }

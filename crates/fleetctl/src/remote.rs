@@ -339,8 +339,8 @@ fn host_of(j: &JobRecord, machines: &BTreeMap<String, Machine>) -> Machine {
 }
 
 /// `fleetctl status UNIT...`.
-pub async fn status(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCode, String> {
-    let (flags, units) = parse_flags(args, &["ssh-port"])?;
+pub async fn status(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
+    let (flags, units) = parse_flags(args, &["ssh-port"], &[])?;
     let port = port_of(&flags)?;
     let (jobs, states, machines) = reg.snapshot().await?;
     let mut found = Vec::new();
@@ -373,9 +373,13 @@ pub async fn status(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fleetctl journal [--lines=N] [-f] [--sudo] UNIT`.
-pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCode, String> {
-    let (flags, units) = parse_flags(args, &["lines", "ssh-port"])?;
+/// `fleetctl journal [--lines=N] [-f] [--sudo] [--output=MODE] UNIT`.
+pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
+    let (flags, units) = parse_flags(
+        args,
+        &["lines", "ssh-port", "output"],
+        &["sudo", "follow", "f"],
+    )?;
     let port = port_of(&flags)?;
     let [unit] = units.as_slice() else {
         err("One unit file must be provided.");
@@ -384,7 +388,9 @@ pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCo
     let lines: u64 = match flags.get("lines").map(|l| l.parse()) {
         None => 10,
         Some(Ok(n)) => n,
-        Some(Err(_)) => return Err(format!("invalid value for --lines: {:?}", flags["lines"])),
+        Some(Err(_)) => {
+            return Err(format!("invalid value for --lines: {:?}", flags["lines"]).into())
+        }
     };
     let name = mangle(unit);
     let (jobs, states, machines) = reg.snapshot().await?;
@@ -409,12 +415,21 @@ pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCo
     if flags.contains_key("f") || flags.contains_key("follow") {
         cmd.push("-f".into());
     }
+    // fleet 1.0's --output: journalctl's output mode.
+    if let Some(mode) = flags.get("output") {
+        cmd.push("--output".into());
+        cmd.push(host_command::shell_quote(mode));
+    }
     Ok(run_on(g, &host_of(j, &machines), port, false, &cmd))
 }
 
 /// `fleetctl ssh [-A] [--machine=ID|--unit=NAME] {MACHINE|UNIT} [--] [CMD...]`.
-pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCode, String> {
-    let (flags, rest) = parse_flags(args, &["ssh-port", "machine", "unit"])?;
+pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
+    let (flags, rest) = parse_flags(
+        args,
+        &["ssh-port", "machine", "unit"],
+        &["A", "forward-agent"],
+    )?;
     let port = port_of(&flags)?;
     let forward = flags.contains_key("A") || flags.contains_key("forward-agent");
     let fail = |m: &str| {
@@ -485,4 +500,26 @@ pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> Result<ExitCode, 
         }
     };
     Ok(run_on(g, &machine, port, forward, &cmd))
+}
+
+/// Restarts global units with `systemctl restart` on every machine that reports them
+/// (fleet 1.0 meant to; it looked for a machine a global unit never has).
+pub async fn restart_globals(g: &Global, reg: &Client, names: &[String]) -> crate::Outcome {
+    let (_, states, machines) = reg.snapshot().await?;
+    for name in names {
+        for s in states.iter().filter(|s| &s.unit == name) {
+            let Some(m) = machines.get(&s.machine_id) else {
+                continue;
+            };
+            let cmd = ["sudo", "systemctl", "restart", name].map(String::from);
+            if run_on(g, m, 22, false, &cmd) != ExitCode::SUCCESS {
+                err(format!(
+                    "Error restarting global units [{name}] err:Error running systemctl restart. machine id={}, unit name={name}",
+                    m.id
+                ));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

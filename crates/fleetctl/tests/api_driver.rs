@@ -35,8 +35,37 @@ async fn fleetctl_over_the_api() {
     // Nobody listening: a clear error and a failing exit.
     let (code, _, err) = fleetctl(&sock, &["list-machines"]).await;
     assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!(
+            "Error retrieving list of active machines: Get \"http://domain-sock/fleet/v1/machines?alt=json\": dial unix {}: connect: no such file or directory\n",
+            sock.display()
+        )
+    );
+    // On TCP, with Go's words for a refused connection.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, _, err) = fleetctl(
+        &sock,
+        &[
+            &format!("--endpoint=http://127.0.0.1:{port}"),
+            "list-machines",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!("Error retrieving list of active machines: Get \"http://127.0.0.1:{port}/fleet/v1/machines?alt=json\": dial tcp 127.0.0.1:{port}: connect: connection refused\n")
+    );
+
+    let (code, _, err) = fleetctl(&sock, &["cat", "hello.service"]).await;
+    assert_eq!(code, 1);
     assert!(
-        err.starts_with("Error retrieving list of active machines: dial unix "),
+        err.starts_with("Error retrieving Unit hello.service: Get \""),
         "{err}"
     );
 
@@ -186,6 +215,31 @@ async fn fleetctl_over_the_api() {
         "Error creating units: error Unit hello.service does not seem to be a template unit\n"
     );
 
+    // fleet 1.0's restart: stop, wait, start, wait.
+    let (code, out, err) = fleetctl(&sock, &["restart", "hello.service"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "Unit hello.service loaded on 0f1e2d3c.../172.20.0.21\nUnit hello.service launched on 0f1e2d3c.../172.20.0.21\n"
+        ),
+        "{err}"
+    );
+    // Flags a command does not define fail as Go's flag package failed them.
+    for args in [
+        &["list-units", "--feilds=unit"][..],
+        &["list-unit-files", "-l"],
+        &["stop", "--replace", "hello.service"],
+        &["destroy", "--force", "hello.service"],
+    ] {
+        let (code, out, err) = fleetctl(&sock, args).await;
+        let flag = args[1].split('=').next().unwrap().trim_start_matches('-');
+        assert_eq!((code, out.as_str()), (2, ""), "{args:?}");
+        assert!(
+            err.starts_with(&format!("flag provided but not defined: -{flag}\n")),
+            "{args:?}: {err}"
+        );
+    }
     let (code, out, err) = fleetctl(&sock, &["stop", "hello.service"]).await;
     assert_eq!(
         (code, out.as_str()),
@@ -212,7 +266,10 @@ async fn fleetctl_over_the_api() {
     let (code, out, err) = fleetctl(&sock, &["start", global]).await;
     assert_eq!(
         (code, out.as_str()),
-        (0, "Unit everywhere.service \nTriggered global unit everywhere.service start\n"),
+        (
+            0,
+            "Unit everywhere.service \nTriggered global unit everywhere.service start\n"
+        ),
         "{err}"
     );
     for _ in 0..2 {
