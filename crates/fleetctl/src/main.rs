@@ -704,6 +704,8 @@ async fn run(args: Vec<String>) -> Outcome {
         VALUE_FLAGS,
         &[
             "version",
+            "help",
+            "h",
             "debug",
             "experimental-api",
             "strict-host-key-checking",

@@ -62,6 +62,17 @@ async fn fleetctl_over_the_api() {
         format!("Error retrieving list of active machines: Get \"http://127.0.0.1:{port}/fleet/v1/machines?alt=json\": dial tcp 127.0.0.1:{port}: connect: connection refused\n")
     );
 
+    for args in [&["--help"][..], &["-h"], &["help"], &[]] {
+        let (code, out, _) = fleetctl(&sock, args).await;
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains("COMMANDS:"), "{args:?}: {out}");
+    }
+    let (code, _, err) = fleetctl(&sock, &["--bogus", "list-units"]).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("flag provided but not defined: -bogus\n"),
+        "{err}"
+    );
     let (code, _, err) = fleetctl(&sock, &["cat", "hello.service"]).await;
     assert_eq!(code, 1);
     assert!(
