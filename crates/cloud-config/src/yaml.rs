@@ -127,9 +127,14 @@ pub struct YamlError {
     pub go_line: usize,
 }
 
-/// Limits that keep hostile input from exhausting memory or stack.
-const MAX_DEPTH: usize = 512;
-const MAX_NODES: usize = 1_000_000;
+/// Limits that keep hostile input from exhausting memory or stack: nesting, nodes, and the
+/// scalar bytes that aliases copy (an "alias bomb" of long strings stays within the node
+/// limit while expanding to gigabytes; libyaml-based tools bound the expansion too).
+pub const MAX_DEPTH: usize = 512;
+/// See [`MAX_DEPTH`].
+pub const MAX_NODES: usize = 1_000_000;
+/// See [`MAX_DEPTH`].
+pub const MAX_ALIAS_BYTES: usize = 16 * 1024 * 1024;
 
 enum Frame {
     Mapping {
@@ -303,7 +308,9 @@ fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
     let mut reader = input;
     parser.set_input_string(&mut reader);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<String, Node> = HashMap::new();
+    // Each anchored node with its node count and scalar bytes, measured once.
+    let mut anchors: HashMap<String, (Node, usize, usize)> = HashMap::new();
+    let mut alias_bytes = 0usize;
     let mut root: Option<Node> = None;
     let mut nodes = 0usize;
     let mut seen_document = false;
@@ -322,13 +329,30 @@ fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
             }
             EventData::DocumentEnd { .. } => break,
             EventData::Alias { anchor } => {
-                let node = anchors.get(&anchor).cloned().ok_or_else(|| YamlError {
-                    message: format!("unknown anchor '{anchor}' referenced"),
-                    line,
-                    go_line: line - 1,
-                })?;
-                nodes += count_nodes(&node);
-                (node, None)
+                let Some((node, count, bytes)) = anchors.get(&anchor) else {
+                    return Err(YamlError {
+                        message: format!("unknown anchor '{anchor}' referenced"),
+                        line,
+                        go_line: line - 1,
+                    });
+                };
+                // Measured before anything is copied.
+                if nodes + count > MAX_NODES {
+                    return Err(too_many_nodes(line));
+                }
+                alias_bytes += bytes;
+                if alias_bytes > MAX_ALIAS_BYTES {
+                    return Err(YamlError {
+                        message: format!(
+                            "aliases expand the document by more than {MAX_ALIAS_BYTES} bytes \
+                             (the limit)"
+                        ),
+                        line,
+                        go_line: line - 1,
+                    });
+                }
+                nodes += count;
+                (node.clone(), None)
             }
             EventData::Scalar {
                 anchor,
@@ -401,14 +425,11 @@ fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
         };
         nodes += 1;
         if nodes > MAX_NODES {
-            return Err(YamlError {
-                message: "document has too many nodes (alias expansion?)".to_string(),
-                line,
-                go_line: line - 1,
-            });
+            return Err(too_many_nodes(line));
         }
         if let Some(a) = anchor {
-            anchors.insert(a, node.clone());
+            let (count, bytes) = (count_nodes(&node), scalar_bytes(&node));
+            anchors.insert(a, (node.clone(), count, bytes));
         }
         match stack.last_mut() {
             None => root = Some(node),
@@ -429,6 +450,32 @@ fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
         }
     }
     Ok(root)
+}
+
+fn too_many_nodes(line: usize) -> YamlError {
+    YamlError {
+        message: format!("document has more than {MAX_NODES} nodes (the limit; alias expansion?)"),
+        line,
+        go_line: line - 1,
+    }
+}
+
+/// The bytes of a node's scalars (what copying it copies, besides the nodes).
+fn scalar_bytes(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Scalar(s) => {
+            s.text.len()
+                + match &s.resolved {
+                    Resolved::Binary(b) => b.len(),
+                    _ => 0,
+                }
+        }
+        NodeKind::Sequence(items) => items.iter().map(scalar_bytes).sum(),
+        NodeKind::Mapping(entries) => entries
+            .iter()
+            .map(|(k, v)| scalar_bytes(k) + scalar_bytes(v))
+            .sum(),
+    }
 }
 
 fn too_deep(line: usize) -> YamlError {

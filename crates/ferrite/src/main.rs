@@ -218,8 +218,13 @@ fn cmd_up(
     };
     let channel = parse_channel(&settings.channel)?;
     let paths = Paths::from_env();
+    // An existing cluster keeps the user-data it was made with unless one is given (the
+    // `vagrant up` habit of bringing a halted machine back must not change its config).
+    let kept = paths.cluster_dir(&cluster).join("user-data");
+    let exists = paths.cluster_dir(&cluster).join("cluster.json").is_file();
     let user_data = match user_data.or_else(|| cfg.user_data.map(|p| base.join(p))) {
         Some(p) => p,
+        None if exists && kept.is_file() => kept,
         None if Path::new("user-data").is_file() => PathBuf::from("user-data"),
         None => {
             let p = paths.state.join("chapter-user-data");
@@ -307,7 +312,7 @@ fn cmd_status(cluster: &str) -> Result<ExitCode> {
 
 fn cmd_halt(cluster: &str, machine: &str, force: bool) -> Result<ExitCode> {
     let paths = Paths::from_env();
-    let _lock = machine_launcher::lock(&paths, cluster)?;
+    let _lock = machine_launcher::lock_existing(&paths, cluster)?;
     let mut state = ClusterState::load(&paths, cluster)?;
     machine_launcher::halt(&paths, &mut state, machine, force)?;
     out(format!("{machine}: stopped"))?;
@@ -317,7 +322,7 @@ fn cmd_halt(cluster: &str, machine: &str, force: bool) -> Result<ExitCode> {
 fn cmd_reload(cluster: &str, machine: &str) -> Result<ExitCode> {
     let paths = Paths::from_env();
     let state = {
-        let _lock = machine_launcher::lock(&paths, cluster)?;
+        let _lock = machine_launcher::lock_existing(&paths, cluster)?;
         let mut state = ClusterState::load(&paths, cluster)?;
         machine_launcher::halt(&paths, &mut state, machine, false)?;
         state

@@ -350,17 +350,18 @@ fn book_cluster_of_three() {
         "fleet failover after halt --force: {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    c.ok(&[
-        "up",
-        "--instances",
+    // The `vagrant up` habit: no flags. The machine comes back with the cluster's own
+    // user-data (not the one-machine default): its fleet metadata, its etcd membership.
+    c.ok(&["up"]);
+    let machines = c.sh_until(
+        witness,
+        "fleetctl list-machines | grep -c cluster=vagrant",
         "3",
-        "--channel",
-        "beta",
-        "--memory",
-        "512",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+        60,
+    );
+    assert_eq!(machines.trim(), "3");
+    let (_, members) = c.sh(witness, "etcdctl member list");
+    assert_eq!(members.lines().count(), 3, "{members}");
 
     // Cut the power of one machine: the other two keep serving.
     let t = Instant::now();
@@ -444,4 +445,19 @@ fn invalid_user_data_is_refused_before_anything_is_created() {
         !c.state.path().join("clusters").join(&c.name).exists(),
         "nothing was created"
     );
+    // Commands on a cluster that does not exist say so and leave nothing behind.
+    for args in [
+        &["halt", "core-01"][..],
+        &["reload", "core-01"],
+        &["destroy"],
+    ] {
+        let o = c.ferrite(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&c.name), "{args:?}: {err}");
+        assert!(
+            !c.state.path().join("clusters").join(&c.name).exists(),
+            "{args:?} left the cluster's directory"
+        );
+    }
 }

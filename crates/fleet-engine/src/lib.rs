@@ -294,23 +294,46 @@ fn schedule<'a>(c: &mut Cluster<'a>, out: &mut Vec<Decision>, job: &'a str, mach
     });
 }
 
-/// What an agent on `machine` should run: the non-global jobs targeted at it and the global
-/// jobs its metadata matches, with their desired states (`inactive` ones left out).
-pub fn desired_units(s: &Snapshot, machine: &Machine) -> Vec<(String, JobState)> {
-    let mut out: Vec<(String, JobState)> = s
-        .jobs
-        .iter()
-        .filter(|j| j.target_state != JobState::Inactive)
-        .filter(|j| {
-            if j.requirements.global {
-                j.requirements.metadata_matches(&machine.metadata)
-            } else {
-                j.target.as_deref() == Some(machine.id.as_str())
+/// What an agent on `machine` should run, sorted by name: the non-global jobs targeted at
+/// it, then — fleet 1.0 — the global jobs its metadata matches, by name, each skipped if it
+/// conflicts (either way) with a job already chosen; with their desired states (`inactive`
+/// ones left out). The agent acts on exactly this.
+pub fn desired_units<'a>(
+    jobs: impl IntoIterator<Item = &'a Job>,
+    machine: &Machine,
+) -> Vec<(String, JobState)> {
+    let mut placed: Vec<&Job> = Vec::new();
+    let mut globals: Vec<&Job> = Vec::new();
+    for j in jobs {
+        if j.target_state == JobState::Inactive {
+            continue;
+        }
+        if j.requirements.global {
+            if j.requirements.metadata_matches(&machine.metadata) {
+                globals.push(j);
             }
-        })
+        } else if j.target.as_deref() == Some(machine.id.as_str()) {
+            placed.push(j);
+        }
+    }
+    globals.sort_by(|a, b| a.name.cmp(&b.name));
+    for g in globals {
+        let conflict = placed.iter().any(|p| {
+            p.name != g.name
+                && (g.requirements.conflicts_with(&p.name)
+                    || p.requirements.conflicts_with(&g.name))
+        });
+        if conflict {
+            continue;
+        }
+        placed.push(g);
+    }
+    let mut out: Vec<(String, JobState)> = placed
+        .into_iter()
         .map(|j| (j.name.clone(), j.target_state))
         .collect();
     out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
     out
 }
 

@@ -279,7 +279,7 @@ fn global_units_run_everywhere_they_match_and_count_as_load() {
     // A global unit serves as a MachineOf peer.
     assert_eq!(placed["follower.service"], "m1");
     let on = |s: &Snapshot, i: usize| {
-        desired_units(s, &s.machines[i])
+        desired_units(&s.jobs, &s.machines[i])
             .into_iter()
             .map(|(n, _)| n)
             .collect::<Vec<_>>()
@@ -381,4 +381,36 @@ fn a_machine_that_lost_its_peer_or_gained_a_conflict_unschedules() {
     assert_eq!(d.len(), 2, "{d:?}");
     apply(&mut s, &d);
     assert!(settle(&mut s).is_empty());
+}
+
+#[test]
+fn global_units_skip_conflicts_on_each_machine() {
+    // fleet 1.0 (TestScheduleGlobalConflicts): a global unit is not run where it conflicts,
+    // either way, with a unit placed there or with a global unit earlier by name.
+    let jobs = vec![
+        job(
+            "placed.service",
+            "Conflicts=g-b.service",
+            JobState::Launched,
+            Some("m1"),
+        ),
+        launched("g-a.service", "Global=true\nConflicts=g-c.service"),
+        launched("g-b.service", "Global=true"),
+        launched("g-c.service", "Global=true"),
+        job("g-off.service", "Global=true", JobState::Inactive, None),
+    ];
+    let names = |m: &Machine| {
+        desired_units(&jobs, m)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&machine("m1", "")),
+        vec!["g-a.service", "placed.service"]
+    );
+    assert_eq!(
+        names(&machine("m2", "")),
+        vec!["g-a.service", "g-b.service"]
+    );
 }

@@ -245,14 +245,51 @@ pub trait KvStore: Clone + Send + Sync + 'static {
 
 // --- etcd -------------------------------------------------------------------------------
 
-/// etcd through its v3 API.
+/// etcd through its v3 API. Requests go to one member at a time — first the configured
+/// endpoints (usually the machine's own member) — and fail over to the next member when
+/// one cannot be reached or has lost its leader; [`EtcdStore::add_members`] teaches it the
+/// cluster's other members. (Balancing every request over all members instead made every
+/// member's outage everyone's: requests routed to it failed.)
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Members>,
+    /// The client of the configured endpoints (also the first of `members`).
+    first: Client,
     requests: Arc<AtomicU64>,
     /// Each request's limit (also applied to lease keep-alives, which etcd's client does
     /// not bound).
     timeout: Duration,
+}
+
+/// The members an [`EtcdStore`] can use, each with its own client, and the one in use.
+struct Members {
+    list: Mutex<Vec<(String, Client)>>,
+    current: AtomicU64,
+    opts: etcd_client::ConnectOptions,
+}
+
+impl Members {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<(String, Client)>) -> T) -> T {
+        match self.list.lock() {
+            Ok(mut l) => f(&mut l),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+/// Whether an error means the member could not serve (unreachable, no leader, cut
+/// off), so the next request should go to another member.
+fn member_unavailable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        // gRPC's codes: 1 cancelled, 2 unknown (a broken connection), 4 deadline exceeded,
+        // 14 unavailable.
+        E::GRpcStatus(s) => {
+            matches!(s.code() as i32, 1 | 2 | 4 | 14) || s.message().contains("no leader")
+        }
+        E::TransportError(_) | E::IoError(_) => true,
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -376,9 +413,12 @@ impl EtcdStore {
     /// Connects to etcd at `endpoints`, over TLS when `tls` sets anything (then the
     /// endpoints are `https://`).
     pub async fn connect_tls(endpoints: &[String], timeout: Duration, tls: &EtcdTls) -> R<Self> {
+        // A member that has lost its leader (cut off from the majority) refuses requests
+        // instead of answering from stale state, so they go to the others.
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(timeout)
-            .with_timeout(timeout);
+            .with_timeout(timeout)
+            .with_require_leader(true);
         #[cfg(feature = "tls")]
         let opts = if tls.is_set() {
             opts.with_tls(tls.options()?)
@@ -389,19 +429,120 @@ impl EtcdStore {
         if tls.is_set() {
             return Err(StoreError::TlsUnsupported);
         }
-        let client = Client::connect(endpoints, Some(opts))
+        let client = Client::connect(endpoints, Some(opts.clone()))
             .await
             .map_err(etcd_err("connect", &endpoints.join(",")))?;
         Ok(Self {
-            client,
+            first: client.clone(),
+            members: Arc::new(Members {
+                list: Mutex::new(vec![(endpoints.join(","), client)]),
+                current: AtomicU64::new(0),
+                opts,
+            }),
             requests: Arc::new(AtomicU64::new(0)),
             timeout,
         })
     }
 
+    /// Every member's endpoints this store may use, the one in use first.
+    pub fn endpoints(&self) -> Vec<String> {
+        let at = self.members.current.load(Ordering::Relaxed) as usize;
+        self.members.with(|l| {
+            let n = l.len().max(1);
+            (0..l.len()).map(|i| l[(at + i) % n].0.clone()).collect()
+        })
+    }
+
+    /// Asks the cluster for its members and adds those it does not know yet, to fail over
+    /// to (fleet's `etcd_servers` usually names only the machine's own member). Gives the
+    /// client URLs added.
+    pub async fn add_members(&self) -> R<Vec<String>> {
+        let mut client = self.c();
+        let list = tokio::time::timeout(self.timeout, client.member_list())
+            .await
+            .map_err(|_| self.timed_out("member list", ""))?
+            .map_err(self.err("member list", ""))?;
+        let known: Vec<String> = self
+            .endpoints()
+            .iter()
+            .flat_map(|e| e.split(',').map(|u| u.trim_end_matches('/').to_string()))
+            .collect();
+        let mut added = Vec::new();
+        for url in list
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner())
+            .filter_map(|m| m.client_urls().first())
+        {
+            if known.iter().any(|k| k == url.trim_end_matches('/')) {
+                continue;
+            }
+            let c = Client::connect([url.as_str()], Some(self.members.opts.clone()))
+                .await
+                .map_err(etcd_err("connect", url))?;
+            self.members.with(|l| l.push((url.clone(), c)));
+            added.push(url.clone());
+        }
+        Ok(added)
+    }
+
     fn c(&self) -> Client {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.client.clone()
+        let at = self.members.current.load(Ordering::Relaxed) as usize;
+        // Never empty: the configured endpoints are the first entry.
+        self.members
+            .with(|l| {
+                l.get(at % l.len().max(1))
+                    .or(l.first())
+                    .map(|(_, c)| c.clone())
+            })
+            .unwrap_or_else(|| self.first.clone())
+    }
+
+    /// After a failure that says the member in use cannot serve: use the next one.
+    fn fail_over(&self) {
+        let n = self.members.with(|l| l.len()) as u64;
+        if n < 2 {
+            return;
+        }
+        let at = self.members.current.load(Ordering::Relaxed);
+        let next = (at + 1) % n;
+        if self
+            .members
+            .current
+            .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let names = self.endpoints();
+            tracing::info!(
+                "etcd member {} cannot serve; trying {}",
+                names.last().cloned().unwrap_or_default(),
+                names.first().cloned().unwrap_or_default()
+            );
+        }
+    }
+
+    /// Maps a client error, failing over first if the member could not serve.
+    fn err<'a>(
+        &'a self,
+        op: &'static str,
+        key: &'a str,
+    ) -> impl FnOnce(etcd_client::Error) -> StoreError + 'a {
+        move |e| {
+            if member_unavailable(&e) {
+                self.fail_over();
+            }
+            etcd_err(op, key)(e)
+        }
+    }
+
+    /// A request without an answer in time: that member is failed over from too.
+    fn timed_out(&self, op: &'static str, key: &str) -> StoreError {
+        self.fail_over();
+        StoreError::TimedOut {
+            op,
+            key: key.to_string(),
+        }
     }
 }
 
@@ -411,7 +552,7 @@ impl KvStore for EtcdStore {
             .c()
             .get(key, None)
             .await
-            .map_err(etcd_err("get", key))?;
+            .map_err(self.err("get", key))?;
         Ok(r.kvs().first().map(kv_of))
     }
 
@@ -420,7 +561,7 @@ impl KvStore for EtcdStore {
             .c()
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(etcd_err("get", prefix))?;
+            .map_err(self.err("get", prefix))?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().iter().map(kv_of).collect(), rev))
     }
@@ -430,7 +571,7 @@ impl KvStore for EtcdStore {
         self.c()
             .put(key, value, opts)
             .await
-            .map_err(etcd_err("put", key))?;
+            .map_err(self.err("put", key))?;
         Ok(())
     }
 
@@ -452,7 +593,7 @@ impl KvStore for EtcdStore {
             self.c()
                 .txn(Txn::new().and_then(ops))
                 .await
-                .map_err(etcd_err("put", first))?;
+                .map_err(self.err("put", first))?;
         }
         Ok(())
     }
@@ -462,7 +603,7 @@ impl KvStore for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, opts)]);
-        let r = self.c().txn(txn).await.map_err(etcd_err("create", key))?;
+        let r = self.c().txn(txn).await.map_err(self.err("create", key))?;
         Ok(r.succeeded())
     }
 
@@ -482,7 +623,7 @@ impl KvStore for EtcdStore {
                 .c()
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await
-                .map_err(etcd_err("create", first))?;
+                .map_err(self.err("create", first))?;
             if all.succeeded() {
                 out.extend(std::iter::repeat_n(true, chunk.len()));
             } else {
@@ -499,7 +640,7 @@ impl KvStore for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(guard, CompareOp::Greater, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let r = self.c().txn(txn).await.map_err(etcd_err("put", key))?;
+        let r = self.c().txn(txn).await.map_err(self.err("put", key))?;
         Ok(r.succeeded())
     }
 
@@ -507,7 +648,7 @@ impl KvStore for EtcdStore {
         self.c()
             .delete(key, None)
             .await
-            .map_err(etcd_err("delete", key))?;
+            .map_err(self.err("delete", key))?;
         Ok(())
     }
 
@@ -515,7 +656,7 @@ impl KvStore for EtcdStore {
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, expected.to_vec())])
             .and_then([TxnOp::delete(key, None)]);
-        let r = self.c().txn(txn).await.map_err(etcd_err("delete", key))?;
+        let r = self.c().txn(txn).await.map_err(self.err("delete", key))?;
         Ok(r.succeeded())
     }
 
@@ -523,7 +664,7 @@ impl KvStore for EtcdStore {
         self.c()
             .delete(prefix, Some(DeleteOptions::new().with_prefix()))
             .await
-            .map_err(etcd_err("delete", prefix))?;
+            .map_err(self.err("delete", prefix))?;
         Ok(())
     }
 
@@ -532,7 +673,7 @@ impl KvStore for EtcdStore {
             .c()
             .lease_grant(ttl, None)
             .await
-            .map_err(etcd_err("lease grant", ""))?;
+            .map_err(self.err("lease grant", ""))?;
         Ok(r.id())
     }
 
@@ -545,11 +686,8 @@ impl KvStore for EtcdStore {
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
                 Ok(false)
             }
-            Ok(Err(e)) => Err(etcd_err("lease keep-alive", &lease.to_string())(e)),
-            Err(_) => Err(StoreError::TimedOut {
-                op: "lease keep-alive",
-                key: lease.to_string(),
-            }),
+            Ok(Err(e)) => Err(self.err("lease keep-alive", &lease.to_string())(e)),
+            Err(_) => Err(self.timed_out("lease keep-alive", &lease.to_string())),
         }
     }
 
@@ -557,7 +695,7 @@ impl KvStore for EtcdStore {
         self.c()
             .lease_revoke(lease)
             .await
-            .map_err(etcd_err("lease revoke", &lease.to_string()))?;
+            .map_err(self.err("lease revoke", &lease.to_string()))?;
         Ok(())
     }
 
@@ -569,9 +707,10 @@ impl KvStore for EtcdStore {
             .c()
             .watch(prefix, Some(opts))
             .await
-            .map_err(etcd_err("watch", prefix))?;
+            .map_err(self.err("watch", prefix))?;
         let (tx, rx) = mpsc::channel(1024);
         let prefix = prefix.to_string();
+        let store = self.clone();
         tokio::spawn(async move {
             loop {
                 let msg = match stream.message().await {
@@ -579,6 +718,10 @@ impl KvStore for EtcdStore {
                     Ok(None) => return,
                     Err(e) => {
                         tracing::warn!(%prefix, "watch ended: {e}");
+                        // The watcher sets up again, on another member if this one failed.
+                        if member_unavailable(&e) {
+                            store.fail_over();
+                        }
                         return;
                     }
                 };

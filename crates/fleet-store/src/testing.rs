@@ -65,6 +65,65 @@ impl LocalEtcd {
     }
 }
 
+/// A cluster of etcd members on 127.0.0.1, each stopped by its PID when dropped (or
+/// earlier, by [`LocalCluster::stop`]).
+#[derive(Debug)]
+pub struct LocalCluster {
+    /// The members; `None` once stopped.
+    pub members: Vec<Option<LocalEtcd>>,
+}
+
+impl LocalCluster {
+    /// Starts `n` members with their data under `parent`.
+    pub fn start(parent: &Path, n: usize) -> std::io::Result<Self> {
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir_in(parent)?;
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer = format!("http://127.0.0.1:{peer}");
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(["--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            members.push(Some(LocalEtcd {
+                child,
+                endpoint,
+                _dir: dir,
+            }));
+        }
+        Ok(Self { members })
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> Option<String> {
+        self.members.get(i)?.as_ref().map(|m| m.endpoint.clone())
+    }
+
+    /// Stops member `i` with SIGKILL (by its PID).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(m) = self.members.get_mut(i) {
+            m.take();
+        }
+    }
+}
+
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
         let _ = self.child.kill();

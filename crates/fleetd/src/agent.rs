@@ -507,46 +507,33 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         let records = cache
             .jobs(|r| r.global || r.target.as_deref() == Some(me.as_str()))
             .await?;
-        let mut desired = BTreeMap::new();
-        let mut globals = Vec::new();
+        // What runs here is fleet-engine's rule (`desired_units`), fed this machine's view.
+        let mut jobs = Vec::with_capacity(records.len());
+        let mut content = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
         for r in records {
-            if r.target_state == JobState::Inactive {
-                continue;
-            }
             let Some(text) = r.unit else { continue };
-            if r.global {
-                seen.insert((r.name.clone(), r.hash));
-                if requirements(&mut self.reqs, &r.name, r.hash, &text)
-                    .metadata_matches(&self.metadata)
-                {
-                    globals.push((r.name, r.target_state, r.hash, text));
-                }
-            } else if r.target.as_deref() == Some(me.as_str()) {
-                desired.insert(r.name, (r.target_state, r.hash, text));
-            }
-        }
-        // fleet 1.0: a global unit that conflicts (either way) with a unit already chosen
-        // here is skipped; units the engine placed here come first, then globals by name.
-        if !globals.is_empty() {
-            seen.extend(desired.iter().map(|(n, (_, h, _))| (n.clone(), *h)));
-        }
-        for (name, state, hash, text) in globals {
-            let conflict = desired.iter().find(|&(other, (_, h, t))| {
-                *other != name
-                    && (requirements(&mut self.reqs, &name, hash, &text).conflicts_with(other)
-                        || requirements(&mut self.reqs, other, *h, t).conflicts_with(&name))
+            seen.insert((r.name.clone(), r.hash));
+            let requirements = requirements(&mut self.reqs, &r.name, r.hash, &text).clone();
+            jobs.push(fleet_engine::Job {
+                name: r.name.clone(),
+                requirements,
+                target_state: r.target_state,
+                target: r.target,
             });
-            match conflict.map(|(other, _)| other.clone()) {
-                Some(other) => {
-                    tracing::debug!(unit = %name, "global unit conflicts with {other}: skipped");
-                }
-                None => {
-                    desired.insert(name, (state, hash, text));
-                }
-            }
+            content.insert(r.name, (r.hash, text));
         }
         self.reqs.retain(|k, _| seen.contains(k));
+        let here = Machine {
+            metadata: self.metadata.clone(),
+            ..self.me.clone()
+        };
+        let mut desired = BTreeMap::new();
+        for (name, state) in fleet_engine::desired_units(&jobs, &here) {
+            if let Some((hash, text)) = content.remove(&name) {
+                desired.insert(name, (state, hash, text));
+            }
+        }
         let mut rebound = false;
         if std::mem::take(&mut self.refence) {
             let mut binds = Vec::new();
@@ -976,8 +963,9 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
     let mut dirty = true;
     let mut settle: Option<tokio::time::Instant> = None;
     let mut backoff = SETTLE;
-    // False while the watches are down and being re-established.
-    let mut watching = true;
+    // While the registry's watches are down: when to set them up again. Its own state, not
+    // the settle timer's: a pass (which clears that timer) must never leave the agent deaf.
+    let mut rewatch_at: Option<tokio::time::Instant> = None;
     let mut watch_states = tokio::time::interval(STATE_PERIOD);
     watch_states.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(cfg.resync);
@@ -1041,10 +1029,9 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
                     settle = Some(tokio::time::Instant::now() + SETTLE);
                 }
             }
-            change = cache.next(), if watching => match change {
+            change = cache.next(), if rewatch_at.is_none() => match change {
                 Change::Closed => {
-                    watching = false;
-                    settle = Some(tokio::time::Instant::now() + backoff);
+                    rewatch_at = Some(tokio::time::Instant::now() + backoff);
                 }
                 // A machine change may carry job changes read in the same batch, so both
                 // look at the changed units. Only units that are here or are meant to be
@@ -1116,27 +1103,31 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
                 agent.hold_until = None;
                 dirty = true;
             }
+            // A burst has settled: the pass runs at the top of the loop.
             _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
-                if !watching {
-                    let clock = agent.fence_clock();
-                    let restart = tokio::time::timeout(RESTART_LIMIT, ClusterCache::start(reg.clone()));
-                    match unless_fenced(restart, clock).await {
-                        Some(Ok(Ok(c))) => {
-                            cache = c;
-                            watching = true;
-                            dirty = true;
+                if !dirty {
+                    settle = None;
+                }
+            }
+            _ = tokio::time::sleep_until(rewatch_at.unwrap_or_else(tokio::time::Instant::now)), if rewatch_at.is_some() => {
+                let clock = agent.fence_clock();
+                let restart = tokio::time::timeout(RESTART_LIMIT, ClusterCache::start(reg.clone()));
+                match unless_fenced(restart, clock).await {
+                    Some(Ok(Ok(c))) => {
+                        cache = c;
+                        rewatch_at = None;
+                        dirty = true;
+                    }
+                    None => {
+                        agent.fence().await;
+                        rewatch_at = Some(tokio::time::Instant::now());
+                    }
+                    Some(failed) => {
+                        if let Ok(Err(e)) = failed {
+                            tracing::debug!("watching the registry again: {e}");
                         }
-                        None => {
-                            agent.fence().await;
-                            settle = Some(tokio::time::Instant::now());
-                        }
-                        Some(failed) => {
-                            if let Ok(Err(e)) = failed {
-                                tracing::debug!("watching the registry again: {e}");
-                            }
-                            settle = Some(tokio::time::Instant::now() + backoff);
-                            backoff = (backoff * 4).min(MAX_BACKOFF);
-                        }
+                        rewatch_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 4).min(MAX_BACKOFF);
                     }
                 }
             }

@@ -76,6 +76,22 @@ async fn connect(cfg: &Config) -> Result<EtcdStore, StoreError> {
     }
 }
 
+/// How often fleetd asks etcd for its members.
+const MEMBERS_PERIOD: Duration = Duration::from_secs(60);
+
+/// Balances fleetd's requests over every member of the etcd cluster, not only the
+/// configured endpoints (usually the machine's own member): stopping one member then
+/// moves nothing. A failure is logged and tried again at the next period.
+async fn learn_members(store: &EtcdStore) {
+    match store.add_members().await {
+        Ok(added) if !added.is_empty() => {
+            tracing::info!("etcd members: using {:?}", store.endpoints());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!("listing etcd members: {e}"),
+    }
+}
+
 /// The cluster's members, when a configured etcd is a v2 proxy in front of them.
 async fn through_proxy(cfg: &Config, timeout: Duration) -> Option<EtcdStore> {
     for server in &cfg.etcd_servers {
@@ -118,6 +134,7 @@ async fn run(config: PathBuf) -> Result<()> {
     tracing::info!(machine = %id, ip = %machine.public_ip, "starting fleetd {VERSION}");
 
     let store = connect(&cfg).await.context("connecting to etcd")?;
+    learn_members(&store).await;
     let reg = Arc::new(Registry::new(store.clone(), &cfg.etcd_key_prefix));
     let (stop_tx, stop_rx) = watch::channel(false);
     let bind_to = own_unit().map(|u| (u, PathBuf::from("/run/systemd/system")));
@@ -177,6 +194,9 @@ async fn run(config: PathBuf) -> Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut cfg = cfg;
+    // Members join and leave: ask again now and then.
+    let mut members = tokio::time::interval(MEMBERS_PERIOD);
+    members.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let engine_done = async {
             match engine.as_mut() {
@@ -224,6 +244,7 @@ async fn run(config: PathBuf) -> Result<()> {
                 }
                 cfg = new;
             }
+            _ = members.tick() => learn_members(&store).await,
             r = &mut agent => bail!("agent stopped: {:?}", r),
             r = engine_done => bail!("engine stopped: {:?}", r),
         }

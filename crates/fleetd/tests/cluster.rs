@@ -144,11 +144,18 @@ async fn units_are_placed_and_move_when_a_machine_dies() {
     let targets: std::collections::BTreeSet<_> =
         jobs.iter().map(|j| j.target.clone().unwrap()).collect();
     assert_eq!(targets.len(), 3, "least loaded: one unit per machine");
-    let states = reg.states().await.unwrap();
-    assert_eq!(states.len(), 3);
-    assert!(states
-        .iter()
-        .all(|s| s.active_state == "active" && s.sub_state == "running"));
+    // States are published after the starts, which follow "launched" (fleet's order).
+    until("3 states running", Duration::from_secs(10), async || {
+        let states = reg.states().await.unwrap();
+        ok_if(
+            states.len() == 3
+                && states
+                    .iter()
+                    .all(|s| s.active_state == "active" && s.sub_state == "running"),
+            || format!("{states:?}"),
+        )
+    })
+    .await;
 
     // The machine of hello.0 dies: no purge, its lease lapses, the unit moves.
     let victim = jobs
@@ -374,7 +381,14 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
     let target = jobs[0].target.clone().unwrap();
     let cut = members.iter().find(|m| m.id == target).unwrap();
     let others: Vec<&Member> = members.iter().filter(|m| m.id != target).collect();
-    assert_eq!(cut.units.running(), vec!["fenced.service", "plain.service"]);
+    // "launched" is written before the starts (fleet's order): wait for them.
+    until("both running", Duration::from_secs(10), async || {
+        let now = cut.units.running();
+        ok_if(now == ["fenced.service", "plain.service"], || {
+            format!("{now:?}")
+        })
+    })
+    .await;
     // A unit pinned to the machine cannot move: it waits for the machine to come back.
     reg.create_unit(
         "stay.service",
@@ -438,19 +452,41 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_restarts_fenced_units_where_they_were() {
     // Cluster-wide fencing, a cut shorter than the TTL but longer than half of it: the
-    // unit stops, the lease survives, and it starts again on the same machine.
+    // unit stops, the lease survives (the same lease before and after), and it starts
+    // again on the same machine — never on the other machine, which could take it.
     let store = MemoryStore::new();
     let reg = Registry::new(store.clone(), "/p/");
     let m = start_member(&store, "solo", 4, true);
     reg.create_unit("plain.service", UNIT, JobState::Launched)
         .await
         .unwrap();
-    eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
+    until("running on solo", Duration::from_secs(10), async || {
+        let now = m.units.running();
+        ok_if(now == ["plain.service"], || format!("{now:?}"))
+    })
+    .await;
+    let other = start_member(&store, "other", 4, true);
+    machines(&reg, 2).await;
+    let lease_of = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            let kv = store
+                .get(&format!("/p/machines/{id}/object"))
+                .await
+                .unwrap();
+            kv.map(|kv| kv.lease)
+        }
+    };
+    let lease = lease_of("solo").await.expect("solo registered");
     m.view.set_reachable(false);
     let running = |want: bool| {
-        let units = m.units.clone();
+        let (units, elsewhere) = (m.units.clone(), other.units.clone());
         async move || {
             let now = units.running();
+            assert!(
+                elsewhere.running().is_empty(),
+                "the unit ran on the other machine"
+            );
             ok_if((now == ["plain.service"]) == want, || format!("{now:?}"))
         }
     };
@@ -462,9 +498,16 @@ async fn a_short_outage_restarts_fenced_units_where_they_were() {
         fenced_after.as_secs_f64() * 1e3,
         restarted_after.as_secs_f64() * 1e3
     );
+    assert_eq!(
+        lease_of("solo").await,
+        Some(lease),
+        "the presence lease lapsed"
+    );
     let (jobs, _) = reg.jobs().await.unwrap();
     assert_eq!(jobs[0].target.as_deref(), Some("solo"));
+    assert!(other.units.running().is_empty());
     m.stop.send(true).unwrap();
+    other.stop.send(true).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,4 +864,33 @@ async fn a_restarted_agent_never_clears_another_machines_job_state() {
     assert_eq!(jobs[0].job_state.as_deref(), Some("m2"), "{jobs:?}");
     again.abort();
     m2.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_watches_again_after_short_cuts() {
+    // Short cuts (under the TTL) end the registry's watches; renewals fail and recover.
+    // Through all of them the agent must set its watches up again: a unit created
+    // afterwards still starts (an agent once went deaf when a pass ran in between).
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 4, false);
+    machines(&reg, 1).await;
+    for (i, ms) in [700u64, 1400, 300, 1900, 1000, 2300]
+        .into_iter()
+        .enumerate()
+    {
+        m.view.set_reachable(false);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        m.view.set_reachable(true);
+        tokio::time::sleep(Duration::from_millis(300 + 250 * i as u64)).await;
+    }
+    reg.create_unit("after.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    until("after.service runs", Duration::from_secs(15), async || {
+        let now = m.units.running();
+        ok_if(now == ["after.service"], || format!("{now:?}"))
+    })
+    .await;
+    m.stop.send(true).unwrap();
 }

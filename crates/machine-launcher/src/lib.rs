@@ -148,7 +148,8 @@ impl Paths {
         }
     }
 
-    fn cluster_dir(&self, cluster: &str) -> PathBuf {
+    /// Where a cluster's state lives: `<state>/clusters/<name>`.
+    pub fn cluster_dir(&self, cluster: &str) -> PathBuf {
         self.state.join("clusters").join(cluster)
     }
 }
@@ -342,9 +343,27 @@ fn run_lock(paths: &Paths) -> Result<Lock, Error> {
     lock_file(&paths.run.join(".lock"))
 }
 
-/// Takes the exclusive lock of a cluster (so two commands never change it at once).
+/// Takes the exclusive lock of a cluster (so two commands never change it at once),
+/// creating its directory: for `up`, which may create the cluster.
 pub fn lock(paths: &Paths, cluster: &str) -> Result<Lock, Error> {
     lock_file(&paths.cluster_dir(cluster).join(".lock"))
+}
+
+/// Takes the lock of a cluster that exists; for an unknown cluster, `NoCluster`, with
+/// nothing created (and a directory holding only a lock file, left by an earlier version,
+/// removed).
+pub fn lock_existing(paths: &Paths, cluster: &str) -> Result<Lock, Error> {
+    let dir = paths.cluster_dir(cluster);
+    if dir.join("cluster.json").is_file() {
+        return lock(paths, cluster);
+    }
+    let only_lock = std::fs::read_dir(&dir)
+        .map(|entries| entries.flatten().all(|e| e.file_name() == ".lock"))
+        .unwrap_or(false);
+    if only_lock {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Err(Error::NoCluster(cluster.to_string()))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -518,6 +537,16 @@ pub fn up(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
         }
     }
     let ud_path = paths.cluster_dir(&cluster.name).join("user-data");
+    match std::fs::read_to_string(&ud_path) {
+        Ok(before) if before != effective => tracing::warn!(
+            "cluster {:?} now uses the user-data from {}: machines booted from now on (new ones, \
+             and those halted or reloaded) get it; running machines keep theirs until \
+             `ferrite reload`",
+            cluster.name,
+            opts.user_data.display()
+        ),
+        _ => {}
+    }
     atomic_file::write(
         &ud_path,
         effective.as_bytes(),
@@ -1085,7 +1114,7 @@ fn all_machines(paths: &Paths) -> Vec<(String, MachineState)> {
 /// Removes a cluster entirely: machines stopped at once, discovery stopped, mounts,
 /// namespaces, cgroups and files removed.
 pub fn destroy(paths: &Paths, name: &str) -> Result<(), Error> {
-    let _lock = lock(paths, name)?;
+    let _lock = lock_existing(paths, name)?;
     let mut cluster = ClusterState::load(paths, name)?;
     let dir = paths.cluster_dir(name);
     // Whatever a crashed launcher started but did not record: every process whose command
