@@ -269,34 +269,34 @@ fn verify_host(
         .unwrap_or_default()
         .to_string();
     let fingerprint = fingerprint_md5(&line)?;
-    let ask = |text: &str| {
-        let mut o = std::io::stdout().lock();
-        let _ = std::io::Write::write_all(&mut o, text.as_bytes());
-        let _ = std::io::Write::flush(&mut o);
-    };
-    ask(&format!(
-        "The authenticity of host '{ip}:{port}' can't be established.\n{key_type} key fingerprint is {fingerprint}.\nAre you sure you want to continue connecting (yes/no)? "
-    ));
-    let stdin = std::io::stdin();
-    loop {
-        let mut answer = String::new();
-        match stdin.read_line(&mut answer) {
-            Ok(0) | Err(_) => return Err("Host key verification failed.".into()),
-            Ok(_) => {}
-        }
-        match answer.trim().to_lowercase().as_str() {
-            "yes" => break,
-            "no" => return Err("Host key verification failed.".into()),
-            _ => ask("Please type 'yes' or 'no': "),
-        }
+    // fleet asked once, on standard error, and took "yes" or "y".
+    {
+        use std::io::Write as _;
+        let mut e = std::io::stderr().lock();
+        let _ = write!(
+            e,
+            "The authenticity of host '{ip}:{port}' can't be established.\n{key_type} key fingerprint is {fingerprint}.\nAre you sure you want to continue connecting (yes/no)? "
+        );
+        let _ = e.flush();
+    }
+    let mut answer = String::new();
+    let read = std::io::stdin().read_line(&mut answer);
+    if !matches!(read, Ok(n) if n > 0)
+        || !matches!(answer.trim().to_lowercase().as_str(), "yes" | "y")
+    {
+        return Err("Host key verification failed.".into());
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(known)
-        .map_err(|e| format!("Unable to write {known}: {e}"))?;
+        .map_err(|e| format!("Failed to add the host to the list of known hosts ({known}): {e}"))?;
     std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())
-        .map_err(|e| format!("Unable to write {known}: {e}"))
+        .map_err(|e| format!("Failed to add the host to the list of known hosts ({known}): {e}"))?;
+    err(format!(
+        "Warning: Permanently added '{ip}:{port}' ({key_type}) to the list of known hosts."
+    ));
+    Ok(())
 }
 
 /// A known_hosts line's key as fleet showed it: MD5, colon-separated.

@@ -35,20 +35,19 @@ fn public_ip_of(cfg: &Config) -> String {
     }
 }
 
-/// The first global IPv4 address of the default route's interface.
+/// The address this machine's default route leaves from: the source address the kernel
+/// picks for a UDP socket "connected" to a documentation address (nothing is sent, and
+/// nothing blocks fleetd's only thread, unlike running `ip route get`).
 fn detect_public_ip() -> String {
-    let out = std::process::Command::new("ip")
-        .args(["-4", "-o", "route", "get", "192.0.2.1"])
-        .output();
-    let Ok(out) = out else { return String::new() };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "src" {
-            return words.next().unwrap_or_default().to_string();
-        }
+    let probe = || -> std::io::Result<std::net::SocketAddr> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect("192.0.2.1:9")?;
+        s.local_addr()
+    };
+    match probe() {
+        Ok(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+        _ => String::new(),
     }
-    String::new()
 }
 
 /// Waits for etcd; only a TLS setting that cannot work is fatal. When the local etcd is a
