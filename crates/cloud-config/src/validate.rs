@@ -673,6 +673,7 @@ fn check_traps(root: &Node, r: &mut Report) {
             }
         }
     }
+    check_names_and_paths(root, r);
     for u in &units {
         match child(u, "name").and_then(|(k, v)| Some((k, scalar_text(v)?))) {
             None => r.push(
@@ -695,9 +696,83 @@ fn check_traps(root: &Node, r: &mut Report) {
     }
 }
 
+/// Whether Debian's `useradd` accepts `name`: letters, digits, `.`, `_` and `-`, not
+/// starting with `-`, an optional trailing `$`, not all digits, not `.` or `..`, at most 32
+/// characters (the utmp field).
+pub fn useradd_accepts(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    let mut chars = body.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    first_ok
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 32
+        && !body.chars().all(|c| c.is_ascii_digit())
+        && body != "."
+        && body != ".."
+}
+
+/// Ferrite's checks of what would fail only at apply time: user names `useradd` refuses,
+/// and `write_files` paths that name no file.
+fn check_names_and_paths(root: &Node, r: &mut Report) {
+    let users = child(root, "users")
+        .and_then(|(_, v)| v.sequence())
+        .unwrap_or_default();
+    for u in users {
+        if let Some((k, name)) = child(u, "name").and_then(|(k, v)| Some((k, scalar_text(v)?))) {
+            if !useradd_accepts(&name) {
+                r.push(
+                    Rule::Ferrite,
+                    Kind::Error,
+                    k.line,
+                    format!(
+                        "user name {name:?} is not one useradd accepts (letters, digits, '.', '_' and '-', not starting with '-', at most 32 characters)"
+                    ),
+                );
+            }
+        }
+    }
+    for item in write_files_items(root) {
+        let Some((k, v)) = child(item, "path") else {
+            continue;
+        };
+        let p = scalar_text(v).unwrap_or_default();
+        let clean = clean_path(&p);
+        if p.trim().is_empty() || clean == "/" || clean == "." || p.ends_with('/') {
+            r.push(
+                Rule::Ferrite,
+                Kind::Error,
+                k.line,
+                format!("write_files path {p:?} names no file"),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_names_useradd_accepts() {
+        for ok in ["core", "web-1", "_svc", "a.b", "Admin", "m$", "0x"] {
+            assert!(useradd_accepts(ok), "{ok}");
+        }
+        for bad in [
+            "bad:name",
+            "-x",
+            "",
+            "123",
+            ".",
+            "..",
+            "a b",
+            "a/b",
+            &"a".repeat(33),
+        ] {
+            assert!(!useradd_accepts(bad), "{bad}");
+        }
+    }
 
     fn lines(s: &str) -> Vec<String> {
         validate(s.as_bytes())

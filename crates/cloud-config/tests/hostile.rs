@@ -43,3 +43,24 @@ fn modest_aliases_still_work() {
     let doc = bomb(1_000, 2);
     assert!(parse(doc.as_bytes()).unwrap().is_some());
 }
+
+#[test]
+fn what_apply_would_fail_on_is_a_validation_error() {
+    for (doc, want) in [
+        (
+            "#cloud-config\nusers:\n  - name: bad:name\n",
+            "line 3: error: user name \"bad:name\" is not one useradd accepts",
+        ),
+        (
+            "#cloud-config\nwrite_files:\n  - path: \"\"\n    content: x\n",
+            "line 3: error: write_files path \"\" names no file",
+        ),
+        (
+            "#cloud-config\nwrite_files:\n  - path: /\n    content: x\n",
+            "line 3: error: write_files path \"/\" names no file",
+        ),
+    ] {
+        let report = cloud_config::validate(doc.as_bytes()).to_string();
+        assert!(report.contains(want), "{doc}: {report}");
+    }
+}

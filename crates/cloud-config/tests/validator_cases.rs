@@ -57,6 +57,11 @@ const DIFFERENCES: &[(&str, &[&str], &str)] = &[
         &["line 4: error: invalid value 384", "line 4: warning: permissions 384 is 0600 written in decimal (a YAML round trip?); it is read as octal: quote the mode, e.g. permissions: '0600'"],
         "the YAML round-trip trap",
     ),
+    (
+        "null-path",
+        &["line 3: warning: incorrect type for \"path\" (want string)", "line 3: error: write_files path \"\" names no file"],
+        "apply would fail: a file needs a path",
+    ),
     ("manage-etc-hosts-true", &["line 2: error: manage_etc_hosts must be \"localhost\"; \"true\" makes coreos-cloudinit fail at boot"], "apply would fail"),
     ("manage-etc-hosts-foo", &["line 2: error: manage_etc_hosts must be \"localhost\"; \"foo\" makes coreos-cloudinit fail at boot"], "apply would fail"),
     (

@@ -315,14 +315,10 @@ fn run(flags: Flags) -> Result<ExitCode> {
             Vec::new()
         }
     };
-    let data = match userdata::maybe_gunzip(&raw) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!("{e}. Continuing...");
-            failure = true;
-            Vec::new()
-        }
-    };
+    // Compressed user-data that does not decompress (truncated, corrupt, over the cap) is
+    // an error of the user-data: validation reports it and nothing is applied (applying an
+    // empty config in its place would pass for success).
+    let data = userdata::maybe_gunzip(&raw).unwrap_or(raw);
 
     let report = validate(&data);
     if flags.validate {

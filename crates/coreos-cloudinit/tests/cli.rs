@@ -434,6 +434,29 @@ fn scripts_gzip_and_ignition() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(read(&root, "/etc/hostname"), "zipped\n");
 
+    // Truncated gzip is an error of the user-data: -validate says so and fails, and the
+    // apply refuses it instead of applying an empty config.
+    let full = std::fs::read(&gz).unwrap();
+    let cut = d.path().join("cut.gz");
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    let o = cloudinit(&["-validate", "-from-file", cut.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("user-data is gzip-compressed but does not decompress"),
+        "{}",
+        stdout(&o)
+    );
+    let untouched = d.path().join("untouched");
+    std::fs::create_dir(&untouched).unwrap();
+    let o = cloudinit(&[
+        "-from-file",
+        cut.to_str().unwrap(),
+        "-root",
+        untouched.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read_dir(&untouched).unwrap().count(), 0);
+
     // Ignition is not for coreos-cloudinit: exit 0, nothing done.
     let ign = d.path().join("ign");
     std::fs::write(&ign, r#"{"ignitionVersion": 1}"#).unwrap();

@@ -1277,7 +1277,20 @@ fn partition(f: &Fleet) {
         !journal.contains(&format!("Stopping stay@{id}")),
         "the pinned unit was stopped"
     );
-    let rows = f.wait_active_on(witness, 3);
+    if f.active_on(witness).len() != 3 {
+        std::thread::sleep(Duration::from_secs(20));
+        if f.active_on(witness).len() != 3 {
+            let (_, j) = f.c.sh(
+                &cut,
+                "journalctl -u fleet.service --no-pager -o short-monotonic | tail -60",
+            );
+            eprintln!("fleet journal of {cut}:\n{j}");
+        }
+    }
+    let rows = f.wait("3 active units after the partition", 30, |f| {
+        let a = f.active_on(witness);
+        (a.len() == 3).then_some(a)
+    });
     assert!(rows
         .iter()
         .any(|r| r.unit == format!("stay@{id}.service") && r.machine == id));

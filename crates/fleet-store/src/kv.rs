@@ -261,10 +261,22 @@ pub struct EtcdStore {
     timeout: Duration,
 }
 
+/// How often an idle connection to etcd is pinged, and how long a ping may go unanswered
+/// before the connection (and every watch on it) fails.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an [`EtcdStore`] stays on another member before it tries the configured one
+/// (the machine's own) again.
+const RETURN_AFTER: Duration = Duration::from_secs(10);
+
 /// The members an [`EtcdStore`] can use, each with its own client, and the one in use.
 struct Members {
     list: Mutex<Vec<(String, Client)>>,
     current: AtomicU64,
+    /// When the store last failed over away from the configured endpoints.
+    left_first: Mutex<Option<Instant>>,
     opts: etcd_client::ConnectOptions,
 }
 
@@ -415,10 +427,14 @@ impl EtcdStore {
     pub async fn connect_tls(endpoints: &[String], timeout: Duration, tls: &EtcdTls) -> R<Self> {
         // A member that has lost its leader (cut off from the majority) refuses requests
         // instead of answering from stale state, so they go to the others.
+        // HTTP/2 pings find a connection to a member that went silent (cut off, its
+        // machine gone): otherwise a watch on it would hang without an error, forever.
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_require_leader(true);
+            .with_require_leader(true)
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(true);
         #[cfg(feature = "tls")]
         let opts = if tls.is_set() {
             opts.with_tls(tls.options()?)
@@ -437,6 +453,7 @@ impl EtcdStore {
             members: Arc::new(Members {
                 list: Mutex::new(vec![(endpoints.join(","), client)]),
                 current: AtomicU64::new(0),
+                left_first: Mutex::new(None),
                 opts,
             }),
             requests: Arc::new(AtomicU64::new(0)),
@@ -488,6 +505,7 @@ impl EtcdStore {
 
     fn c(&self) -> Client {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.maybe_return();
         let at = self.members.current.load(Ordering::Relaxed) as usize;
         // Never empty: the configured endpoints are the first entry.
         self.members
@@ -497,6 +515,25 @@ impl EtcdStore {
                     .map(|(_, c)| c.clone())
             })
             .unwrap_or_else(|| self.first.clone())
+    }
+
+    /// Back to the configured endpoints (the machine's own member) once the store has been
+    /// elsewhere for [`RETURN_AFTER`]: a remote member may be cut off next, and the local
+    /// one is the one that shares this machine's fate. If it still cannot serve, the next
+    /// failure moves on again.
+    fn maybe_return(&self) {
+        let mut left = match self.members.left_first.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if left.is_some_and(|t| t.elapsed() >= RETURN_AFTER) {
+            *left = None;
+            self.members.current.store(0, Ordering::Relaxed);
+            tracing::debug!(
+                "etcd: back to {}",
+                self.endpoints().first().cloned().unwrap_or_default()
+            );
+        }
     }
 
     /// After a failure that says the member in use cannot serve: use the next one.
@@ -513,6 +550,9 @@ impl EtcdStore {
             .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            if let Ok(mut left) = self.members.left_first.lock() {
+                *left = (next != 0).then(Instant::now);
+            }
             let names = self.endpoints();
             tracing::info!(
                 "etcd member {} cannot serve; trying {}",
