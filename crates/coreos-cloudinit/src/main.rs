@@ -444,7 +444,10 @@ fn main() -> ExitCode {
     match run(flags) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("coreos-cloudinit: {e:#}");
+            eprintln!(
+                "coreos-cloudinit: {}",
+                host_command::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

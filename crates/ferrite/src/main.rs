@@ -420,7 +420,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferrite: {e:#}");
+            eprintln!("ferrite: {}", host_command::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1044,8 +1044,10 @@ fn fleetd_faults(f: &Fleet) {
     for m in MACHINES {
         let (_, journal) = f.c.sh(m, "journalctl -u fleet.service --no-pager -o cat");
         assert!(!journal.contains("agent pass failed"), "{m}:\n{journal}");
-        let (_, left) = f.c.sh(m, "ls /run/fleet/units");
-        assert!(!left.contains("typo"), "{m} still has typo.service: {left}");
+        f.wait(&format!("typo.service gone from {m}"), 20, |f| {
+            let (_, left) = f.c.sh(m, "ls /run/fleet/units");
+            (!left.contains("typo")).then_some(())
+        });
     }
     f.destroy(&["hello.service", "goodbye.service"]);
 

@@ -116,6 +116,11 @@ impl LocalCluster {
         self.members.get(i)?.as_ref().map(|m| m.endpoint.clone())
     }
 
+    /// The PID of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members.get(i)?.as_ref().map(|m| m.child.id())
+    }
+
     /// Stops member `i` with SIGKILL (by its PID).
     pub fn stop(&mut self, i: usize) {
         if let Some(m) = self.members.get_mut(i) {

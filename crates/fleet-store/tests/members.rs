@@ -118,3 +118,40 @@ async fn a_store_that_knows_the_members_survives_its_member_stopping() {
     // The store given one member and nothing more has nowhere else to go.
     assert!(blind.get("/k").await.is_err());
 }
+
+/// Sends `signal` to `pid` (a member this test started).
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_member_that_goes_silent_ends() {
+    // A member whose machine is cut off neither answers nor closes its connections: the
+    // store's pings find it, the watch ends, and a new one on another member sees changes.
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(tmp.path(), 3).unwrap();
+    let first = cluster.endpoint(0).unwrap();
+    let store = store_on(&first).await;
+    store.add_members().await.unwrap();
+    let (_, rev) = store.get_prefix("/w/").await.unwrap();
+    let mut watch = store.watch_prefix("/w/", rev).await.unwrap();
+    let pid = cluster.pid(0).unwrap();
+    signal(pid, "STOP");
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while watch.recv().await.is_some() {}
+    })
+    .await;
+    let took = start.elapsed();
+    signal(pid, "CONT");
+    assert!(ended.is_ok(), "the watch on the silent member never ended");
+    eprintln!(
+        "watch on a silent member ended after {:.1} s",
+        took.as_secs_f64()
+    );
+}

@@ -385,6 +385,8 @@ struct Failure {
     retry_at: tokio::time::Instant,
     /// The content that failed, when it was a load (its state is published as failed).
     hash: Option<UnitHash>,
+    /// What the unit was wanted as (desired state and content; none: gone) when it failed.
+    want: Option<(JobState, UnitHash)>,
 }
 
 /// The first retry of a failed unit task; it doubles with each failure in a row.
@@ -395,7 +397,14 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 impl<S: KvStore, M: UnitManager> Agent<S, M> {
     /// Records that `step` failed for `name`, and when to try again.
-    fn failed(&mut self, name: &str, step: &str, error: &str, hash: Option<UnitHash>) {
+    fn failed(
+        &mut self,
+        name: &str,
+        step: &str,
+        error: &str,
+        hash: Option<UnitHash>,
+        want: Option<(JobState, UnitHash)>,
+    ) {
         let attempts = self.failures.get(name).map_or(0, |f| f.attempts) + 1;
         let wait = RETRY_FIRST
             .saturating_mul(1 << (attempts - 1).min(10))
@@ -410,6 +419,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 attempts,
                 retry_at: tokio::time::Instant::now() + wait,
                 hash,
+                want,
             },
         );
     }
@@ -562,13 +572,17 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             });
         }
         // Units whose last task failed wait for their retry time; the rest go on.
+        // A failure stands only while the unit is still wanted as it was when it failed:
+        // destroyed, stopped or given new content, it is tried at once.
+        let wanted = |n: &str| desired.get(n).map(|(s, h, _)| (*s, *h));
+        self.failures.retain(|n, f| {
+            f.want == wanted(n) && (desired.contains_key(n) || self.current.contains_key(n))
+        });
         let now = tokio::time::Instant::now();
         t.unload.retain(|n| !self.waiting(n, now));
         t.load.retain(|(n, _)| !self.waiting(n, now));
         t.stop.retain(|n| !self.waiting(n, now));
         t.start.retain(|n| !self.waiting(n, now));
-        self.failures
-            .retain(|n, _| desired.contains_key(n) || self.current.contains_key(n));
         let tried: std::collections::BTreeSet<String> = t
             .unload
             .iter()
@@ -595,7 +609,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 continue;
             }
             if let Err(e) = self.manager.unload(name).await {
-                self.failed(name, "unloading", &e, None);
+                self.failed(name, "unloading", &e, None, wanted(name));
                 failed.insert(name.clone());
                 continue;
             }
@@ -609,7 +623,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             self.tend().await?;
             for (name, e) in self.manager.load_many(&t.load).await {
                 let hash = desired.get(&name).map(|(_, h, _)| *h);
-                self.failed(&name, "loading", &e, hash);
+                self.failed(&name, "loading", &e, hash, wanted(&name));
                 failed.insert(name);
             }
             // A fenced unit never starts unbound: a failed binding fails its load.
@@ -621,7 +635,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 .collect();
             for (name, e) in self.manager.bind(&binds).await {
                 let hash = desired.get(&name).map(|(_, h, _)| *h);
-                self.failed(&name, "binding to fleetd", &e, hash);
+                self.failed(&name, "binding to fleetd", &e, hash, wanted(&name));
                 failed.insert(name);
             }
         }
@@ -653,7 +667,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             self.tend().await?;
             self.reg.clear_own_job_state(name, &me).await?;
             if let Err(e) = self.manager.stop(name).await {
-                self.failed(name, "stopping", &e, None);
+                self.failed(name, "stopping", &e, None, wanted(name));
                 failed.insert(name.clone());
                 continue;
             }
@@ -679,7 +693,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             for chunk in t.start.chunks(START_CHUNK) {
                 self.tend().await?;
                 for (name, e) in self.manager.start_many(chunk).await {
-                    self.failed(&name, "starting", &e, None);
+                    self.failed(&name, "starting", &e, None, wanted(&name));
                     // Still "launched" (a start was requested, as fleet's job state says);
                     // the retry starts it again.
                     if let Some(c) = self.current.get_mut(&name) {

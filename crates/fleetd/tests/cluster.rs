@@ -894,3 +894,30 @@ async fn an_agent_watches_again_after_short_cuts() {
     .await;
     m.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_unit_that_is_destroyed_goes_at_once() {
+    // Its start fails again and again, so its retries are far apart; destroying it is a
+    // new task for the unit and does not wait for the next retry.
+    let store = MemoryStore::new();
+    let reg = Registry::new(store.clone(), "/p/");
+    let m = start_member(&store, "solo", 2, false);
+    m.units.refuse("stuck.service", "start");
+    reg.create_unit("stuck.service", UNIT, JobState::Launched)
+        .await
+        .unwrap();
+    // Attempts after 0, 1, 3 and 7 s: the next one would come 8 s later.
+    tokio::time::sleep(Duration::from_millis(7500)).await;
+    assert_eq!(m.units.loaded(), ["stuck.service"]);
+    reg.destroy_unit("stuck.service").await.unwrap();
+    let took = until("unloaded", Duration::from_secs(20), async || {
+        let loaded = m.units.loaded();
+        ok_if(loaded.is_empty(), || format!("{loaded:?}"))
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(3),
+        "unloaded only after {took:?}"
+    );
+    m.stop.send(true).unwrap();
+}

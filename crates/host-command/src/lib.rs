@@ -4,7 +4,8 @@
 //! `debootstrap`, `systemd-nspawn` …). [`run`] is the one way it runs them: the command line
 //! is logged at debug level, and a failure names the command, its exit status and the end of
 //! its standard error. [`shell_quote`] writes one argument for a command line a shell will
-//! read (`sh -c`, ssh's remote command and `ProxyCommand`).
+//! read (`sh -c`, ssh's remote command and `ProxyCommand`). [`error_chain`] is how the host
+//! binaries print a failure: every cause once.
 
 use std::process::Command;
 
@@ -67,9 +68,43 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// An error and its causes on one line, each said once: a cause whose text already ends
+/// the line so far (an error that prints its source in its own message) is not repeated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {0}: {1}")]
+    struct Reading(&'static str, #[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting the cluster")]
+    struct Outer(#[source] Reading);
+
+    #[test]
+    fn every_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = Outer(Reading("/nonexistent", io));
+        assert_eq!(
+            error_chain(&e),
+            "starting the cluster: reading /nonexistent: No such file or directory (os error 2)"
+        );
+    }
 
     #[test]
     fn quoting_survives_the_shell() {
