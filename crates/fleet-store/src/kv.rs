@@ -474,11 +474,16 @@ impl EtcdStore {
     /// to (fleet's `etcd_servers` usually names only the machine's own member). Gives the
     /// client URLs added.
     pub async fn add_members(&self) -> R<Vec<String>> {
-        let mut client = self.c();
+        let (at, mut client) = self.pick();
         let list = tokio::time::timeout(self.timeout, client.member_list())
             .await
-            .map_err(|_| self.timed_out("member list", ""))?
-            .map_err(self.err("member list", ""))?;
+            .map_err(|_| self.timed_out_at(at, "member list", ""))?
+            .map_err(self.err_at(at, "member list", ""))?;
+        // Asked through the configured endpoints, the member that answers is the one they
+        // name (the machine's own, often under another address): not a second entry.
+        let configured = (at == 0)
+            .then(|| list.header().map(|h| h.member_id()))
+            .flatten();
         let known: Vec<String> = self
             .endpoints()
             .iter()
@@ -488,7 +493,7 @@ impl EtcdStore {
         for url in list
             .members()
             .iter()
-            .filter(|m| !m.is_learner())
+            .filter(|m| !m.is_learner() && Some(m.id()) != configured)
             .filter_map(|m| m.client_urls().first())
         {
             if known.iter().any(|k| k == url.trim_end_matches('/')) {
@@ -503,18 +508,17 @@ impl EtcdStore {
         Ok(added)
     }
 
-    fn c(&self) -> Client {
+    /// The member to use now and its client (counted as a request).
+    fn pick(&self) -> (usize, Client) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.maybe_return();
         let at = self.members.current.load(Ordering::Relaxed) as usize;
         // Never empty: the configured endpoints are the first entry.
-        self.members
-            .with(|l| {
-                l.get(at % l.len().max(1))
-                    .or(l.first())
-                    .map(|(_, c)| c.clone())
-            })
-            .unwrap_or_else(|| self.first.clone())
+        let client = self
+            .members
+            .with(|l| l.get(at % l.len().max(1)).map(|(_, c)| c.clone()))
+            .unwrap_or_else(|| self.first.clone());
+        (at, client)
     }
 
     /// Back to the configured endpoints (the machine's own member) once the store has been
@@ -536,13 +540,14 @@ impl EtcdStore {
         }
     }
 
-    /// After a failure that says the member in use cannot serve: use the next one.
-    fn fail_over(&self) {
+    /// After a failure that says member `at` cannot serve: if it is still the one in use,
+    /// use the next one (a late failure of a member already left changes nothing).
+    fn fail_over(&self, at: usize) {
         let n = self.members.with(|l| l.len()) as u64;
         if n < 2 {
             return;
         }
-        let at = self.members.current.load(Ordering::Relaxed);
+        let at = at as u64;
         let next = (at + 1) % n;
         if self
             .members
@@ -562,23 +567,26 @@ impl EtcdStore {
         }
     }
 
-    /// Maps a client error, failing over first if the member could not serve.
-    fn err<'a>(
+    /// Maps a client error of a request to member `at`, failing over first if the member
+    /// could not serve.
+    fn err_at<'a>(
         &'a self,
+        at: usize,
         op: &'static str,
         key: &'a str,
     ) -> impl FnOnce(etcd_client::Error) -> StoreError + 'a {
         move |e| {
             if member_unavailable(&e) {
-                self.fail_over();
+                self.fail_over(at);
             }
             etcd_err(op, key)(e)
         }
     }
 
-    /// A request without an answer in time: that member is failed over from too.
-    fn timed_out(&self, op: &'static str, key: &str) -> StoreError {
-        self.fail_over();
+    /// A request to member `at` without an answer in time: that member is failed over
+    /// from too.
+    fn timed_out_at(&self, at: usize, op: &'static str, key: &str) -> StoreError {
+        self.fail_over(at);
         StoreError::TimedOut {
             op,
             key: key.to_string(),
@@ -588,34 +596,36 @@ impl EtcdStore {
 
 impl KvStore for EtcdStore {
     async fn get(&self, key: &str) -> R<Option<KeyValue>> {
-        let r = self
-            .c()
+        let (at, mut client) = self.pick();
+        let r = client
             .get(key, None)
             .await
-            .map_err(self.err("get", key))?;
+            .map_err(self.err_at(at, "get", key))?;
         Ok(r.kvs().first().map(kv_of))
     }
 
     async fn get_prefix(&self, prefix: &str) -> R<(Vec<KeyValue>, i64)> {
-        let r = self
-            .c()
+        let (at, mut client) = self.pick();
+        let r = client
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
-            .map_err(self.err("get", prefix))?;
+            .map_err(self.err_at(at, "get", prefix))?;
         let rev = r.header().map_or(0, |h| h.revision());
         Ok((r.kvs().iter().map(kv_of).collect(), rev))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<()> {
+        let (at, mut client) = self.pick();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        self.c()
+        client
             .put(key, value, opts)
             .await
-            .map_err(self.err("put", key))?;
+            .map_err(self.err_at(at, "put", key))?;
         Ok(())
     }
 
     async fn put_many(&self, kvs: Vec<(String, Vec<u8>)>, lease: Option<i64>) -> R<()> {
+        let (at, mut client) = self.pick();
         // etcd refuses a transaction that names a key twice: the last value wins, as it
         // would with one put after another.
         let kvs: Vec<(String, Vec<u8>)> = kvs
@@ -630,24 +640,29 @@ impl KvStore for EtcdStore {
                 .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), opts.clone()))
                 .collect();
             let first = chunk.first().map(|(k, _)| k.as_str()).unwrap_or("");
-            self.c()
+            client
                 .txn(Txn::new().and_then(ops))
                 .await
-                .map_err(self.err("put", first))?;
+                .map_err(self.err_at(at, "put", first))?;
         }
         Ok(())
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<bool> {
+        let (at, mut client) = self.pick();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, opts)]);
-        let r = self.c().txn(txn).await.map_err(self.err("create", key))?;
+        let r = client
+            .txn(txn)
+            .await
+            .map_err(self.err_at(at, "create", key))?;
         Ok(r.succeeded())
     }
 
     async fn create_many(&self, kvs: Vec<(String, Vec<u8>)>) -> R<Vec<bool>> {
+        let (at, mut client) = self.pick();
         let mut out = Vec::with_capacity(kvs.len());
         for chunk in kvs.chunks(PUT_BATCH) {
             let compares: Vec<Compare> = chunk
@@ -659,11 +674,10 @@ impl KvStore for EtcdStore {
                 .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None))
                 .collect();
             let first = chunk.first().map(|(k, _)| k.as_str()).unwrap_or("");
-            let all = self
-                .c()
+            let all = client
                 .txn(Txn::new().when(compares).and_then(ops))
                 .await
-                .map_err(self.err("create", first))?;
+                .map_err(self.err_at(at, "create", first))?;
             if all.succeeded() {
                 out.extend(std::iter::repeat_n(true, chunk.len()));
             } else {
@@ -677,80 +691,91 @@ impl KvStore for EtcdStore {
     }
 
     async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
+        let (at, mut client) = self.pick();
         let txn = Txn::new()
             .when([Compare::create_revision(guard, CompareOp::Greater, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        let r = self.c().txn(txn).await.map_err(self.err("put", key))?;
+        let r = client.txn(txn).await.map_err(self.err_at(at, "put", key))?;
         Ok(r.succeeded())
     }
 
     async fn delete(&self, key: &str) -> R<()> {
-        self.c()
+        let (at, mut client) = self.pick();
+        client
             .delete(key, None)
             .await
-            .map_err(self.err("delete", key))?;
+            .map_err(self.err_at(at, "delete", key))?;
         Ok(())
     }
 
     async fn delete_if_value(&self, key: &str, expected: &[u8]) -> R<bool> {
+        let (at, mut client) = self.pick();
         let txn = Txn::new()
             .when([Compare::value(key, CompareOp::Equal, expected.to_vec())])
             .and_then([TxnOp::delete(key, None)]);
-        let r = self.c().txn(txn).await.map_err(self.err("delete", key))?;
+        let r = client
+            .txn(txn)
+            .await
+            .map_err(self.err_at(at, "delete", key))?;
         Ok(r.succeeded())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> R<()> {
-        self.c()
+        let (at, mut client) = self.pick();
+        client
             .delete(prefix, Some(DeleteOptions::new().with_prefix()))
             .await
-            .map_err(self.err("delete", prefix))?;
+            .map_err(self.err_at(at, "delete", prefix))?;
         Ok(())
     }
 
     async fn grant_lease(&self, ttl: i64) -> R<i64> {
-        let r = self
-            .c()
+        let (at, mut client) = self.pick();
+        let r = client
             .lease_grant(ttl, None)
             .await
-            .map_err(self.err("lease grant", ""))?;
+            .map_err(self.err_at(at, "lease grant", ""))?;
         Ok(r.id())
     }
 
     async fn keep_alive(&self, lease: i64) -> R<bool> {
+        let (at, mut client) = self.pick();
         // Opening a keep-alive stream sends a renewal and checks its answer (a TTL of 0
         // is "lease not found"): that one message is the renewal. The stream is closed at
         // once, so nothing stays open per lease.
-        match tokio::time::timeout(self.timeout, self.c().lease_keep_alive(lease)).await {
+        match tokio::time::timeout(self.timeout, client.lease_keep_alive(lease)).await {
             Ok(Ok(_)) => Ok(true),
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => {
                 Ok(false)
             }
-            Ok(Err(e)) => Err(self.err("lease keep-alive", &lease.to_string())(e)),
-            Err(_) => Err(self.timed_out("lease keep-alive", &lease.to_string())),
+            Ok(Err(e)) => Err(self.err_at(at, "lease keep-alive", &lease.to_string())(e)),
+            Err(_) => Err(self.timed_out_at(at, "lease keep-alive", &lease.to_string())),
         }
     }
 
     async fn revoke(&self, lease: i64) -> R<()> {
-        self.c()
-            .lease_revoke(lease)
-            .await
-            .map_err(self.err("lease revoke", &lease.to_string()))?;
+        let (at, mut client) = self.pick();
+        client.lease_revoke(lease).await.map_err(self.err_at(
+            at,
+            "lease revoke",
+            &lease.to_string(),
+        ))?;
         Ok(())
     }
 
     async fn watch_prefix(&self, prefix: &str, revision: i64) -> R<mpsc::Receiver<Event>> {
+        let (at, mut client) = self.pick();
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut stream = self
-            .c()
+        let mut stream = client
             .watch(prefix, Some(opts))
             .await
-            .map_err(self.err("watch", prefix))?;
+            .map_err(self.err_at(at, "watch", prefix))?;
         let (tx, rx) = mpsc::channel(1024);
         let prefix = prefix.to_string();
         let store = self.clone();
+        let member = at;
         tokio::spawn(async move {
             loop {
                 let msg = match stream.message().await {
@@ -760,7 +785,7 @@ impl KvStore for EtcdStore {
                         tracing::warn!(%prefix, "watch ended: {e}");
                         // The watcher sets up again, on another member if this one failed.
                         if member_unavailable(&e) {
-                            store.fail_over();
+                            store.fail_over(member);
                         }
                         return;
                     }

@@ -48,7 +48,13 @@ async fn a_store_that_knows_the_members_survives_its_member_stopping() {
     let first = cluster.endpoint(0).unwrap();
     let aware = store_on(&first).await;
     let blind = store_on(&first).await;
-    let added = aware.add_members().await.unwrap();
+    // Members publish their client URLs once they serve: ask until all four are known.
+    let mut added = Vec::new();
+    let start = Instant::now();
+    while added.len() < 4 && start.elapsed() < Duration::from_secs(15) {
+        added.extend(aware.add_members().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(added.len(), 4, "{added:?}");
     assert_eq!(aware.endpoints().len(), 5);
     assert!(
