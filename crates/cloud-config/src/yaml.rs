@@ -428,7 +428,7 @@ fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
             return Err(too_many_nodes(line));
         }
         if let Some(a) = anchor {
-            let (count, bytes) = (count_nodes(&node), scalar_bytes(&node));
+            let (count, bytes) = measure(&node);
             anchors.insert(a, (node.clone(), count, bytes));
         }
         match stack.last_mut() {
@@ -460,24 +460,6 @@ fn too_many_nodes(line: usize) -> YamlError {
     }
 }
 
-/// The bytes of a node's scalars (what copying it copies, besides the nodes).
-fn scalar_bytes(node: &Node) -> usize {
-    match &node.kind {
-        NodeKind::Scalar(s) => {
-            s.text.len()
-                + match &s.resolved {
-                    Resolved::Binary(b) => b.len(),
-                    _ => 0,
-                }
-        }
-        NodeKind::Sequence(items) => items.iter().map(scalar_bytes).sum(),
-        NodeKind::Mapping(entries) => entries
-            .iter()
-            .map(|(k, v)| scalar_bytes(k) + scalar_bytes(v))
-            .sum(),
-    }
-}
-
 fn too_deep(line: usize) -> YamlError {
     YamlError {
         message: format!("document is nested more than {MAX_DEPTH} levels deep"),
@@ -486,16 +468,23 @@ fn too_deep(line: usize) -> YamlError {
     }
 }
 
-fn count_nodes(node: &Node) -> usize {
+/// A node's size: how many nodes, and how many bytes of scalar text (what copying it
+/// copies).
+fn measure(node: &Node) -> (usize, usize) {
+    let add = |(n, b): (usize, usize), (m, c): (usize, usize)| (n + m, b + c);
     match &node.kind {
-        NodeKind::Scalar(_) => 1,
-        NodeKind::Sequence(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        NodeKind::Mapping(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| count_nodes(k) + count_nodes(v))
-                .sum::<usize>()
+        NodeKind::Scalar(s) => {
+            let binary = match &s.resolved {
+                Resolved::Binary(b) => b.len(),
+                _ => 0,
+            };
+            (1, s.text.len() + binary)
         }
+        NodeKind::Sequence(items) => items.iter().map(measure).fold((1, 0), add),
+        NodeKind::Mapping(entries) => entries
+            .iter()
+            .map(|(k, v)| add(measure(k), measure(v)))
+            .fold((1, 0), add),
     }
 }
 
