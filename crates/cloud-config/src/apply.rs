@@ -14,6 +14,9 @@
 //! `localhost`, an unknown unit command, an owner that does not exist) is found while
 //! planning, before anything is touched; then every file is written to a temporary file
 //! beside its target, and only when all of them are ready are they renamed into place.
+//! Execution itself is not transactional: host name, users, SSH keys, masks and jobs are
+//! applied in order, and a failure there leaves the earlier ones applied (see
+//! docs/cloud-config.md).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -89,6 +92,14 @@ pub enum ApplyError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// A write whose path goes through a symbolic link that leads out of the root.
+    #[error("{path}: {} is a symbolic link that leads outside the root", link.display())]
+    OutsideRoot {
+        /// The path on the target.
+        path: String,
+        /// The link, on the host.
+        link: PathBuf,
     },
     /// A host command (hostnamectl, useradd, chpasswd) failed.
     #[error("{0}")]
@@ -276,6 +287,32 @@ impl Context {
     /// `path` (absolute on the target) under the root.
     pub fn host_path(&self, path: &str) -> PathBuf {
         self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// `path` under the root, for a write: refused if a symbolic link on the way leads out
+    /// of the root (with `-root DIR`, a link inside DIR must not let a write land outside).
+    pub fn write_path(&self, path: &str) -> Result<PathBuf, ApplyError> {
+        let target = self.host_path(path);
+        let Ok(root) = std::fs::canonicalize(&self.root) else {
+            return Ok(target);
+        };
+        let mut at = self.root.clone();
+        for part in std::path::Path::new(path.trim_start_matches('/')).components() {
+            at.push(part);
+            let is_link = std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink());
+            if !is_link {
+                continue;
+            }
+            // A dangling link would be created through: refuse it as well.
+            let inside = std::fs::canonicalize(&at).is_ok_and(|real| real.starts_with(&root));
+            if !inside {
+                return Err(ApplyError::OutsideRoot {
+                    path: path.to_string(),
+                    link: at,
+                });
+            }
+        }
+        Ok(target)
     }
 }
 
@@ -664,8 +701,8 @@ pub fn execute(
                     staged.commit()?;
                 }
             }
-            Step::Mask(p) => mask(&ctx.host_path(p))?,
-            Step::EnsureUnmasked(p) => ensure_unmasked(&ctx.host_path(p))?,
+            Step::Mask(p) => mask(&ctx.write_path(p)?)?,
+            Step::EnsureUnmasked(p) => ensure_unmasked(&ctx.write_path(p)?)?,
             Step::Enable { unit, runtime } => {
                 systemd.enable_unit_files(std::slice::from_ref(unit), *runtime, true)?
             }
@@ -724,7 +761,7 @@ fn stage_all(
             out.push(Prepared { staged: None });
             continue;
         };
-        let target = ctx.host_path(path);
+        let target = ctx.write_path(path)?;
         if let Some(parent) = target.parent() {
             created_dirs.extend(atomic_file::create_dirs(parent)?);
         }
@@ -790,7 +827,8 @@ fn authorize_keys(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("/home/{user}"));
     let (uid, gid) = (entry.map(|p| p.uid), entry.map(|p| p.gid));
-    let host_home = ctx.host_path(&home);
+    let host_home = ctx.write_path(&home)?;
+    ctx.write_path(&format!("{home}/.ssh/authorized_keys.d/"))?;
     let ssh = host_home.join(".ssh");
     for dir in [ssh.clone(), ssh.join("authorized_keys.d")] {
         for d in atomic_file::create_dirs(&dir)? {

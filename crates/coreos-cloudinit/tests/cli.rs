@@ -523,3 +523,34 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+#[test]
+fn writes_never_leave_the_root_through_a_link() {
+    // -root DIR with DIR/etc a link to a directory outside DIR: the write is refused, and
+    // nothing lands outside (nor inside: nothing is written at all).
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let outside = d.path().join("outside");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+    let ud = d.path().join("ud");
+    std::fs::write(
+        &ud,
+        "#cloud-config\nwrite_files:\n  - path: /etc/escaped\n    content: x\n",
+    )
+    .unwrap();
+    let o = cloudinit(&[
+        "-from-file",
+        ud.to_str().unwrap(),
+        "-root",
+        root.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is a symbolic link that leads outside the root"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}

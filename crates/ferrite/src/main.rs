@@ -83,7 +83,8 @@ enum Cmd {
         cluster: ClusterArg,
         /// The machine, e.g. core-01.
         machine: String,
-        /// A command to run instead of a shell.
+        /// A command line to run instead of a shell: the words are joined with spaces and
+        /// run by core's login shell, as `ssh host CMD` and `vagrant ssh -c CMD` do.
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -281,12 +282,10 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
         "-l",
         "core",
     ]);
+    // As `ssh host CMD` and `vagrant ssh -c CMD`: the words are joined with spaces into one
+    // command line, which core's login shell runs (so `-- 'a; b'` runs two commands).
     if !command.is_empty() {
-        let line: Vec<String> = command
-            .iter()
-            .map(|a| host_command::shell_quote(a))
-            .collect();
-        cmd.arg("-c").arg(line.join(" "));
+        cmd.arg("-c").arg(command.join(" "));
     }
     let status = cmd.status().context("running nsenter")?;
     Ok(ExitCode::from(

@@ -171,8 +171,10 @@ const SETTLE: Duration = Duration::from_millis(30);
 
 /// After registering anew, how long units the engine unscheduled while this machine was
 /// away keep running here, waiting to be scheduled back (pinned units would otherwise be
-/// stopped and started again on every reconnection).
-const HOLD: Duration = Duration::from_secs(5);
+/// stopped and started again on every reconnection). The engine places them back as soon
+/// as it sees the machine — which, after an etcd election, can take its session a few
+/// seconds — and a unit it places elsewhere is not held; so the hold is generous.
+const HOLD: Duration = Duration::from_secs(15);
 
 /// How often the systemd states of this machine's units are compared with what was
 /// published (fleet's unit-state publisher polled systemd every second too).
@@ -490,18 +492,23 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         self.hold_until = Some(tokio::time::Instant::now() + HOLD);
     }
 
-    /// Whether `name`, here but not meant to be, is held rather than unloaded: during the
-    /// hold after (re)registering, a unit that is merely unscheduled (not moved elsewhere,
-    /// not destroyed, not meant to be inactive) stays; the engine is about to place it,
-    /// likely here again (a pinned unit always).
+    /// Whether `name`, here but not meant to be, is held rather than unloaded: while this
+    /// machine's renewals fail (its lease may have lapsed without a renewal having said so
+    /// yet — the engine then unschedules its units) and during the hold after
+    /// (re)registering, a unit that is merely unscheduled (not moved elsewhere, not
+    /// destroyed, not meant to be inactive) stays; the engine is about to place it, likely
+    /// here again (a pinned unit always).
     fn held(
         &self,
         cache: &ClusterCache<S>,
         desired: &BTreeMap<String, (JobState, UnitHash, String)>,
         name: &str,
     ) -> bool {
-        self.hold_until
-            .is_some_and(|h| tokio::time::Instant::now() < h)
+        let holding = self.presence.failing
+            || self
+                .hold_until
+                .is_some_and(|h| tokio::time::Instant::now() < h);
+        holding
             && !desired.contains_key(name)
             && cache.target_of(name).is_none()
             && cache

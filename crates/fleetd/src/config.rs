@@ -20,8 +20,9 @@ pub struct Config {
     pub metadata: BTreeMap<String, String>,
     /// `agent_ttl`, whole seconds (etcd leases have a 2 s minimum).
     pub agent_ttl: i64,
-    /// `engine_reconcile_interval`, seconds: the engine's full pass period, and its leader
-    /// lease is twice this (at least 2 s).
+    /// `engine_reconcile_interval`, seconds: its leader lease lasts this, rounded up (at
+    /// least 2 s, etcd's minimum), and a full pass runs every 15 times this even without
+    /// changes.
     pub engine_reconcile_interval: f64,
     /// `disable_engine`.
     pub disable_engine: bool,

@@ -213,7 +213,7 @@ impl Leadership {
 /// (the leader key's deletion is watched, so a dead leader is replaced as soon as its lease
 /// lapses), and while leading reconciles on every change.
 ///
-/// etcd failures end only the current session: it starts again after a backoff (up to 5 s),
+/// etcd failures end only the current session: it starts again after a backoff (up to 2 s),
 /// so a machine cut off from etcd keeps its engine and rejoins when etcd is back. A leader
 /// cut off stops leading when its lease's time runs out; another engine takes over. A new
 /// session first revokes the lease an earlier one may have held the key under.
@@ -261,7 +261,7 @@ pub async fn run_observed_engine<S: KvStore>(
                     _ = stop.changed() => return Ok(e.stats),
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }

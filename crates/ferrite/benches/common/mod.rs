@@ -92,10 +92,7 @@ impl Env {
             cluster,
             machine,
             "--",
-            "sudo",
-            "sh",
-            "-c",
-            script,
+            &format!("sudo sh -c {}", host_command::shell_quote(script)),
         ]);
         (
             o.status.code().unwrap_or(-1),

@@ -80,9 +80,10 @@ impl Cluster {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    /// `ferrite ssh MACHINE -- sh -c SCRIPT`: (exit code, stdout).
+    /// `ferrite ssh MACHINE -- SCRIPT` (one command line for core's shell): (exit code,
+    /// stdout).
     pub fn sh(&self, machine: &str, script: &str) -> (i32, String) {
-        let o = self.ferrite(&["ssh", machine, "--", "sh", "-c", script]);
+        let o = self.ferrite(&["ssh", machine, "--", script]);
         (
             o.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&o.stdout).into_owned(),
