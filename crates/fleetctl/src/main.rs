@@ -1,11 +1,12 @@
 //! `fleetctl`: fleet's command-line client.
 //!
 //! Commands, flags, table layouts, messages and exit codes follow fleet v0.11: `list-machines`,
-//! `list-units`, `list-unit-files` (`--fields`, `--full`/`-l`, `--no-legend`), `submit`,
-//! `load`, `start`, `stop`, `unload` (`--no-block`, `--block-attempts`, and fleet 0.13's
-//! `--replace` on submit/load/start), `destroy`, `cat`,
-//! `status`, `journal`, `ssh`, `version`, `help`. Global flags go before the command and can
-//! come from `FLEETCTL_*`.
+//! `list-units`, `list-unit-files` (`--fields`, `--full`, `-l` where fleet had it,
+//! `--no-legend`), `submit`, `load`, `start`, `stop`, `unload` (`--no-block`,
+//! `--block-attempts`, and fleet 1.0's `--replace` protocol on submit/load/start), 1.0's
+//! `restart`, `destroy`, `cat`, `status`, `journal`, `ssh`, `version`, `help`. Global flags go
+//! before the command and can come from `FLEETCTL_*`; each command declares its flags, and
+//! any other fails as Go's flag package failed (exit 2).
 //!
 //! Drivers as fleet's: `--driver=api` (default) speaks fleetd's HTTP API at `--endpoint`
 //! (default `unix:///var/run/fleet.sock`); `--driver=etcd` reads fleet's keyspace in etcd
@@ -17,6 +18,9 @@
 //! its API socket (or forwards to a TCP endpoint), and `status`/`journal`/`ssh` hop through
 //! it. `--ca-file`, `--cert-file` and `--key-file` give the etcd driver TLS (in builds with the
 //! `tls` feature). Not yet: `--tunnel` with the etcd driver.
+//!
+//! Next: parse with clap behind the Go-spelling shim coreos-cloudinit has, one function per
+//! command, and split this file along its seams (commands, waiting, unit lookup).
 
 mod client;
 mod remote;

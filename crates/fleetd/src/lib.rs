@@ -23,10 +23,17 @@
 //! feature), SIGHUP reloads (address, metadata and fencing in place through
 //! `run_reconfigurable_agent`; the engine restarted) and the API sockets.
 //!
-//! Next: the cost of a thousand units, about twice what systemd alone needs on a 2-core
-//! machine (`crates/ferrite/benches/fleet.rs`; the burst is CPU-bound there, and the
-//! agent's pass log at debug level times each step); failover under 2 s when the dead
-//! machine also led etcd's raft.
+//! Leadership is an explicit state (`engine::Leadership`); the agent's watches restart on
+//! their own timer; a unit's failed task is that unit's alone (retried with backoff).
+//!
+//! Next: the agent loop's remaining
+//! flags (`dirty`, `settle`, `backoff`, `republish`, `hold_until`, `refence`) as explicit
+//! presence and watch states fed by one event enum, with presence and fencing timing
+//! unit-tested on paused time; zbus through its tokio integration in `systemd.rs` instead
+//! of the blocking pool; bounds on the unit-content cache and on unit blobs in etcd under
+//! `--replace` churn; `SimManager` and the partitionable `MemoryStore` behind
+//! `test-support`; `agent.rs` split along its seams. Then the cost of a thousand units,
+//! about twice what systemd alone needs on a 2-core machine (`crates/ferrite/benches/fleet.rs`).
 
 pub mod agent;
 pub mod api;
