@@ -479,36 +479,37 @@ fn nothing_is_written_when_any_file_cannot_be() {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     // /etc/blocked is a file, so /etc/blocked/x cannot be written.
     std::fs::write(root.join("etc/blocked"), "").unwrap();
-    let ud = d.path().join("ud");
-    std::fs::write(
-        &ud,
+    let (code, err) = apply_under(
+        &root,
         "#cloud-config\nwrite_files:\n  - path: /etc/first\n    content: one\n  - path: /etc/blocked/x\n    content: two\ncoreos:\n  units:\n    - name: a.service\n      content: \"[Service]\\nExecStart=/bin/true\\n\"\n",
-    )
-    .unwrap();
-    let o = cloudinit(&[
-        "-from-file",
-        ud.to_str().unwrap(),
-        "-root",
-        root.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(err.contains("/etc/blocked"), "{err}");
     let mut left: Vec<String> = walk(&root);
     left.sort();
     assert_eq!(left, vec!["etc", "etc/blocked"], "nothing else was created");
 
     // An owner that does not exist is found while planning, before any write.
-    std::fs::write(&ud, "#cloud-config\nwrite_files:\n  - path: /etc/first\n    content: one\n  - path: /etc/second\n    owner: nosuchuser\n").unwrap();
+    let (code, err) = apply_under(&root, "#cloud-config\nwrite_files:\n  - path: /etc/first\n    content: one\n  - path: /etc/second\n    owner: nosuchuser\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nosuchuser"), "{err}");
+    assert!(!root.join("etc/first").exists());
+}
+
+/// Applies `user_data` under `root` (the user-data file beside it): exit code and stderr.
+fn apply_under(root: &Path, user_data: &str) -> (Option<i32>, String) {
+    let ud = root.with_extension("user-data");
+    std::fs::write(&ud, user_data).unwrap();
     let o = cloudinit(&[
         "-from-file",
         ud.to_str().unwrap(),
         "-root",
         root.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("nosuchuser"));
-    assert!(!root.join("etc/first").exists());
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn walk(dir: &Path) -> Vec<String> {
@@ -534,20 +535,11 @@ fn writes_never_leave_the_root_through_a_link() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
-    let ud = d.path().join("ud");
-    std::fs::write(
-        &ud,
+    let (code, err) = apply_under(
+        &root,
         "#cloud-config\nwrite_files:\n  - path: /etc/escaped\n    content: x\n",
-    )
-    .unwrap();
-    let o = cloudinit(&[
-        "-from-file",
-        ud.to_str().unwrap(),
-        "-root",
-        root.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    );
+    assert_eq!(code, Some(1));
     assert!(
         err.contains("is a symbolic link that leads outside the root"),
         "{err}"
