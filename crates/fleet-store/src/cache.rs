@@ -168,6 +168,9 @@ impl<S: KvStore> ClusterCache<S> {
         &self,
         want_text: impl Fn(&JobRecord) -> bool,
     ) -> Result<Vec<JobRecord>, RegistryError> {
-        self.reg.job_records(&self.jobs, want_text).await
+        let records = self.reg.job_records(&self.jobs, want_text).await?;
+        // The cache holds every job: texts of replaced or destroyed units can go.
+        self.reg.keep_texts_of(&self.jobs);
+        Ok(records)
     }
 }

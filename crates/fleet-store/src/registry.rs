@@ -476,7 +476,34 @@ impl<S: KvStore> Registry<S> {
         for kv in kvs {
             parts.set(&kv.key[base.len()..], kv.value);
         }
-        Ok((self.job_records(&parts, |_| true).await?, revision))
+        let records = self.job_records(&parts, |_| true).await?;
+        self.keep_texts_of(&parts);
+        Ok((records, revision))
+    }
+
+    /// Forgets cached unit texts no job in `all` (every job of the cluster) refers to any
+    /// more: replaced and destroyed units' texts do not pile up in memory.
+    pub fn keep_texts_of(&self, all: &JobFields) {
+        // No more texts than jobs: nothing can be stale enough to matter (and nothing is
+        // parsed on the common path).
+        if self.cached_texts() <= all.0.len() {
+            return;
+        }
+        let live: std::collections::HashSet<UnitHash> = all
+            .0
+            .values()
+            .filter_map(|f| f.get("object"))
+            .filter_map(|o| serde_json::from_slice::<JobJson>(o).ok())
+            .map(|j| UnitHash(j.UnitHash))
+            .collect();
+        if let Ok(mut cache) = self.units.lock() {
+            cache.retain(|h, _| live.contains(h));
+        }
+    }
+
+    /// How many unit texts are cached (for tests and measurements).
+    pub fn cached_texts(&self) -> usize {
+        self.units.lock().map_or(0, |c| c.len())
     }
 
     /// One unit with its placement and text, if it exists.

@@ -221,6 +221,22 @@ async fn registry_flows<S: KvStore>(store: S) {
     reg.resign(lease2).await.unwrap();
     assert_eq!(reg.leader().await.unwrap(), None);
 
+    // Texts of replaced content are not kept once no job refers to them.
+    for n in 0..10 {
+        reg.replace_unit(
+            "hello.service",
+            &format!("[Service]\nExecStart=/bin/echo {n}\n"),
+        )
+        .await
+        .unwrap();
+        reg.jobs().await.unwrap();
+    }
+    assert!(
+        reg.cached_texts() <= 1,
+        "{} texts cached",
+        reg.cached_texts()
+    );
+
     // Destroy.
     assert!(reg.destroy_unit("hello.service").await.unwrap());
     assert!(!reg.destroy_unit("hello.service").await.unwrap());
