@@ -448,6 +448,9 @@ async fn wait_for(
     want: JobState,
     attempts: u32,
 ) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
     let mut tries = 0u32;
     let mut pending: Vec<String> = names.to_vec();
     loop {
