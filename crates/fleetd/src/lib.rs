@@ -26,7 +26,15 @@
 //! Leadership is an explicit state (`engine::Leadership`); the agent's watches restart on
 //! their own timer; a unit's failed task is that unit's alone (retried with backoff).
 //!
-//! Next: the agent loop's remaining
+//! Next, first: 900 more units now take 11.0–12.6 s to active on one machine (6.6–7.6 s
+//! before the per-unit failure handling, the fenced-unit binding, the engine's `until`
+//! and the store's failover), and fleetctl's creation of them twice as long (10–12 s):
+//! fleetd's single thread is busier during the burst. Unmeasured suspects: leadership
+//! stepping down when a renewal is late under load (each new leadership runs a full pass),
+//! the bindings' file calls and the double parse of each loaded unit (`fenced`) on the
+//! runtime thread. Find it with the pass timing at debug level before changing anything.
+//!
+//! Then: the agent loop's remaining
 //! flags (`dirty`, `settle`, `backoff`, `republish`, `hold_until`, `refence`) as explicit
 //! presence and watch states fed by one event enum, with presence and fencing timing
 //! unit-tested on paused time; zbus through its tokio integration in `systemd.rs` instead
