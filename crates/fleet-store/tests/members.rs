@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use fleet_store::testing::LocalCluster;
 use fleet_store::{EtcdStore, Event, KvStore};
 
+/// The tests here start many etcd members on ports picked by binding and releasing them;
+/// one at a time, two clusters cannot be handed the same port.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn store_on(endpoint: &str) -> EtcdStore {
     let start = Instant::now();
     loop {
@@ -43,6 +47,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_knows_the_members_survives_its_member_stopping() {
+    let _serial = SERIAL.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut cluster = LocalCluster::start(tmp.path(), 5).unwrap();
     let first = cluster.endpoint(0).unwrap();
@@ -51,7 +56,7 @@ async fn a_store_that_knows_the_members_survives_its_member_stopping() {
     // Members publish their client URLs once they serve: ask until all four are known.
     let mut added = Vec::new();
     let start = Instant::now();
-    while added.len() < 4 && start.elapsed() < Duration::from_secs(15) {
+    while added.len() < 4 && start.elapsed() < Duration::from_secs(30) {
         added.extend(aware.add_members().await.unwrap());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -137,6 +142,7 @@ fn signal(pid: u32, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_a_member_that_goes_silent_ends() {
+    let _serial = SERIAL.lock().await;
     // A member whose machine is cut off neither answers nor closes its connections: the
     // store's pings find it, the watch ends, and a new one on another member sees changes.
     let tmp = tempfile::tempdir().unwrap();
