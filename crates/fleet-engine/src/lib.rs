@@ -91,6 +91,10 @@ struct Cluster<'a> {
     jobs: BTreeMap<&'a str, &'a Job>,
     machines: BTreeMap<&'a str, &'a Machine>,
     units: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// Each machine's units that conflict with or replace others: the only ones a unit
+    /// without such rules of its own has to be checked against (a machine of a thousand
+    /// plain units costs nothing per placement).
+    constrained: BTreeMap<&'a str, BTreeSet<&'a str>>,
     /// (load, machine id), for least-loaded order.
     by_load: BTreeSet<(usize, &'a str)>,
     target: BTreeMap<&'a str, &'a str>,
@@ -121,10 +125,22 @@ impl<'a> Cluster<'a> {
             }
         }
         let by_load = units.iter().map(|(m, u)| (u.len(), *m)).collect();
+        let constrained = units
+            .iter()
+            .map(|(m, set)| {
+                let c = set
+                    .iter()
+                    .copied()
+                    .filter(|u| jobs.get(u).is_some_and(|j| constrains(j)))
+                    .collect();
+                (*m, c)
+            })
+            .collect();
         Self {
             jobs,
             machines,
             units,
+            constrained,
             by_load,
             target,
         }
@@ -138,6 +154,9 @@ impl<'a> Cluster<'a> {
                 self.by_load.insert((before + 1, machine));
             }
         }
+        if self.jobs.get(job).is_some_and(|j| constrains(j)) {
+            self.constrained.entry(machine).or_default().insert(job);
+        }
     }
 
     fn remove(&mut self, machine: &'a str, job: &'a str) {
@@ -147,6 +166,9 @@ impl<'a> Cluster<'a> {
                 self.by_load.remove(&(before, machine));
                 self.by_load.insert((before - 1, machine));
             }
+        }
+        if let Some(set) = self.constrained.get_mut(machine) {
+            set.remove(job);
         }
     }
 
@@ -170,7 +192,14 @@ impl<'a> Cluster<'a> {
             return Able::No(format!("peer {p} is not on this machine"));
         }
         let mut replaced = Vec::new();
-        for other in here.into_iter().flatten() {
+        // A unit that neither conflicts with nor replaces anything can only be kept off the
+        // machine by units that do: only those are checked.
+        let others = if constrains(job) {
+            here
+        } else {
+            self.constrained.get(machine)
+        };
+        for other in others.into_iter().flatten() {
             if *other == job.name {
                 continue;
             }
@@ -189,6 +218,11 @@ impl<'a> Cluster<'a> {
             Able::Replace(replaced)
         }
     }
+}
+
+/// Whether a job's rules concern other units on its machine (`Conflicts`, `Replaces`).
+fn constrains(j: &Job) -> bool {
+    !j.requirements.conflicts.is_empty() || !j.requirements.replaces.is_empty()
 }
 
 /// One engine pass: the decisions that bring the schedule in line with the snapshot.
