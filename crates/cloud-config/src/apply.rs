@@ -827,8 +827,9 @@ fn authorize_keys(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("/home/{user}"));
     let (uid, gid) = (entry.map(|p| p.uid), entry.map(|p| p.gid));
-    let host_home = ctx.write_path(&home)?;
+    // The deepest directory written: every link on the way to it is checked.
     ctx.write_path(&format!("{home}/.ssh/authorized_keys.d/"))?;
+    let host_home = ctx.host_path(&home);
     let ssh = host_home.join(".ssh");
     for dir in [ssh.clone(), ssh.join("authorized_keys.d")] {
         for d in atomic_file::create_dirs(&dir)? {

@@ -767,18 +767,6 @@ impl<S: KvStore> Registry<S> {
         ))
     }
 
-    /// Gives up leadership held under `lease` (graceful shutdown): the key is deleted if,
-    /// and only if, that lease holds it. Revoking the lease has the same effect.
-    pub async fn resign(&self, lease: i64) -> R<()> {
-        let key = self.key("lease/engine-leader");
-        if let Some(kv) = self.store.get(&key).await? {
-            if kv.lease == lease {
-                self.store.delete_if_value(&key, &kv.value).await?;
-            }
-        }
-        Ok(())
-    }
-
     // --- watches ----------------------------------------------------------------------------
 
     /// Changes to jobs (targets, desired states …) after `revision`.

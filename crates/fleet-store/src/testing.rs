@@ -27,18 +27,32 @@ impl LocalEtcd {
     /// Starts etcd with its data under `parent` (a temporary directory there) and
     /// clients served on `scheme` (`http` or `https`), plus `extra` arguments.
     pub fn start(parent: &Path, scheme: &str, extra: &[String]) -> std::io::Result<Self> {
-        let dir = tempfile::tempdir_in(parent)?;
         let (client, peer) = (free_port()?, free_port()?);
-        let endpoint = format!("{scheme}://127.0.0.1:{client}");
-        let peer = format!("http://127.0.0.1:{peer}");
+        let initial = format!("local=http://127.0.0.1:{peer}");
+        Self::member(parent, "local", scheme, (client, peer), &initial, extra)
+    }
+
+    /// One member named `name`, clients on `scheme` at `ports.0`, peers at `ports.1`, in
+    /// the cluster `initial` (etcd's `--initial-cluster`).
+    fn member(
+        parent: &Path,
+        name: &str,
+        scheme: &str,
+        ports: (u16, u16),
+        initial: &str,
+        extra: &[String],
+    ) -> std::io::Result<Self> {
+        let dir = tempfile::tempdir_in(parent)?;
+        let endpoint = format!("{scheme}://127.0.0.1:{}", ports.0);
+        let peer = format!("http://127.0.0.1:{}", ports.1);
         let child = Command::new("etcd")
-            .args(["--name", "local", "--data-dir"])
+            .args(["--name", name, "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &endpoint])
             .args(["--advertise-client-urls", &endpoint])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("local={peer}")])
+            .args(["--initial-cluster", initial])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -85,28 +99,13 @@ impl LocalCluster {
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
         let initial = initial.join(",");
+        let new = ["--initial-cluster-state".to_string(), "new".to_string()];
         let mut members = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let dir = tempfile::tempdir_in(parent)?;
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer = format!("http://127.0.0.1:{peer}");
-            let child = Command::new("etcd")
-                .args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            members.push(Some(LocalEtcd {
-                child,
-                endpoint,
-                _dir: dir,
-            }));
+        for (i, ports) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            members.push(Some(LocalEtcd::member(
+                parent, &name, "http", *ports, &initial, &new,
+            )?));
         }
         Ok(Self { members })
     }

@@ -184,9 +184,9 @@ async fn registry_flows<S: KvStore>(store: S) {
     let lease3 = store.grant_lease(2).await.unwrap();
     assert!(!reg.try_lead("m1", lease3).await.unwrap());
     assert!(reg.try_lead("m1", lease).await.unwrap(), "asking again");
-    reg.resign(lease3).await.unwrap();
-    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("m1"));
+    // Giving up another lease leaves m1's leadership alone.
     store.revoke(lease3).await.unwrap();
+    assert_eq!(reg.leader().await.unwrap().as_deref(), Some("m1"));
 
     // The lease lapses: machine, job-state, state and leadership go with it.
     let mut machines_watch = reg.watch_machines(0).await.unwrap();
@@ -218,7 +218,8 @@ async fn registry_flows<S: KvStore>(store: S) {
         reg.try_lead("m2", lease2).await.unwrap(),
         "m2 takes over the lapsed leadership"
     );
-    reg.resign(lease2).await.unwrap();
+    // Resigning is revoking the lease: the key goes with it.
+    store.revoke(lease2).await.unwrap();
     assert_eq!(reg.leader().await.unwrap(), None);
 
     // Texts of replaced content are not kept once no job refers to them.

@@ -570,10 +570,11 @@ fn block_attempts(flags: &BTreeMap<String, String>) -> u32 {
 /// `load`, `start`, `unload`, and with `stop` true `stop` (desired state `loaded`, with
 /// stop's checks and words).
 async fn set_state(g: &Global, args: &[String], want: JobState, stop: bool) -> Outcome {
-    let switches: &[&str] = match want {
-        _ if stop => &["no-block"],
-        JobState::Inactive => &["no-block"],
-        _ => &["no-block", "replace"],
+    // stop and unload replace nothing.
+    let switches: &[&str] = if stop || want == JobState::Inactive {
+        &["no-block"]
+    } else {
+        &["no-block", "replace"]
     };
     let (flags, units) = parse_flags(args, &["block-attempts"], switches)?;
     let reg = registry(g).await?;

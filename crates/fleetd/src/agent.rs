@@ -436,11 +436,18 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         self.failures.values().map(|f| f.retry_at).min()
     }
 
-    fn fenced(&self, name: &str, text: &str) -> bool {
-        let opts = systemd_unit::fleet::deserialize(text).unwrap_or_default();
-        Requirements::from_options(name, &opts)
-            .fencing
-            .unwrap_or(self.fencing)
+    /// Whether the unit with this content is fenced: its own `Fencing=`, else the cluster's
+    /// setting. Its requirements are read from the pass's cache when they are there (a pass
+    /// parses every unit's once), else from the text.
+    fn fenced(&self, name: &str, hash: UnitHash, text: &str) -> bool {
+        let own = match self.reqs.get(&(name.to_string(), hash)) {
+            Some(r) => r.fencing,
+            None => {
+                let opts = systemd_unit::fleet::deserialize(text).unwrap_or_default();
+                Requirements::from_options(name, &opts).fencing
+            }
+        };
+        own.unwrap_or(self.fencing)
     }
 
     /// Whether fenced units are running (so the fencing timer matters).
@@ -554,8 +561,8 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         let mut rebound = false;
         if std::mem::take(&mut self.refence) {
             let mut binds = Vec::new();
-            for (name, (_, _, text)) in &desired {
-                let fenced = self.fenced(name, text);
+            for (name, (_, hash, text)) in &desired {
+                let fenced = self.fenced(name, *hash, text);
                 if let Some(l) = self.current.get_mut(name) {
                     if l.fenced != fenced {
                         binds.push((name.clone(), fenced));
@@ -575,7 +582,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             t.start.retain(|n| {
                 !desired
                     .get(n)
-                    .is_some_and(|(_, _, text)| self.fenced(n, text))
+                    .is_some_and(|(_, hash, text)| self.fenced(n, *hash, text))
             });
         }
         // Units whose last task failed wait for their retry time; the rest go on.
@@ -638,7 +645,10 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 .load
                 .iter()
                 .filter(|(n, _)| !failed.contains(n))
-                .map(|(n, text)| (n.clone(), self.fenced(n, text)))
+                .filter_map(|(n, text)| {
+                    let (_, hash, _) = desired.get(n)?;
+                    Some((n.clone(), self.fenced(n, *hash, text)))
+                })
                 .collect();
             for (name, e) in self.manager.bind(&binds).await {
                 let hash = desired.get(&name).map(|(_, h, _)| *h);
@@ -651,7 +661,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 continue;
             }
             if let Some((_, hash, _)) = desired.get(name) {
-                let fenced = self.fenced(name, text);
+                let fenced = self.fenced(name, *hash, text);
                 self.current.insert(
                     name.clone(),
                     Local {
@@ -965,7 +975,7 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
         let Ok(hash) = UnitHash::of_text(&text) else {
             continue;
         };
-        let fenced = agent.fenced(&name, &text);
+        let fenced = agent.fenced(&name, hash, &text);
         agent.current.insert(
             name,
             Local {
@@ -1169,8 +1179,14 @@ pub struct SimManager {
     units: Arc<std::sync::Mutex<BTreeMap<String, SimUnit>>>,
     /// (unit, step) pairs that fail: step is `load`, `start`, `stop` or `unload`.
     refused: Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String)>>>,
-    /// Units bound to fleetd (fenced).
-    bound: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// Runs `f` on what `m` guards, also after a panic elsewhere poisoned it.
+fn locked<T, U>(m: &std::sync::Mutex<T>, f: impl FnOnce(&mut T) -> U) -> U {
+    match m.lock() {
+        Ok(mut g) => f(&mut g),
+        Err(poisoned) => f(&mut poisoned.into_inner()),
+    }
 }
 
 /// One unit a [`SimManager`] has loaded.
@@ -1184,20 +1200,14 @@ struct SimUnit {
 
 impl SimManager {
     fn with<T>(&self, f: impl FnOnce(&mut BTreeMap<String, SimUnit>) -> T) -> T {
-        match self.units.lock() {
-            Ok(mut u) => f(&mut u),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        locked(&self.units, f)
     }
 
     fn refusals<T>(
         &self,
         f: impl FnOnce(&mut std::collections::BTreeSet<(String, String)>) -> T,
     ) -> T {
-        match self.refused.lock() {
-            Ok(mut r) => f(&mut r),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        locked(&self.refused, f)
     }
 
     /// Makes `step` (`load`, `start`, `stop` or `unload`) fail for `unit` from now on.
@@ -1243,14 +1253,6 @@ impl SimManager {
         self.with(|u| u.get(name).map_or(0, |s| s.starts))
     }
 
-    /// The units bound to fleetd now (see [`UnitManager::bind`]).
-    pub fn bound(&self) -> Vec<String> {
-        match self.bound.lock() {
-            Ok(b) => b.iter().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
-        }
-    }
-
     /// The units loaded now (running or not).
     pub fn loaded(&self) -> Vec<String> {
         self.with(|u| u.keys().cloned().collect())
@@ -1274,26 +1276,8 @@ impl UnitManager for SimManager {
         Ok(())
     }
 
-    async fn bind(&mut self, units: &[(String, bool)]) -> Vec<(String, String)> {
-        let mut bound = match self.bound.lock() {
-            Ok(b) => b,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for (name, fenced) in units {
-            if *fenced {
-                bound.insert(name.clone());
-            } else {
-                bound.remove(name);
-            }
-        }
-        Vec::new()
-    }
-
     async fn unload(&mut self, name: &str) -> Result<(), String> {
         self.check(name, "unload")?;
-        if let Ok(mut b) = self.bound.lock() {
-            b.remove(name);
-        }
         self.with(|u| u.remove(name));
         Ok(())
     }

@@ -78,9 +78,9 @@ async fn connect(cfg: &Config) -> Result<EtcdStore, StoreError> {
 /// How often fleetd asks etcd for its members.
 const MEMBERS_PERIOD: Duration = Duration::from_secs(60);
 
-/// Balances fleetd's requests over every member of the etcd cluster, not only the
-/// configured endpoints (usually the machine's own member): stopping one member then
-/// moves nothing. A failure is logged and tried again at the next period.
+/// Teaches the store every member of the etcd cluster, not only the configured endpoints
+/// (usually the machine's own member), so that it can fail over to them: stopping one
+/// member then moves nothing. A failure is logged and tried again at the next period.
 async fn learn_members(store: &EtcdStore) {
     match store.add_members().await {
         Ok(added) if !added.is_empty() => {

@@ -26,8 +26,8 @@ const FENCE_DROPIN: &str = "50-fleet-fence.conf";
 
 impl SystemdManager {
     /// Connects to the system bus; unit files go to `dir` (fleet: `/run/fleet/units`).
-    /// Fenced units are bound to `bind_to` — fleetd's own unit — with a drop-in under
-    /// `dropins` (`/run/systemd/system`), so systemd stops them when fleetd dies.
+    /// Fenced units are bound to `bind_to`'s unit — fleetd's own — with a drop-in under
+    /// its directory (`/run/systemd/system`), so systemd stops them when fleetd dies.
     pub fn connect(
         dir: PathBuf,
         bind_to: Option<(String, PathBuf)>,
@@ -37,14 +37,6 @@ impl SystemdManager {
             dir,
             bind_to,
         })
-    }
-
-    fn dropin(&self, unit: &str) -> Option<(String, PathBuf)> {
-        let (bind, root) = self.bind_to.as_ref()?;
-        Some((
-            bind.clone(),
-            root.join(format!("{unit}.d")).join(FENCE_DROPIN),
-        ))
     }
 
     async fn with<T: Send + 'static>(
@@ -129,6 +121,11 @@ fn link_in(
     }
 }
 
+/// Where the drop-in that binds `unit` to fleetd goes, under `root`.
+fn dropin_path(root: &std::path::Path, unit: &str) -> PathBuf {
+    root.join(format!("{unit}.d")).join(FENCE_DROPIN)
+}
+
 /// Writes (`bound`) or removes the drop-in at `path` that binds a unit to `bind`:
 /// `BindsTo=` stops the unit when `bind` stops or fails — also when systemd restarts it
 /// after a crash — and `After=` orders its stop before `bind`'s.
@@ -200,23 +197,34 @@ impl UnitManager for SystemdManager {
     }
 
     async fn bind(&mut self, units: &[(String, bool)]) -> Vec<(String, String)> {
-        let mut failed = Vec::new();
-        for (name, fenced) in units {
-            let Some((bind, path)) = self.dropin(name) else {
-                if *fenced {
-                    tracing::warn!(
-                        unit = %name,
-                        "fleetd does not run as a systemd service: this fenced unit is not \
-                         bound to it and would outlive a crash of fleetd"
-                    );
-                }
-                continue;
-            };
-            if let Err(e) = write_binding(&path, *fenced, &bind) {
-                failed.push((name.clone(), e));
+        let Some((bind, root)) = self.bind_to.clone() else {
+            for (name, _) in units.iter().filter(|(_, fenced)| *fenced) {
+                tracing::warn!(
+                    unit = %name,
+                    "fleetd does not run as a systemd service: this fenced unit is not \
+                     bound to it and would outlive a crash of fleetd"
+                );
             }
+            return Vec::new();
+        };
+        let todo = units.to_vec();
+        // Files on the blocking pool, as the loads: the runtime thread keeps serving.
+        let written = tokio::task::spawn_blocking(move || {
+            todo.into_iter()
+                .filter_map(|(name, fenced)| {
+                    let e = write_binding(&dropin_path(&root, &name), fenced, &bind).err()?;
+                    Some((name, e))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        match written {
+            Ok(failed) => failed,
+            Err(e) => units
+                .iter()
+                .map(|(n, _)| (n.clone(), e.to_string()))
+                .collect(),
         }
-        failed
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
@@ -227,8 +235,8 @@ impl UnitManager for SystemdManager {
             d.reset_failed(&n)
         })
         .await?;
-        if let Some((bind, path)) = self.dropin(name) {
-            write_binding(&path, false, &bind)?;
+        if let Some((bind, root)) = &self.bind_to {
+            write_binding(&dropin_path(root, name), false, bind)?;
         }
         match std::fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
