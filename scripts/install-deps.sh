@@ -40,3 +40,48 @@ if ((${#missing[@]})); then
     $SUDO systemctl disable --now etcd.service >/dev/null 2>&1 || true
   fi
 fi
+
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+
+# QEMU, for the tests that boot a real kernel. On Debian 12 it comes from bookworm-backports
+# (10.x, as qemu-utils may already be; bookworm's own 7.2 would replace that qemu-utils).
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+  if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+    src=/etc/apt/sources.list.d/ferrite-bookworm-backports.sources
+    if [[ ! -f $src ]]; then
+      uri=$(awk '/^URIs:/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+      printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "${uri:-http://deb.debian.org/debian}" | $SUDO tee "$src" >/dev/null
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      -t bookworm-backports qemu-system-x86
+  else
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86
+  fi
+fi
+
+# A Debian cloud kernel for those tests, unpacked from its package into the cache (never
+# installed on the host: nothing in /boot or /lib/modules changes).
+kernel_dir="${FERRITE_CACHE_DIR:-/var/cache/ferrite}/kernel"
+if [[ ! -f $kernel_dir/vmlinuz ]]; then
+  meta=linux-image-cloud-amd64
+  apt-cache show "$meta" >/dev/null 2>&1 || meta=linux-image-virtual   # Ubuntu
+  pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-/ { print $2; exit }')
+  if [[ -z $pkg ]]; then
+    $SUDO apt-get update -qq
+    pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-/ { print $2; exit }')
+  fi
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && apt-get download -q "$pkg" >/dev/null 2>&1 || $SUDO apt-get download -q "$pkg")
+  dpkg-deb -x "$tmp"/*.deb "$tmp/x"
+  $SUDO mkdir -p "$kernel_dir"
+  $SUDO cp "$tmp"/x/boot/vmlinuz-* "$kernel_dir/vmlinuz.tmp"
+  echo "$pkg" | $SUDO tee "$kernel_dir/package" >/dev/null
+  $SUDO mv "$kernel_dir/vmlinuz.tmp" "$kernel_dir/vmlinuz"
+  rm -rf "$tmp"
+  trap - EXIT
+fi

@@ -71,7 +71,7 @@ fn up_until_healthy(
 fn print_memory(e: &Env, cluster: &str, label: &str) {
     let state = ClusterState::load(&e.paths(), cluster).unwrap();
     for m in &state.machines {
-        let r = machine_launcher::memory(m).unwrap();
+        let r = machine_launcher::memory(&machine_launcher::RealHost, m).unwrap();
         println!(
             "  {label} {}: PSS {:.1} MiB (RSS {:.1} MiB); memory cgroup {:.1} MiB (anon {:.1}, cache {:.1})",
             m.name,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use machine_image::{BuildSpec, Channel};
-use machine_launcher::{ClusterState, Paths, Settings, UpOptions};
+use machine_launcher::{ClusterState, Paths, RealHost, Settings, UpOptions};
 
 /// The chapter's user-data (CoreOS Essentials, chapter 1), the default.
 const CHAPTER_USER_DATA: &str = include_str!("../../../examples/user-data");
@@ -240,6 +240,7 @@ fn cmd_up(
     tracing::info!(image = %image.path.display(), cached = image.cached, seconds = image.seconds, "image ready");
     let exe = std::env::current_exe().context("finding the ferrite executable")?;
     let state = machine_launcher::up(
+        &RealHost,
         &paths,
         &UpOptions {
             cluster,
@@ -265,7 +266,7 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
     let paths = Paths::from_env();
     let state = ClusterState::load(&paths, cluster)?;
     let m = state.machine(machine)?;
-    let pid = machine_launcher::init_pid(m)
+    let pid = machine_launcher::init_pid(&RealHost, m)
         .ok_or_else(|| machine_launcher::Error::NotRunning(m.name.clone()))?;
     let mut cmd = Command::new("nsenter");
     cmd.args([
@@ -300,7 +301,7 @@ fn cmd_status(cluster: &str) -> Result<ExitCode> {
         "{:<12} {:<9} {:<16} {}",
         "NAME", "STATE", "ADDRESS", "USR"
     ))?;
-    for s in machine_launcher::status(&state) {
+    for s in machine_launcher::status(&RealHost, &state) {
         out(format!(
             "{:<12} {:<9} {:<16} {}",
             s.name, s.state, s.ip, s.usr
@@ -313,7 +314,7 @@ fn cmd_halt(cluster: &str, machine: &str, force: bool) -> Result<ExitCode> {
     let paths = Paths::from_env();
     let _lock = machine_launcher::lock_existing(&paths, cluster)?;
     let mut state = ClusterState::load(&paths, cluster)?;
-    machine_launcher::halt(&paths, &mut state, machine, force)?;
+    machine_launcher::halt(&RealHost, &paths, &mut state, machine, force)?;
     out(format!("{machine}: stopped"))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -323,13 +324,14 @@ fn cmd_reload(cluster: &str, machine: &str) -> Result<ExitCode> {
     let state = {
         let _lock = machine_launcher::lock_existing(&paths, cluster)?;
         let mut state = ClusterState::load(&paths, cluster)?;
-        machine_launcher::halt(&paths, &mut state, machine, false)?;
+        machine_launcher::halt(&RealHost, &paths, &mut state, machine, false)?;
         state
     };
     let channel = parse_channel(&state.settings.channel)?;
     let image = build_image(channel)?;
     let ud = paths.state.join("clusters").join(cluster).join("user-data");
     machine_launcher::up(
+        &RealHost,
         &paths,
         &UpOptions {
             cluster: cluster.to_string(),
@@ -391,12 +393,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_halt(&cluster.cluster, &machine, force),
         Cmd::Reload { cluster, machine } => cmd_reload(&cluster.cluster, &machine),
         Cmd::Destroy { cluster } => {
-            machine_launcher::destroy(&Paths::from_env(), &cluster.cluster)?;
+            machine_launcher::destroy(&RealHost, &Paths::from_env(), &cluster.cluster)?;
             out(format!("cluster {:?} destroyed", cluster.cluster))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Boot { cgroups, command } => {
-            machine_launcher::sys::join_cgroups(&cgroups)?;
+            machine_launcher::cgroup::join(&RealHost, &cgroups, std::process::id())?;
             let Some((prog, args)) = command.split_first() else {
                 bail!("__boot needs a command");
             };

@@ -125,8 +125,33 @@ impl Cluster {
 
     pub fn destroy_and_check(&mut self) {
         let json = self.cluster_json();
+        // A user's `tail -F` of a console log is not the launcher's to stop (`-F`: it keeps
+        // running while the file does not exist yet).
+        let console = self
+            .state
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("machines")
+            .join(json["machines"][0]["name"].as_str().unwrap_or("core-01"))
+            .join("console.log");
+        let mut bystander = Command::new("tail")
+            .arg("-F")
+            .arg(&console)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         self.ok(&["destroy"]);
         self.destroyed = true;
+        let survived = bystander.try_wait().unwrap().is_none();
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+        assert!(
+            survived,
+            "destroy killed a user's `tail -f {}`",
+            console.display()
+        );
         // Nothing left: processes, namespaces, mounts, cgroups, files.
         for m in json["machines"].as_array().unwrap() {
             if let Some(pid) = m["pid"].as_u64() {

@@ -1,0 +1,393 @@
+//! `ferrite up`: the cluster's state and switch, then every machine that does not run —
+//! its disk prepared ([`prepare`]), then started ([`start`]): network, cgroups (recorded,
+//! then made), `ferrite __boot` → `systemd-nspawn --boot` — and waited for.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coreos_disk::{Disk, PLACEHOLDER_DISK_GUID};
+
+use crate::cgroup;
+use crate::discovery::{ensure_discovery, replace_discovery};
+use crate::host::{process_matches, wait_until, Host, MachineLink};
+use crate::provision::{ensure_cluster_key, ensure_disk, first_boot, install_cluster_key};
+use crate::state::{
+    free_subnet, lock, random_hex, run_lock, valid_name, ClusterState, MachineState, Recorder,
+};
+use crate::{io_err, Error, Paths, Settings};
+
+/// Options for [`up`].
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The cluster name.
+    pub cluster: String,
+    /// The settings.
+    pub settings: Settings,
+    /// The user-data file.
+    pub user_data: PathBuf,
+    /// The disk image to create machines from.
+    pub image: PathBuf,
+    /// The `ferrite` executable (for `__boot`).
+    pub ferrite_exe: PathBuf,
+    /// How long to wait for each machine to boot.
+    pub boot_timeout: Duration,
+}
+
+/// Refuses settings and user-data that cannot work, before anything is created.
+fn check(opts: &UpOptions) -> Result<String, Error> {
+    if !valid_name(&opts.cluster) {
+        return Err(Error::Invalid(format!(
+            "cluster name {:?}: use up to 20 letters, digits and dashes",
+            opts.cluster
+        )));
+    }
+    if !valid_name(&opts.settings.prefix) {
+        return Err(Error::Invalid(format!(
+            "name prefix {:?}",
+            opts.settings.prefix
+        )));
+    }
+    if opts.settings.instances == 0 || opts.settings.instances > 99 {
+        return Err(Error::Invalid(format!(
+            "{} instances (1 to 99)",
+            opts.settings.instances
+        )));
+    }
+    let user_data = std::fs::read_to_string(&opts.user_data)
+        .map_err(io_err("reading user-data", &opts.user_data))?;
+    // coreos-cloudinit would refuse it at boot.
+    let report = cloud_config::validate(user_data.as_bytes());
+    for e in report.entries() {
+        tracing::warn!("{}: {e}", opts.user_data.display());
+    }
+    if report.has_errors() {
+        return Err(Error::InvalidUserData {
+            path: opts.user_data.clone(),
+            report: report.to_string(),
+        });
+    }
+    Ok(user_data)
+}
+
+/// The cluster's state with every machine the settings ask for (new ones recorded).
+fn open_cluster(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
+    let mut cluster = match ClusterState::load(paths, &opts.cluster) {
+        Ok(c) => c,
+        Err(Error::NoCluster(_)) => ClusterState {
+            name: opts.cluster.clone(),
+            id: random_hex(4),
+            subnet: free_subnet(paths, &opts.cluster)?,
+            settings: opts.settings.clone(),
+            image: opts.image.clone(),
+            discovery: None,
+            machines: Vec::new(),
+        },
+        Err(e) => return Err(e),
+    };
+    cluster.settings.instances = opts.settings.instances.max(cluster.machines.len() as u32);
+    cluster.image = opts.image.clone();
+    for i in 1..=opts.settings.instances {
+        let name = format!("{}-{i:02}", cluster.settings.prefix);
+        if cluster.machines.iter().all(|m| m.name != name) {
+            cluster.machines.push(MachineState {
+                name,
+                index: i,
+                ip: format!("172.20.{}.{}", cluster.subnet, 100 + i),
+                machine_id: uuid::Uuid::new_v4().simple().to_string(),
+                pid: None,
+                usr_mount: None,
+                usr_label: None,
+                cgroups: Vec::new(),
+            });
+        }
+    }
+    cluster.save(paths)?;
+    Ok(cluster)
+}
+
+/// Stores the user-data machines boot with (a fresh discovery URL in place of
+/// discovery.etcd.io's), saying so when it replaces a different one.
+fn store_user_data(
+    paths: &Paths,
+    cluster: &ClusterState,
+    effective: &str,
+    from: &Path,
+) -> Result<PathBuf, Error> {
+    let ud_path = paths.cluster_dir(&cluster.name).join("user-data");
+    match std::fs::read_to_string(&ud_path) {
+        Ok(before) if before != effective => tracing::warn!(
+            "cluster {:?} now uses the user-data from {}: machines booted from now on (new ones, \
+             and those halted or reloaded) get it; running machines keep theirs until \
+             `ferrite reload`",
+            cluster.name,
+            from.display()
+        ),
+        _ => {}
+    }
+    atomic_file::write(
+        &ud_path,
+        effective.as_bytes(),
+        &atomic_file::Options::mode(0o600),
+    )?;
+    Ok(ud_path)
+}
+
+/// `ferrite up`: creates the cluster (or the machines it lacks) and boots every machine
+/// that is not running. Returns the cluster's state.
+pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
+    let user_data = check(opts)?;
+    let _lock = lock(paths, &opts.cluster)?;
+    let mut cluster = open_cluster(paths, opts)?;
+    ensure_cluster_key(host, &paths.cluster_dir(&cluster.name), &cluster.name)?;
+
+    // The cluster's switch.
+    host.netns_add(&cluster.switch_ns())?;
+    host.bridge(
+        &cluster.switch_ns(),
+        "br0",
+        &format!("{}/24", cluster.gateway()),
+    )?;
+
+    // Discovery: a fresh token on the cluster's own service.
+    let mut effective = user_data.clone();
+    if user_data.contains("discovery.etcd.io/") {
+        let url = ensure_discovery(
+            host,
+            paths,
+            &mut cluster,
+            opts.settings.instances,
+            &opts.ferrite_exe,
+        )?;
+        if let Some(replaced) = replace_discovery(&user_data, &url) {
+            effective = replaced;
+        }
+    }
+    let ud_path = store_user_data(paths, &cluster, &effective, &opts.user_data)?;
+    cluster.save(paths)?;
+
+    // Create and boot the machines, in parallel.
+    let names: Vec<String> = cluster.machines.iter().map(|m| m.name.clone()).collect();
+    let snapshot = cluster.clone();
+    let recorder = Recorder {
+        paths,
+        state: std::sync::Mutex::new(cluster),
+    };
+    let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (snapshot, recorder, ud) = (&snapshot, &recorder, &ud_path);
+                s.spawn(move || boot_machine(host, snapshot, recorder, name, ud, &opts.ferrite_exe))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a boot thread panicked".into())))
+            })
+            .collect()
+    });
+    let cluster = recorder.snapshot()?;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
+    }
+    for m in &cluster.machines {
+        wait_booted(host, paths, &cluster, m, opts.boot_timeout)?;
+    }
+    Ok(cluster)
+}
+
+pub(crate) fn machine_running(host: &dyn Host, m: &MachineState) -> bool {
+    m.pid
+        .is_some_and(|p| process_matches(host, p, &format!("--machine={}", m.name)))
+}
+
+/// The machine's init process (PID 1 inside it), while it runs.
+pub fn init_pid(host: &dyn Host, m: &MachineState) -> Option<u32> {
+    let pid = m.pid.filter(|_| machine_running(host, m))?;
+    host.children(pid).into_iter().next()
+}
+
+fn boot_machine(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    record: &Recorder<'_>,
+    name: &str,
+    user_data: &Path,
+    exe: &Path,
+) -> Result<(), Error> {
+    let m = cluster.machine(name)?.clone();
+    if machine_running(host, &m) {
+        return Ok(());
+    }
+    let root = prepare(host, cluster, record, &m, user_data)?;
+    start(host, cluster, record, &m, &root, exe)
+}
+
+/// The machine's disk, its USR (GRUB's choice) and ROOT mounted, first boot done; returns
+/// the root directory.
+pub(crate) fn prepare(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    record: &Recorder<'_>,
+    m: &MachineState,
+    user_data: &Path,
+) -> Result<PathBuf, Error> {
+    let paths = record.paths;
+    let dir = cluster.machine_dir(paths, &m.name);
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let disk_path = dir.join("disk.img");
+    ensure_disk(host, &cluster.image, &disk_path)?;
+    let disk = Disk::open(&disk_path);
+    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
+        disk.set_disk_guid(uuid::Uuid::new_v4())?;
+    }
+    // GRUB's choice of /usr, on this machine's own disk.
+    let usr = disk.gptprio_next()?;
+    let usr_uuid = disk.ext_uuid(&usr)?;
+    let usr_mount = paths.run.join("usr").join(usr_uuid.to_string());
+    record.update(&m.name, |m| {
+        m.usr_mount = Some(usr_mount.clone());
+        m.usr_label = Some(usr.label.clone());
+    })?;
+    {
+        // Machines boot in parallel: one mount per filesystem, taken under a lock.
+        let _usr_lock = run_lock(paths)?;
+        if !host.is_mountpoint(&usr_mount) {
+            host.mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
+        }
+    }
+    let root = dir.join("root");
+    if !host.is_mountpoint(&root) {
+        let p = disk.partition("ROOT")?;
+        host.mount_partition(&disk_path, p.offset(), p.bytes(), &root, false)?;
+    }
+    first_boot(host, &root, &usr_mount, m, user_data)?;
+    install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
+    host.bind_ro(&usr_mount, &root.join("usr"))?;
+    Ok(root)
+}
+
+/// The machine's network and cgroups, then `systemd-nspawn --boot` on `root`.
+pub(crate) fn start(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    record: &Recorder<'_>,
+    m: &MachineState,
+    root: &Path,
+    exe: &Path,
+) -> Result<(), Error> {
+    let mns = cluster.machine_ns(m);
+    host.netns_add(&mns)?;
+    host.machine_link(&MachineLink {
+        switch_ns: cluster.switch_ns(),
+        bridge: "br0".into(),
+        outer: format!("vm{}", m.index),
+        machine_ns: mns.clone(),
+        cidr: format!("{}/24", m.ip),
+        gateway: cluster.gateway(),
+    })?;
+
+    // cgroups delegated to the machine: recorded, then created.
+    let layout = cgroup::detect(host);
+    let cgroups = cgroup::paths(&layout, &format!("{}-{}", cluster.object_prefix(), m.name));
+    record.update(&m.name, |m| m.cgroups = cgroups.clone())?;
+    let limits = cgroup::Limits {
+        memory_mb: cluster.settings.memory_mb,
+    };
+    cgroup::create(host, &layout, &cgroups, limits)?;
+
+    let dir = cluster.machine_dir(record.paths, &m.name);
+    let console =
+        std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
+    let console2 = console.try_clone().map_err(io_err("opening", &dir))?;
+    let mut cmd = Command::new("setsid");
+    cmd.arg(exe).arg("__boot");
+    for cg in &cgroups {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    cmd.arg("--")
+        .arg("systemd-nspawn")
+        .args([
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--link-journal=no",
+            "--resolv-conf=off",
+            "--timezone=off",
+        ])
+        .arg(format!("--directory={}", root.display()))
+        .arg(format!("--machine={}", m.name))
+        .arg(format!("--hostname={}", m.name))
+        .arg(format!("--uuid={}", m.machine_id))
+        .arg(format!("--network-namespace-path=/run/netns/{mns}"))
+        .args([
+            "--capability=CAP_NET_ADMIN",
+            "--system-call-filter=@keyring",
+            "--console=read-only",
+        ])
+        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(console2);
+    let pid = host.spawn("systemd-nspawn", &mut cmd)?;
+    record.update(&m.name, |m| m.pid = Some(pid))
+}
+
+/// Runs a command inside a running machine as root: (exit code, stdout, stderr).
+pub fn exec_in(
+    host: &dyn Host,
+    m: &MachineState,
+    argv: &[&str],
+) -> Result<(i32, String, String), Error> {
+    let pid = init_pid(host, m).ok_or_else(|| Error::NotRunning(m.name.clone()))?;
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-C",
+            "--",
+        ])
+        .args(argv)
+        .output()
+        .map_err(|source| Error::Spawn {
+            command: "nsenter".into(),
+            source,
+        })?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn wait_booted(
+    host: &dyn Host,
+    paths: &Paths,
+    cluster: &ClusterState,
+    m: &MachineState,
+    limit: Duration,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    let ok = wait_until(host, limit, || {
+        init_pid(host, m).is_some()
+            && exec_in(host, m, &["systemctl", "is-system-running"])
+                .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"))
+    });
+    if !ok {
+        return Err(Error::BootTimeout {
+            machine: m.name.clone(),
+            seconds: limit.as_secs(),
+            console: cluster.machine_dir(paths, &m.name).join("console.log"),
+        });
+    }
+    tracing::info!(machine = %m.name, seconds = start.elapsed().as_secs_f64(), "booted");
+    Ok(())
+}

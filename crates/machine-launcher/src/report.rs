@@ -1,0 +1,133 @@
+//! What `ferrite status` and the benchmarks read: whether machines run, and how much
+//! memory a machine uses (its processes' PSS by systemd unit, and its memory cgroup).
+
+use crate::boot::machine_running;
+use crate::cgroup::{self, Layout};
+use crate::host::Host;
+use crate::state::{ClusterState, MachineState};
+use crate::Error;
+
+/// One row of `ferrite status`.
+#[derive(Debug, Clone)]
+pub struct MachineStatus {
+    /// Machine name.
+    pub name: String,
+    /// `running` or `stopped`.
+    pub state: String,
+    /// Its address.
+    pub ip: String,
+    /// The USR partition it runs from.
+    pub usr: String,
+}
+
+/// The machines of a cluster and whether they run.
+pub fn status(host: &dyn Host, cluster: &ClusterState) -> Vec<MachineStatus> {
+    cluster
+        .machines
+        .iter()
+        .map(|m| MachineStatus {
+            name: m.name.clone(),
+            state: if machine_running(host, m) {
+                "running"
+            } else {
+                "stopped"
+            }
+            .to_string(),
+            ip: m.ip.clone(),
+            usr: m.usr_label.clone().unwrap_or_else(|| "-".into()),
+        })
+        .collect()
+}
+
+/// A machine's memory: the PSS of its processes (by systemd unit) and its memory cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryReport {
+    /// Sum of the processes' proportional set sizes, KiB.
+    pub pss_kib: u64,
+    /// Sum of their resident set sizes, KiB.
+    pub rss_kib: u64,
+    /// The memory cgroup's usage, KiB (anonymous memory plus page cache).
+    pub cgroup_usage_kib: u64,
+    /// The cgroup's anonymous memory, KiB.
+    pub cgroup_rss_kib: u64,
+    /// The cgroup's page cache, KiB.
+    pub cgroup_cache_kib: u64,
+    /// PSS per systemd unit inside the machine (the launcher's own `supervisor` included),
+    /// largest first.
+    pub by_unit: Vec<(String, u64)>,
+}
+
+fn kib_field(text: &str, field: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The last component of a process's cgroup in the hierarchy systemd names units in.
+fn unit_of(pid: u32, unified: bool) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| {
+                    if unified {
+                        l.starts_with("0::")
+                    } else {
+                        l.contains(":name=systemd:")
+                    }
+                })
+                .and_then(|l| l.rsplit('/').next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Measures a running machine's memory.
+pub fn memory(host: &dyn Host, m: &MachineState) -> Result<MemoryReport, Error> {
+    if !machine_running(host, m) {
+        return Err(Error::NotRunning(m.name.clone()));
+    }
+    let layout = cgroup::detect(host);
+    let unified = matches!(layout, Layout::Unified(_));
+    let mut report = MemoryReport::default();
+    let pids = cgroup::dir_for(&layout, &m.cgroups, "systemd")
+        .map(|root| cgroup::processes(host, root))
+        .unwrap_or_default();
+    let mut by_unit: std::collections::BTreeMap<String, u64> = Default::default();
+    for pid in pids {
+        let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+            continue;
+        };
+        let pss = kib_field(&smaps, "Pss:");
+        report.pss_kib += pss;
+        report.rss_kib += kib_field(&smaps, "Rss:");
+        *by_unit.entry(unit_of(pid, unified)).or_default() += pss;
+    }
+    let mut units: Vec<(String, u64)> = by_unit.into_iter().collect();
+    units.sort_by_key(|(_, v)| std::cmp::Reverse(*v));
+    report.by_unit = units;
+    if let Some(mem) = cgroup::dir_for(&layout, &m.cgroups, "memory") {
+        let read = |f: &str| host.cgroup_read(&mem.join(f)).unwrap_or_default();
+        let (usage, anon, cache) = if unified {
+            ("memory.current", "anon ", "file ")
+        } else {
+            ("memory.usage_in_bytes", "total_rss ", "total_cache ")
+        };
+        report.cgroup_usage_kib = read(usage).trim().parse::<u64>().unwrap_or(0) / 1024;
+        let stat = read("memory.stat");
+        let field = |k: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                / 1024
+        };
+        report.cgroup_rss_kib = field(anon);
+        report.cgroup_cache_kib = field(cache);
+    }
+    Ok(report)
+}
