@@ -360,10 +360,6 @@ pub fn plan(config: &CloudConfig, ctx: &Context) -> Result<Plan, ApplyError> {
     let accounts = Accounts::load(&ctx.root);
     let mut steps = Vec::new();
 
-    if !config.hostname.is_empty() {
-        steps.push(Step::Hostname(config.hostname.clone()));
-    }
-
     for user in &config.users {
         if user.name.is_empty() {
             tracing::warn!("skipping a user with no name");
@@ -402,6 +398,12 @@ pub fn plan(config: &CloudConfig, ctx: &Context) -> Result<Plan, ApplyError> {
             name: ctx.ssh_key_name.clone(),
             keys: core_keys,
         });
+    }
+
+    // The host name after the accounts (coreos-cloudinit set it first): a `useradd` that
+    // fails then leaves the host as it was.
+    if !config.hostname.is_empty() {
+        steps.push(Step::Hostname(config.hostname.clone()));
     }
 
     // Files: write_files, then the generated ones.
@@ -642,13 +644,21 @@ pub trait Host {
     fn set_password(&mut self, user: &str, hash: &str) -> Result<(), ApplyError>;
 }
 
-/// A file staged for one `Write` step, with the directories created for it.
+/// What was staged for one step that writes files: a `Write`'s file (none when there is
+/// nothing to write), or an `AuthorizeKeys`' key files — staged with the others when the user
+/// exists, else (`keys_later`) right after `useradd` made the user, before anything else
+/// changes.
 struct Prepared {
-    staged: Option<atomic_file::Staged>,
+    staged: Vec<atomic_file::Staged>,
+    keys_later: bool,
 }
 
-/// Executes a plan under `ctx.root`: stages every file first (a failure there changes
-/// nothing), then carries the steps out in order. Returns the trace of what was done.
+/// Executes a plan under `ctx.root`: stages every file first — `write_files`, units,
+/// drop-ins, `/etc/environment`, and the SSH keys of users that exist — so a failure there
+/// changes nothing, then carries the steps out in order, committing each staged file at its
+/// step. The plan puts the accounts first (a `useradd` that fails leaves the host name and
+/// every file as they were), then the host name, the files and the units. Returns the trace
+/// of what was done.
 ///
 /// A unit job systemd refuses to queue (unit not found, masked …) is reported at the end
 /// but does not stop the jobs after it (coreos-cloudinit stopped at the first).
@@ -668,6 +678,39 @@ pub fn execute(
             return Err(e);
         }
     };
+    let (trace, mut refused) = match carry_out(plan, ctx, host, systemd, prepared) {
+        Ok(done) => done,
+        Err(e) => {
+            // The files not yet committed were dropped (their temporary files with them);
+            // the directories made for them go too, unless something was committed there.
+            for d in created_dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            return Err(e);
+        }
+    };
+    match refused.len() {
+        0 => Ok(trace),
+        1 => Err(ApplyError::Systemd(refused.remove(0))),
+        n => Err(ApplyError::Jobs(
+            n,
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+/// The steps in order, each staged file committed at its step: (trace, refused jobs).
+fn carry_out(
+    plan: &Plan,
+    ctx: &Context,
+    host: &mut dyn Host,
+    systemd: &mut dyn Systemd,
+    prepared: Vec<Prepared>,
+) -> Result<(Vec<String>, Vec<systemd_client::Error>), ApplyError> {
     let mut prepared = prepared.into_iter();
     let mut trace = Vec::new();
     let mut refused: Vec<systemd_client::Error> = Vec::new();
@@ -678,9 +721,17 @@ pub fn execute(
             Step::Hostname(h) => host.set_hostname(h)?,
             Step::CreateUser(args) => host.create_user(args)?,
             Step::SetPassword { user, hash } => host.set_password(user, hash)?,
-            Step::AuthorizeKeys { user, name, keys } => authorize_keys(ctx, user, name, keys)?,
+            Step::AuthorizeKeys { user, name, keys } => {
+                let staged = match prepared.next() {
+                    Some(p) if !p.keys_later => p.staged,
+                    _ => stage_keys(ctx, user, name, keys, &mut Vec::new())?,
+                };
+                for s in staged {
+                    s.commit()?;
+                }
+            }
             Step::Write { path, owner, .. } => {
-                let staged = prepared.next().and_then(|p| p.staged);
+                let staged = prepared.next().and_then(|p| p.staged.into_iter().next());
                 if let Some(mut staged) = staged {
                     if !owner.is_empty() {
                         let (uid, gid) =
@@ -697,7 +748,7 @@ pub fn execute(
                 }
             }
             Step::MergeEnvironment(_) => {
-                if let Some(staged) = prepared.next().and_then(|p| p.staged) {
+                for staged in prepared.next().map(|p| p.staged).unwrap_or_default() {
                     staged.commit()?;
                 }
             }
@@ -726,18 +777,7 @@ pub fn execute(
             }
         }
     }
-    match refused.len() {
-        0 => Ok(trace),
-        1 => Err(ApplyError::Systemd(refused.remove(0))),
-        n => Err(ApplyError::Jobs(
-            n,
-            refused
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
-    }
+    Ok((trace, refused))
 }
 
 fn stage_all(
@@ -746,6 +786,7 @@ fn stage_all(
     created_dirs: &mut Vec<PathBuf>,
 ) -> Result<Vec<Prepared>, ApplyError> {
     let mut out = Vec::new();
+    let accounts = Accounts::load(&ctx.root);
     for step in &plan.steps {
         let (path, content, mode) = match step {
             Step::Write {
@@ -755,10 +796,27 @@ fn stage_all(
                 ..
             } => (path.as_str(), Some(content), *mode),
             Step::MergeEnvironment(content) => ("/etc/environment", content.as_ref(), 0o644),
+            Step::AuthorizeKeys { user, name, keys } => {
+                out.push(if accounts.user(user).is_some() {
+                    Prepared {
+                        staged: stage_keys(ctx, user, name, keys, created_dirs)?,
+                        keys_later: false,
+                    }
+                } else {
+                    Prepared {
+                        staged: Vec::new(),
+                        keys_later: true,
+                    }
+                });
+                continue;
+            }
             _ => continue,
         };
         let Some(content) = content else {
-            out.push(Prepared { staged: None });
+            out.push(Prepared {
+                staged: Vec::new(),
+                keys_later: false,
+            });
             continue;
         };
         let target = ctx.write_path(path)?;
@@ -767,7 +825,8 @@ fn stage_all(
         }
         let staged = atomic_file::stage(&target, content, &atomic_file::Options::mode(mode))?;
         out.push(Prepared {
-            staged: Some(staged),
+            staged: vec![staged],
+            keys_later: false,
         });
     }
     Ok(out)
@@ -814,12 +873,15 @@ fn ensure_unmasked(path: &Path) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn authorize_keys(
+/// Stages `update-ssh-keys -u USER -a NAME`'s files: the key set and the regenerated
+/// `authorized_keys`, making (and recording in `created_dirs`) the `.ssh` directories.
+fn stage_keys(
     ctx: &Context,
     user: &str,
     name: &str,
     keys: &[String],
-) -> Result<(), ApplyError> {
+    created_dirs: &mut Vec<PathBuf>,
+) -> Result<Vec<atomic_file::Staged>, ApplyError> {
     let accounts = Accounts::load(&ctx.root);
     let entry = accounts.user(user);
     let home = entry
@@ -832,7 +894,9 @@ fn authorize_keys(
     let host_home = ctx.host_path(&home);
     let ssh = host_home.join(".ssh");
     for dir in [ssh.clone(), ssh.join("authorized_keys.d")] {
-        for d in atomic_file::create_dirs(&dir)? {
+        let made = atomic_file::create_dirs(&dir)?;
+        created_dirs.extend(made.iter().cloned());
+        for d in made {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
                 .map_err(io_err("setting mode of", &d))?;
@@ -846,12 +910,8 @@ fn authorize_keys(
         uid,
         gid,
     };
-    let staged = accounts::ssh_key_files(&host_home, name, keys)
+    Ok(accounts::ssh_key_files(&host_home, name, keys)
         .into_iter()
         .map(|(p, data)| atomic_file::stage(&p, &data, &opts))
-        .collect::<Result<Vec<_>, _>>()?;
-    for s in staged {
-        s.commit()?;
-    }
-    Ok(())
+        .collect::<Result<Vec<_>, _>>()?)
 }
