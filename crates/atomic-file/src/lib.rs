@@ -235,6 +235,7 @@ pub fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;

@@ -220,6 +220,7 @@ pub fn ssh_key_files(home: &Path, name: &str, keys: &[String]) -> Vec<(PathBuf, 
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -419,6 +419,7 @@ pub fn wait_for_any(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -1,8 +1,7 @@
 //! The two [`Host`]s: the running system, and a root directory being prepared.
 
-use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::apply::{ApplyError, Host};
 
@@ -11,49 +10,32 @@ use crate::apply::{ApplyError, Host};
 pub struct SystemHost;
 
 fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<(), ApplyError> {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| ApplyError::Host(format!("running {shown}: {e}")))?;
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data)
-            .map_err(|e| ApplyError::Host(format!("writing to {shown}: {e}")))?;
+    match stdin {
+        Some(data) => host_command::run_with_input(cmd, data),
+        None => host_command::run(cmd.stdin(std::process::Stdio::null())),
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| ApplyError::Host(format!("running {shown}: {e}")))?;
-    if !out.status.success() {
-        return Err(ApplyError::Host(format!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    .map(drop)
+    .map_err(|e| ApplyError::Host(e.to_string()))
 }
 
 impl Host for SystemHost {
     fn set_hostname(&mut self, name: &str) -> Result<(), ApplyError> {
         run(
-            Command::new("hostnamectl").args(["set-hostname", name]),
+            host_command::command("hostnamectl").args(["set-hostname", name]),
             None,
         )
     }
 
     fn create_user(&mut self, args: &[String]) -> Result<(), ApplyError> {
-        run(Command::new("useradd").args(args), None)
+        run(host_command::command("useradd").args(args), None)
     }
 
     fn set_password(&mut self, user: &str, hash: &str) -> Result<(), ApplyError> {
         let line = format!("{user}:{hash}\n");
-        run(Command::new("chpasswd").arg("-e"), Some(line.as_bytes()))
+        run(
+            host_command::command("chpasswd").arg("-e"),
+            Some(line.as_bytes()),
+        )
     }
 }
 

@@ -1,7 +1,12 @@
 //! What a failure part-way through an apply leaves behind: the accounts come first and every
 //! file — SSH keys included — is staged before anything changes, so a failing `useradd` or an
 //! unwritable `~core/.ssh` leaves the host name and every file as they were.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::path::Path;
 

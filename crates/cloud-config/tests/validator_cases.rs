@@ -1,7 +1,7 @@
 //! Every validator vector of `fixtures/cloud-config/cases.md` (sections A, B and C) and every
 //! fixture file, checked against coreos-cloudinit v1.8.1's result, up to Ferrite's documented
 //! improvements (see `validate.rs` and `docs/cloud-config.md`), each listed below with why.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 

@@ -7,7 +7,12 @@
 //! owner on its `write` line rather than on a line of its own; SSH keys are installed by
 //! coreos-cloudinit itself (the original ran `update-ssh-keys`), so their files are checked
 //! separately.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

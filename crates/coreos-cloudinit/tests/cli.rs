@@ -1,7 +1,12 @@
 //! The `coreos-cloudinit` command end to end: flags, exit statuses, datasources (a metadata
 //! service on loopback, the kernel command line, a config drive, the Vagrant convention),
 //! scripts, gzip, Ignition, and all-or-nothing application.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

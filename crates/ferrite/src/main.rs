@@ -18,7 +18,7 @@
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -231,8 +231,11 @@ fn cmd_up(
             let p = paths.state.join("chapter-user-data");
             std::fs::create_dir_all(&paths.state)
                 .with_context(|| format!("creating {}", paths.state.display()))?;
-            std::fs::write(&p, CHAPTER_USER_DATA)
-                .with_context(|| format!("writing {}", p.display()))?;
+            atomic_file::write(
+                &p,
+                CHAPTER_USER_DATA.as_bytes(),
+                &atomic_file::Options::mode(0o644),
+            )?;
             p
         }
     };
@@ -268,7 +271,7 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
     let m = state.machine(machine)?;
     let pid = machine_launcher::init_pid(&RealHost, m)
         .ok_or_else(|| machine_launcher::Error::NotRunning(m.name.clone()))?;
-    let mut cmd = Command::new("nsenter");
+    let mut cmd = host_command::command("nsenter");
     cmd.args([
         "-t",
         &pid.to_string(),
@@ -402,7 +405,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some((prog, args)) = command.split_first() else {
                 bail!("__boot needs a command");
             };
-            let err = Command::new(prog).args(args).exec();
+            let err = host_command::command(prog).args(args).exec();
             Err(err).with_context(|| format!("executing {prog}"))
         }
     }

@@ -13,7 +13,12 @@
 //!
 //! Units come from `fixtures/fleet-units`; fleetctl runs inside the machines over fleetd's
 //! API socket. Needs root, like `machines.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

@@ -6,7 +6,12 @@
 //! Each test uses its own state and run directories and a unique cluster name; the image
 //! cache is shared (`FERRITE_CACHE_DIR`, default `/var/cache/ferrite`). A guard destroys the
 //! cluster even when an assertion fails.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! snapshot, every unit already placed: the cost of reading the cluster with nothing to
 //! decide). Then the passes of a thousand plain units arriving on one machine, against the
 //! steady pass that follows them.
-#![allow(clippy::unwrap_used, clippy::print_stdout)]
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
 use std::time::Instant;
 

@@ -1,6 +1,11 @@
 //! Engine decisions, table-driven from fleet's scheduling rules (reference §1.2–1.3,
 //! §2.6–2.7, §9) and the scheduling scenarios of fleet's functional tests.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::collections::BTreeMap;
 

@@ -2,6 +2,8 @@
 //! store's own tests, the TLS test and fleetd's simulated-cluster benchmark. Debian's
 //! `etcd` must be installed (`scripts/install-deps.sh`).
 
+#![allow(clippy::disallowed_methods)] // test support, like the tests that use it
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -2,7 +2,12 @@
 //! stops (fleetd is configured with its machine's own member only); one that does not,
 //! stops working; and another member stopping costs the store nothing (it does not spread
 //! requests over members that may be down). A real five-member etcd on loopback ports.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::time::{Duration, Instant};
 

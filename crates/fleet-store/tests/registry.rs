@@ -1,5 +1,10 @@
 //! The registry on both stores: in memory, and a real etcd started on loopback ports.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::time::Duration;
 

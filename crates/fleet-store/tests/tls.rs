@@ -3,7 +3,12 @@
 //! `--client-cert-auth`, and certificates made for the test with the openssl tool. Needs
 //! the `tls` feature (`cargo test -p fleet-store --features tls --test tls`, which
 //! `scripts/test.sh` runs); without it, TLS settings are refused.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 #[cfg(not(feature = "tls"))]
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! input, as fleet asked; a changed key makes ssh fail.
 
 use std::collections::BTreeMap;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use fleet_model::name::mangle;
 use fleet_model::{JobState, Machine};
@@ -156,9 +156,9 @@ fn run_on(
     let status = if machine.id == local_machine_id() {
         if cmd.is_empty() {
             let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/bash".into());
-            Command::new(shell).status()
+            host_command::command(shell).status()
         } else {
-            Command::new("/bin/sh")
+            host_command::command("/bin/sh")
                 .arg("-c")
                 .arg(cmd.join(" "))
                 .status()
@@ -178,7 +178,7 @@ fn run_on(
         let Some((dest, opts)) = args.split_last() else {
             return ExitCode::from(255);
         };
-        let mut c = Command::new("ssh");
+        let mut c = host_command::command("ssh");
         c.args(opts);
         if forward_agent {
             c.arg("-A");
@@ -237,7 +237,7 @@ fn verify_host(
     via: Option<&[String]>,
 ) -> Result<(), String> {
     let name = known_name(ip, port);
-    let listed = Command::new("ssh-keygen")
+    let listed = host_command::command("ssh-keygen")
         .args(["-F", &name, "-f", known])
         .output()
         .map_err(|e| format!("Unable to run ssh-keygen: {e}"))?;
@@ -247,11 +247,11 @@ fn verify_host(
     // Behind a tunnel the host is asked from the bastion.
     let mut scan = match via {
         Some(bastion) => {
-            let mut c = Command::new("ssh");
+            let mut c = host_command::command("ssh");
             c.args(bastion).arg("ssh-keyscan");
             c
         }
-        None => Command::new("ssh-keyscan"),
+        None => host_command::command("ssh-keyscan"),
     };
     let scan = scan
         .args(["-T", &(timeout.max(1.0).ceil() as u64).to_string()])
@@ -302,7 +302,7 @@ fn verify_host(
 /// A known_hosts line's key as fleet showed it: MD5, colon-separated.
 fn fingerprint_md5(line: &str) -> Result<String, String> {
     use std::io::Write as _;
-    let mut child = Command::new("ssh-keygen")
+    let mut child = host_command::command("ssh-keygen")
         .args(["-l", "-E", "md5", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -1,7 +1,12 @@
 //! The fleetctl binary against fleetd's API on a Unix socket in a temp dir (its default
 //! driver), with a live agent and engine on an in-memory store: submit, start, list-units,
 //! list-unit-files, list-machines, cat, stop, destroy, and errors when no fleetd answers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -182,6 +182,7 @@ fn path(v: &str) -> Option<std::path::PathBuf> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

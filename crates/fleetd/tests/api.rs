@@ -1,7 +1,12 @@
 //! fleet's HTTP API served on a Unix socket in a temp dir, over a store shared with a
 //! running agent and engine: 503 until the machine registers, then fleet's JSON shapes,
 //! status codes and errors for machines, units (create, start, fetch, delete) and states.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::time::{Duration, Instant};
 

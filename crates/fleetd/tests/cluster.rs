@@ -2,7 +2,12 @@
 //! simulated unit manager. Placement, failover when a machine dies (its lease lapses, no
 //! purge), graceful stop (purge, immediate), engine leader failover, and a machine cut off
 //! from the store (plain units kept, fenced units stopped before they move, recovery).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

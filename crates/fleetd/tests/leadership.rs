@@ -1,7 +1,12 @@
 //! Engine leadership against a real etcd: one leader at every moment, also when a leader's
 //! session fails inside its lease's TTL (a renewal that errors, the session starting again
 //! ~100 ms later while the leader key still names this machine under the old lease).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;

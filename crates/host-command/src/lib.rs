@@ -1,10 +1,12 @@
 //! Running host tools.
 //!
-//! Ferrite's host side drives a few standard tools (`mount`, `ip`, `mkfs.ext4`,
-//! `debootstrap`, `systemd-nspawn` …). [`run`] is the one way it runs them: the command line
-//! is logged at debug level, and a failure names the command, its exit status and the end of
-//! its standard error. [`shell_quote`] writes one argument for a command line a shell will
-//! read (`sh -c`, ssh's remote command and `ProxyCommand`). [`error_chain`] is how the host
+//! Ferrite's binaries drive a few standard tools (`mount`, `ip`, `mkfs.ext4`, `debootstrap`,
+//! `systemd-nspawn`, `useradd`, `ssh` …). [`command`] is the only place a program to run is
+//! named (`clippy.toml` forbids `Command::new` elsewhere), so one search finds every program
+//! Ferrite starts. [`run`] (and [`run_with_input`]) is the one way a tool is run to
+//! completion: the command line is logged at debug level, and a failure names the command,
+//! its exit status and the end of its standard error. [`shell_quote`] writes one argument
+//! for a command line a shell will read (`sh -c`, ssh's remote command and `ProxyCommand`). [`error_chain`] is how the host
 //! binaries print a failure: every cause once.
 
 use std::process::Command;
@@ -35,14 +37,47 @@ pub enum CommandError {
 /// How many lines of standard error an error keeps.
 const STDERR_LINES: usize = 15;
 
+/// A command for `program`: the one constructor of [`Command`] in Ferrite's code.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    #[allow(clippy::disallowed_methods)] // this is the place the lint points to
+    Command::new(program)
+}
+
 /// Runs `cmd` to completion; returns its standard output.
 pub fn run(cmd: &mut Command) -> Result<String, CommandError> {
+    run_inner(cmd, None)
+}
+
+/// Runs `cmd` to completion with `input` on its standard input; returns its standard output.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, CommandError> {
+    run_inner(cmd, Some(input))
+}
+
+fn run_inner(cmd: &mut Command, input: Option<&[u8]>) -> Result<String, CommandError> {
+    use std::io::Write as _;
+    use std::process::Stdio;
     let command = format!("{cmd:?}");
     tracing::debug!("{command}");
-    let out = cmd.output().map_err(|source| CommandError::Spawn {
+    let spawn_err = |source| CommandError::Spawn {
         command: command.clone(),
         source,
-    })?;
+    };
+    let out = match input {
+        None => cmd.output().map_err(spawn_err)?,
+        Some(data) => {
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(spawn_err)?;
+            if let Some(mut pipe) = child.stdin.take() {
+                // A program that exits without reading its input is judged by its status.
+                let _ = pipe.write_all(data);
+            }
+            child.wait_with_output().map_err(spawn_err)?
+        }
+    };
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.trim().lines().collect();
@@ -85,6 +120,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -136,5 +172,24 @@ mod tests {
             run(&mut Command::new("/nonexistent/tool")),
             Err(CommandError::Spawn { .. })
         ));
+    }
+
+    #[test]
+    fn input_reaches_the_program_and_failures_keep_their_stderr() {
+        assert_eq!(
+            run_with_input(&mut command("cat"), b"a:b\n").unwrap(),
+            "a:b\n"
+        );
+        let e = run_with_input(
+            command("sh").args(["-c", "read l; echo \"refused $l\" >&2; exit 1"]),
+            b"bad:name\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().ends_with("refused bad:name"), "{e}");
+        // A program that exits without reading its input is judged by its status.
+        assert_eq!(
+            run_with_input(&mut command("true"), &[0; 1 << 20]).unwrap(),
+            ""
+        );
     }
 }

@@ -105,6 +105,9 @@ pub enum Error {
     /// A build tool failed.
     #[error(transparent)]
     Command(#[from] host_command::CommandError),
+    /// A file written the atomic way failed (the error names the step and the path).
+    #[error(transparent)]
+    File(#[from] atomic_file::Error),
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -387,7 +390,7 @@ fn ensure_rootfs(spec: &BuildSpec, key: &str) -> Result<PathBuf, Error> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
     tracing::info!("debootstrap {SUITE} into {}", tmp.display());
-    let r = run(Command::new("debootstrap")
+    let r = run(host_command::command("debootstrap")
         .arg("--variant=minbase")
         .arg(format!("--include={}", PACKAGES.join(",")))
         .arg(SUITE)
@@ -398,7 +401,7 @@ fn ensure_rootfs(spec: &BuildSpec, key: &str) -> Result<PathBuf, Error> {
         return Err(e);
     }
     // The package cache is not part of the image.
-    let _ = run(Command::new("find")
+    let _ = run(host_command::command("find")
         .arg(tmp.join("var/cache/apt"))
         .args(["-name", "*.deb", "-delete"]));
     let _ = std::fs::remove_dir_all(&dir);
@@ -407,15 +410,15 @@ fn ensure_rootfs(spec: &BuildSpec, key: &str) -> Result<PathBuf, Error> {
 }
 
 fn write_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
     let path = root.join(rel);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
     }
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, data).map_err(io_err("writing", &path))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting mode of", &path))
+    Ok(atomic_file::write(
+        &path,
+        data,
+        &atomic_file::Options::mode(mode),
+    )?)
 }
 
 fn remove(root: &Path, rel: &str) {
@@ -430,10 +433,10 @@ fn remove(root: &Path, rel: &str) {
 /// Turns a copy of the Debian rootfs into a Ferrite tree.
 fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
     // The core user: uid/gid 500, in sudo, docker and systemd-journal, like CoreOS's.
-    run(Command::new("chroot")
+    run(host_command::command("chroot")
         .arg(tree)
         .args(["groupadd", "-g", "500", "core"]))?;
-    run(Command::new("chroot").arg(tree).args([
+    run(host_command::command("chroot").arg(tree).args([
         "useradd",
         "-u",
         "500",
@@ -457,7 +460,9 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
         let dst = tree.join("usr/bin").join(name);
         std::fs::copy(src, &dst).map_err(io_err("copying", src))?;
         // Debug information is not needed in the image.
-        let _ = run(Command::new("strip").arg("--strip-debug").arg(&dst));
+        let _ = run(host_command::command("strip")
+            .arg("--strip-debug")
+            .arg(&dst));
     }
     for (target, unit) in ENABLED {
         let dir = tree.join(format!("usr/lib/systemd/system/{target}.wants"));
@@ -545,7 +550,7 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
     let factory = tree.join("usr/share/factory");
     std::fs::create_dir_all(&factory).map_err(io_err("creating", &factory))?;
     for d in ["etc", "var"] {
-        run(Command::new("cp")
+        run(host_command::command("cp")
             .arg("-a")
             .arg(tree.join(d))
             .arg(factory.join(d)))?;
@@ -562,7 +567,7 @@ fn mkfs(
     extra: &[&str],
 ) -> Result<String, Error> {
     let uuid = uuid::Uuid::new_v4().to_string();
-    let mut cmd = Command::new("mkfs.ext4");
+    let mut cmd = host_command::command("mkfs.ext4");
     cmd.args(["-F", "-q", "-L", label, "-U", &uuid, "-b", "4096"])
         .args(extra)
         .arg("-E")
@@ -591,7 +596,7 @@ fn make_read_only(image: &Path, offset: u64) -> Result<(), Error> {
 
 fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result<(), Error> {
     let tree = tmp.join("tree");
-    run(Command::new("cp").arg("-a").arg(rootfs).arg(&tree))?;
+    run(host_command::command("cp").arg("-a").arg(rootfs).arg(&tree))?;
     customize(spec, &tree, key)?;
     let image = tmp.join("ferrite.img");
     let disk = Disk::create(&image, &Layout::coreos(USR_SECTORS, ROOT_SECTORS))?;
@@ -638,8 +643,11 @@ fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result
         "disk_bytes": std::fs::metadata(&image).map_err(io_err("reading", &image))?.len(),
         "sector": SECTOR,
     });
-    std::fs::write(tmp.join("image.json"), format!("{meta:#}\n"))
-        .map_err(io_err("writing", tmp))?;
+    atomic_file::write(
+        &tmp.join("image.json"),
+        format!("{meta:#}\n").as_bytes(),
+        &atomic_file::Options::mode(0o644),
+    )?;
     std::fs::remove_dir_all(&tree).map_err(io_err("removing", &tree))?;
     std::fs::remove_dir_all(&oem_dir).map_err(io_err("removing", &oem_dir))?;
     Ok(())
@@ -652,6 +660,7 @@ pub fn image_info(image: &Path) -> Option<serde_json::Value> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

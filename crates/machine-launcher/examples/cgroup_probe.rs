@@ -6,6 +6,7 @@
 //! `ferrite destroy` does. Prints `cgroup-v2 probe: ok` when everything held.
 //!
 //! `cgroup_probe join DIR -- CMD...` joins DIR and becomes CMD, as `ferrite __boot` does.
+#![allow(clippy::disallowed_methods)]
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! then made), `ferrite __boot` → `systemd-nspawn --boot` — and waited for.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use coreos_disk::{Disk, PLACEHOLDER_DISK_GUID};
@@ -303,7 +303,7 @@ pub(crate) fn start(
     let console =
         std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
     let console2 = console.try_clone().map_err(io_err("opening", &dir))?;
-    let mut cmd = Command::new("setsid");
+    let mut cmd = host_command::command("setsid");
     cmd.arg(exe).arg("__boot");
     for cg in &cgroups {
         cmd.arg("--cgroup").arg(cg);
@@ -343,7 +343,7 @@ pub fn exec_in(
     argv: &[&str],
 ) -> Result<(i32, String, String), Error> {
     let pid = init_pid(host, m).ok_or_else(|| Error::NotRunning(m.name.clone()))?;
-    let out = Command::new("nsenter")
+    let out = host_command::command("nsenter")
         .args([
             "-t",
             &pid.to_string(),

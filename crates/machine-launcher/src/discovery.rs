@@ -3,7 +3,7 @@
 //! discovery.etcd.io URLs in user-data.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::cgroup;
@@ -75,7 +75,7 @@ pub(crate) fn ensure_discovery(
             &cgroups,
             cgroup::Limits::default(),
         )?;
-        let mut cmd = Command::new("setsid");
+        let mut cmd = host_command::command("setsid");
         cmd.arg(exe).arg("__boot");
         for cg in &cgroups {
             cmd.arg("--cgroup").arg(cg);
@@ -128,7 +128,7 @@ pub(crate) fn ensure_discovery(
     let key = format!("/_etcd/registry/{token}/_config/size");
     let ok = wait_until(host, Duration::from_secs(15), || {
         host.run(
-            Command::new("ip")
+            host_command::command("ip")
                 .args([
                     "netns",
                     "exec",

@@ -1,6 +1,7 @@
 //! A recording [`Host`] for tests: kernel objects and processes are entries in memory, cgroup
 //! directories and files live in a temporary directory, and every change is logged in order.
 //! An optional check runs before each creating operation (the record-before-create tests).
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

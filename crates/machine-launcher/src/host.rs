@@ -117,7 +117,7 @@ pub fn process_matches(host: &dyn Host, pid: u32, needle: &str) -> bool {
 pub struct RealHost;
 
 fn ip(args: &[&str]) -> Result<String, Error> {
-    Ok(host_command::run(Command::new("ip").args(args))?)
+    Ok(host_command::run(host_command::command("ip").args(args))?)
 }
 
 fn link_exists(ns: &str, link: &str) -> bool {
@@ -227,7 +227,7 @@ impl Host for RealHost {
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let mode = if read_only { "ro" } else { "rw" };
         self.run(
-            Command::new("mount")
+            host_command::command("mount")
                 .arg("-o")
                 .arg(format!("{mode},loop,offset={offset},sizelimit={bytes}"))
                 .arg(image)
@@ -238,9 +238,14 @@ impl Host for RealHost {
 
     fn bind_ro(&self, src: &Path, dst: &Path) -> Result<(), Error> {
         std::fs::create_dir_all(dst).map_err(io_err("creating", dst))?;
-        self.run(Command::new("mount").arg("--bind").arg(src).arg(dst))?;
         self.run(
-            Command::new("mount")
+            host_command::command("mount")
+                .arg("--bind")
+                .arg(src)
+                .arg(dst),
+        )?;
+        self.run(
+            host_command::command("mount")
                 .args(["-o", "remount,bind,ro"])
                 .arg(dst),
         )
@@ -253,8 +258,8 @@ impl Host for RealHost {
             if !self.is_mountpoint(dir) {
                 return Ok(());
             }
-            if self.run(Command::new("umount").arg(dir)).is_err() {
-                self.run(Command::new("umount").arg("-l").arg(dir))?;
+            if self.run(host_command::command("umount").arg(dir)).is_err() {
+                self.run(host_command::command("umount").arg("-l").arg(dir))?;
             }
         }
         Ok(())
@@ -285,7 +290,7 @@ impl Host for RealHost {
 
     fn signal(&self, pid: u32, sig: &str) -> Result<(), Error> {
         self.run(
-            Command::new("kill")
+            host_command::command("kill")
                 .arg(format!("-{sig}"))
                 .arg(pid.to_string()),
         )

@@ -4,7 +4,6 @@
 //! addresses in `/etc/environment`, the user-data), and the cluster's SSH key.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::host::Host;
 use crate::state::MachineState;
@@ -17,7 +16,7 @@ pub(crate) fn ensure_disk(host: &dyn Host, image: &Path, disk: &Path) -> Result<
     }
     let tmp = disk.with_extension("img.tmp");
     host.run(
-        Command::new("cp")
+        host_command::command("cp")
             .arg("--sparse=always")
             .arg(image)
             .arg(&tmp),
@@ -43,7 +42,7 @@ pub(crate) fn ensure_cluster_key(
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_file(&tmp_pub);
     host.run(
-        Command::new("ssh-keygen")
+        host_command::command("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C"])
             .arg(format!("ferrite-cluster-{name}"))
             .arg("-f")
@@ -135,7 +134,7 @@ pub(crate) fn first_boot(
         }
         for d in ["etc", "var"] {
             host.run(
-                Command::new("cp")
+                host_command::command("cp")
                     .arg("-a")
                     .arg(usr.join("share/factory").join(d))
                     .arg(root),
@@ -148,12 +147,16 @@ pub(crate) fn first_boot(
         )?;
         let home = root.join("home/core");
         host.run(
-            Command::new("cp")
+            host_command::command("cp")
                 .arg("-a")
                 .arg(root.join("etc/skel"))
                 .arg(&home),
         )?;
-        host.run(Command::new("chown").args(["-R", "500:500"]).arg(&home))?;
+        host.run(
+            host_command::command("chown")
+                .args(["-R", "500:500"])
+                .arg(&home),
+        )?;
     }
     // coreos-vagrant's provisioning: the addresses, then the user-data.
     let env_path = root.join("etc/environment");

@@ -6,7 +6,12 @@
 //!
 //! Needs `qemu-system-x86_64`, busybox-static and the kernel that `scripts/install-deps.sh`
 //! unpacks into `$FERRITE_CACHE_DIR/kernel` (default `/var/cache/ferrite/kernel`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -153,6 +153,7 @@ pub fn load_with_dropins<P: AsRef<Path>>(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use std::fs;

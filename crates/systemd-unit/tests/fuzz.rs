@@ -1,5 +1,5 @@
 //! Property tests: the parsers never panic and round-trip what they accept.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use proptest::prelude::*;
 use systemd_unit::{escape, fleet, quote_word, split_words, UnitFile, UnitName};

@@ -6,6 +6,10 @@
     dead_code,
     reason = "each benchmark uses the part of the helpers it needs"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code starts programs and writes fixtures directly"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

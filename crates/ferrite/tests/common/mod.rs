@@ -5,6 +5,10 @@
     dead_code,
     reason = "each test file uses the part of the helpers it needs"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test code starts programs and writes fixtures directly"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -149,7 +153,7 @@ impl Cluster {
         let _ = bystander.wait();
         assert!(
             survived,
-            "destroy killed a user's `tail -f {}`",
+            "destroy killed a user's `tail -F {}`",
             console.display()
         );
         // Nothing left: processes, namespaces, mounts, cgroups, files.
