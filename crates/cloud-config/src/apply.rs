@@ -359,7 +359,20 @@ fn write(kind: WriteKind, path: String, content: impl Into<Vec<u8>>) -> Step {
 pub fn plan(config: &CloudConfig, ctx: &Context) -> Result<Plan, ApplyError> {
     let accounts = Accounts::load(&ctx.root);
     let mut steps = Vec::new();
+    plan_accounts(config, ctx, &accounts, &mut steps);
+    // The host name after the accounts (coreos-cloudinit set it first): a `useradd` that
+    // fails then leaves the host as it was.
+    if !config.hostname.is_empty() {
+        steps.push(Step::Hostname(config.hostname.clone()));
+    }
 
+    plan_files(config, ctx, &accounts, &mut steps)?;
+    plan_units(&unit_list(config), &mut steps)?;
+    Ok(Plan { steps })
+}
+
+/// Users (created, or their password set), then their keys and `core`'s.
+fn plan_accounts(config: &CloudConfig, ctx: &Context, accounts: &Accounts, steps: &mut Vec<Step>) {
     for user in &config.users {
         if user.name.is_empty() {
             tracing::warn!("skipping a user with no name");
@@ -399,13 +412,16 @@ pub fn plan(config: &CloudConfig, ctx: &Context) -> Result<Plan, ApplyError> {
             keys: core_keys,
         });
     }
+}
 
-    // The host name after the accounts (coreos-cloudinit set it first): a `useradd` that
-    // fails then leaves the host as it was.
-    if !config.hostname.is_empty() {
-        steps.push(Step::Hostname(config.hostname.clone()));
-    }
-
+/// `write_files`, then the generated files in the original's order, then the
+/// `/etc/environment` merge.
+fn plan_files(
+    config: &CloudConfig,
+    ctx: &Context,
+    accounts: &Accounts,
+    steps: &mut Vec<Step>,
+) -> Result<(), ApplyError> {
     // Files: write_files, then the generated ones.
     let mut wrote_environment = false;
     for wf in &config.write_files {
@@ -493,9 +509,7 @@ pub fn plan(config: &CloudConfig, ctx: &Context) -> Result<Plan, ApplyError> {
         let old = std::fs::read(ctx.host_path("/etc/environment")).unwrap_or_default();
         steps.push(Step::MergeEnvironment(files::merge_environment(&old, &env)));
     }
-
-    plan_units(&unit_list(config), &mut steps)?;
-    Ok(Plan { steps })
+    Ok(())
 }
 
 /// A `write_files` path as coreos-cloudinit used it: joined onto `/`.

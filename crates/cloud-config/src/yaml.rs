@@ -303,136 +303,96 @@ fn resolve(
     }
 }
 
-fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
-    let mut parser = Parser::new();
-    let mut reader = input;
-    parser.set_input_string(&mut reader);
-    let mut stack: Vec<Frame> = Vec::new();
-    // Each anchored node with its node count and scalar bytes, measured once.
-    let mut anchors: HashMap<String, (Node, usize, usize)> = HashMap::new();
-    let mut alias_bytes = 0usize;
-    let mut root: Option<Node> = None;
-    let mut nodes = 0usize;
-    let mut seen_document = false;
-    loop {
-        let event = parser.parse().map_err(|e| from_libyaml(input, &e))?;
-        let line = event.start_mark.line as usize + 1;
-        let (node, anchor) = match event.data {
-            EventData::StreamStart { .. } => continue,
-            EventData::StreamEnd => break,
-            EventData::DocumentStart { .. } => {
-                if seen_document {
-                    break;
-                }
-                seen_document = true;
-                continue;
-            }
-            EventData::DocumentEnd { .. } => break,
-            EventData::Alias { anchor } => {
-                let Some((node, count, bytes)) = anchors.get(&anchor) else {
-                    return Err(YamlError {
-                        message: format!("unknown anchor '{anchor}' referenced"),
-                        line,
-                        go_line: line - 1,
-                    });
-                };
-                // Measured before anything is copied.
-                if nodes + count > MAX_NODES {
-                    return Err(too_many_nodes(line));
-                }
-                alias_bytes += bytes;
-                if alias_bytes > MAX_ALIAS_BYTES {
-                    return Err(YamlError {
-                        message: format!(
-                            "aliases expand the document by more than {MAX_ALIAS_BYTES} bytes \
-                             (the limit)"
-                        ),
-                        line,
-                        go_line: line - 1,
-                    });
-                }
-                nodes += count;
-                (node.clone(), None)
-            }
-            EventData::Scalar {
-                anchor,
-                tag,
-                value,
-                style,
-                ..
-            } => {
-                let resolved = resolve(&value, tag.as_deref(), style, line)?;
-                (
-                    Node {
-                        kind: NodeKind::Scalar(Scalar {
-                            text: value,
-                            resolved,
-                        }),
-                        line,
-                    },
-                    anchor,
-                )
-            }
-            EventData::SequenceStart { anchor, .. } => {
-                stack.push(Frame::Sequence {
-                    line,
-                    anchor,
-                    items: Vec::new(),
-                });
-                if stack.len() > MAX_DEPTH {
-                    return Err(too_deep(line));
-                }
-                continue;
-            }
-            EventData::MappingStart { anchor, .. } => {
-                stack.push(Frame::Mapping {
-                    line,
-                    anchor,
-                    entries: Vec::new(),
-                    key: None,
-                });
-                if stack.len() > MAX_DEPTH {
-                    return Err(too_deep(line));
-                }
-                continue;
-            }
-            EventData::SequenceEnd | EventData::MappingEnd => match stack.pop() {
-                Some(Frame::Sequence {
-                    line,
-                    anchor,
-                    items,
-                }) => (
-                    Node {
-                        kind: NodeKind::Sequence(items),
-                        line,
-                    },
-                    anchor,
-                ),
-                Some(Frame::Mapping {
-                    line,
-                    anchor,
-                    entries,
-                    ..
-                }) => (
-                    Node {
-                        kind: NodeKind::Mapping(entries),
-                        line,
-                    },
-                    anchor,
-                ),
-                None => continue,
-            },
+/// The document being built from parser events, with its limits' counters.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    /// Each anchored node with its node count and scalar bytes, measured once.
+    anchors: HashMap<String, (Node, usize, usize)>,
+    alias_bytes: usize,
+    nodes: usize,
+    root: Option<Node>,
+}
+
+impl Builder {
+    /// A copy of the anchored node, refused before copying if it would pass a limit.
+    fn alias(&mut self, anchor: &str, line: usize) -> Result<Node, YamlError> {
+        let Some((node, count, bytes)) = self.anchors.get(anchor) else {
+            return Err(YamlError {
+                message: format!("unknown anchor '{anchor}' referenced"),
+                line,
+                go_line: line - 1,
+            });
         };
-        nodes += 1;
-        if nodes > MAX_NODES {
+        if self.nodes + count > MAX_NODES {
+            return Err(too_many_nodes(line));
+        }
+        self.alias_bytes += bytes;
+        if self.alias_bytes > MAX_ALIAS_BYTES {
+            return Err(YamlError {
+                message: format!(
+                    "aliases expand the document by more than {MAX_ALIAS_BYTES} bytes \
+                     (the limit)"
+                ),
+                line,
+                go_line: line - 1,
+            });
+        }
+        self.nodes += count;
+        Ok(node.clone())
+    }
+
+    /// A sequence or mapping begins.
+    fn open(&mut self, frame: Frame, line: usize) -> Result<(), YamlError> {
+        self.stack.push(frame);
+        if self.stack.len() > MAX_DEPTH {
+            return Err(too_deep(line));
+        }
+        Ok(())
+    }
+
+    /// The innermost sequence or mapping ends: its node and anchor.
+    fn close(&mut self) -> Option<(Node, Option<String>)> {
+        Some(match self.stack.pop()? {
+            Frame::Sequence {
+                line,
+                anchor,
+                items,
+            } => (
+                Node {
+                    kind: NodeKind::Sequence(items),
+                    line,
+                },
+                anchor,
+            ),
+            Frame::Mapping {
+                line,
+                anchor,
+                entries,
+                ..
+            } => (
+                Node {
+                    kind: NodeKind::Mapping(entries),
+                    line,
+                },
+                anchor,
+            ),
+        })
+    }
+
+    /// A finished node goes into its parent (an alias counts as one more node besides the
+    /// nodes it copies).
+    fn add(&mut self, node: Node, anchor: Option<String>, line: usize) -> Result<(), YamlError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES {
             return Err(too_many_nodes(line));
         }
         if let Some(a) = anchor {
             let (count, bytes) = measure(&node);
-            anchors.insert(a, (node.clone(), count, bytes));
+            self.anchors.insert(a, (node.clone(), count, bytes));
         }
-        match stack.last_mut() {
-            None => root = Some(node),
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
             Some(Frame::Sequence { items, .. }) => items.push(node),
             Some(Frame::Mapping { entries, key, .. }) => match key.take() {
                 None => {
@@ -448,8 +408,74 @@ fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
                 Some(k) => entries.push((k, node)),
             },
         }
+        Ok(())
     }
-    Ok(root)
+}
+
+fn parse_inner(input: &[u8]) -> Result<Option<Node>, YamlError> {
+    let mut parser = Parser::new();
+    let mut reader = input;
+    parser.set_input_string(&mut reader);
+    let mut doc = Builder::default();
+    let mut seen_document = false;
+    loop {
+        let event = parser.parse().map_err(|e| from_libyaml(input, &e))?;
+        let line = event.start_mark.line as usize + 1;
+        match event.data {
+            EventData::StreamStart { .. } => {}
+            EventData::StreamEnd | EventData::DocumentEnd { .. } => break,
+            EventData::DocumentStart { .. } => {
+                if seen_document {
+                    break;
+                }
+                seen_document = true;
+            }
+            EventData::Alias { anchor } => {
+                let node = doc.alias(&anchor, line)?;
+                doc.add(node, None, line)?;
+            }
+            EventData::Scalar {
+                anchor,
+                tag,
+                value,
+                style,
+                ..
+            } => {
+                let resolved = resolve(&value, tag.as_deref(), style, line)?;
+                let node = Node {
+                    kind: NodeKind::Scalar(Scalar {
+                        text: value,
+                        resolved,
+                    }),
+                    line,
+                };
+                doc.add(node, anchor, line)?;
+            }
+            EventData::SequenceStart { anchor, .. } => doc.open(
+                Frame::Sequence {
+                    line,
+                    anchor,
+                    items: Vec::new(),
+                },
+                line,
+            )?,
+            EventData::MappingStart { anchor, .. } => doc.open(
+                Frame::Mapping {
+                    line,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                },
+                line,
+            )?,
+            EventData::SequenceEnd | EventData::MappingEnd => {
+                if let Some((node, anchor)) = doc.close() {
+                    doc.add(node, anchor, line)?;
+                }
+            }
+        }
+    }
+    Ok(doc.root)
 }
 
 fn too_many_nodes(line: usize) -> YamlError {

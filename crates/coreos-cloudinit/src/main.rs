@@ -280,6 +280,58 @@ fn print_lines(lines: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The config (or script) in user-data after substitution; `None` for an Ignition config,
+/// which is not ours to apply. A format or YAML error is logged and sets `failure`; the
+/// apply goes on with an empty config, as the original did.
+fn decode(data: &[u8], failure: &mut bool) -> Option<(CloudConfig, Option<Vec<u8>>)> {
+    Some(match userdata::classify(data) {
+        Kind::Ignition => return None,
+        Kind::Empty => (CloudConfig::default(), None),
+        Kind::Script => (CloudConfig::default(), Some(data.to_vec())),
+        Kind::Unknown => {
+            tracing::error!(
+                "Failed to parse user-data: Unrecognized user-data format. Continuing..."
+            );
+            *failure = true;
+            (CloudConfig::default(), None)
+        }
+        Kind::CloudConfig => {
+            let body = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(data);
+            match cloud_config::yaml::parse(body) {
+                Ok(root_node) => (CloudConfig::from_node(root_node.as_ref()), None),
+                Err(e) => {
+                    tracing::error!("Failed to parse user-data: {e}. Continuing...");
+                    *failure = true;
+                    (CloudConfig::default(), None)
+                }
+            }
+        }
+    })
+}
+
+/// Carries the plan out: on the system, or under `-root` (user and systemd actions recorded).
+fn execute(plan: &apply::Plan, ctx: &Context, dry_run: bool) -> Result<Vec<String>> {
+    let mut root_host;
+    let mut system_host;
+    let host: &mut dyn Host = if dry_run {
+        root_host = RootHost::new(&ctx.root);
+        &mut root_host
+    } else {
+        system_host = SystemHost;
+        &mut system_host
+    };
+    let mut recorder;
+    let mut dbus;
+    let systemd: &mut dyn Systemd = if dry_run {
+        recorder = Recorder::default();
+        &mut recorder
+    } else {
+        dbus = LazyDbus::default();
+        &mut dbus
+    };
+    apply::execute(plan, ctx, host, systemd).context("Failed to apply cloud-config")
+}
+
 fn run(flags: Flags) -> Result<ExitCode> {
     if flags.version {
         print_lines(&[format!("coreos-cloudinit {VERSION}")])?;
@@ -353,31 +405,9 @@ fn run(flags: Flags) -> Result<ExitCode> {
         Ok(text) => substitute(text, &ctx.addresses).into_bytes(),
         Err(_) => data,
     };
-    let (mut config, script) = match userdata::classify(&data) {
-        Kind::Ignition => {
-            tracing::info!("Detected an Ignition config. Exiting...");
-            return Ok(ExitCode::SUCCESS);
-        }
-        Kind::Empty => (CloudConfig::default(), None),
-        Kind::Script => (CloudConfig::default(), Some(data.clone())),
-        Kind::Unknown => {
-            tracing::error!(
-                "Failed to parse user-data: Unrecognized user-data format. Continuing..."
-            );
-            failure = true;
-            (CloudConfig::default(), None)
-        }
-        Kind::CloudConfig => {
-            let body = data.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&data);
-            match cloud_config::yaml::parse(body) {
-                Ok(root_node) => (CloudConfig::from_node(root_node.as_ref()), None),
-                Err(e) => {
-                    tracing::error!("Failed to parse user-data: {e}. Continuing...");
-                    failure = true;
-                    (CloudConfig::default(), None)
-                }
-            }
-        }
+    let Some((mut config, script)) = decode(&data, &mut failure) else {
+        tracing::info!("Detected an Ignition config. Exiting...");
+        return Ok(ExitCode::SUCCESS);
     };
     if config.hostname.is_empty() {
         config.hostname = meta.hostname.clone();
@@ -395,26 +425,7 @@ fn run(flags: Flags) -> Result<ExitCode> {
             .extend(apply::plan_script(script, &ctx, &random_name()).steps);
     }
     let dry_run = flags.root.is_some();
-    let mut root_host;
-    let mut system_host;
-    let host: &mut dyn Host = if dry_run {
-        root_host = RootHost::new(&root);
-        &mut root_host
-    } else {
-        system_host = SystemHost;
-        &mut system_host
-    };
-    let mut recorder;
-    let mut dbus;
-    let systemd: &mut dyn Systemd = if dry_run {
-        recorder = Recorder::default();
-        &mut recorder
-    } else {
-        dbus = LazyDbus::default();
-        &mut dbus
-    };
-    let trace =
-        apply::execute(&plan, &ctx, host, systemd).context("Failed to apply cloud-config")?;
+    let trace = execute(&plan, &ctx, dry_run)?;
     if dry_run {
         print_lines(&trace)?;
     }
