@@ -19,8 +19,10 @@
 //! it. `--ca-file`, `--cert-file` and `--key-file` give the etcd driver TLS (in builds with the
 //! `tls` feature). Not yet: `--tunnel` with the etcd driver.
 //!
-//! Next: parse with clap behind the Go-spelling shim coreos-cloudinit has, one function per
-//! command, and split this file along its seams (commands, waiting, unit lookup).
+//! Each command is its own function (`cmd_*`, `set_state`, `restart`, and [`remote`]'s);
+//! `run` reads the global flags (`global`) and dispatches. Next: parse with clap behind the
+//! Go-spelling shim coreos-cloudinit has, and split this file along its seams (commands,
+//! waiting, unit lookup).
 
 mod client;
 mod remote;
@@ -681,45 +683,9 @@ async fn set_state(g: &Global, args: &[String], want: JobState, stop: bool) -> O
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(args: Vec<String>) -> Outcome {
+/// The global flags (and their `FLEETCTL_*` variables) as fleet read them.
+fn global(gflags: &BTreeMap<String, String>) -> Result<Global, Failure> {
     let env = |k: &str| std::env::var(format!("FLEETCTL_{k}")).ok();
-    const VALUE_FLAGS: &[&str] = &[
-        "endpoint",
-        "etcd-key-prefix",
-        "request-timeout",
-        "driver",
-        "tunnel",
-        "ssh-username",
-        "known-hosts-file",
-        "ssh-timeout",
-        "key-file",
-        "cert-file",
-        "ca-file",
-    ];
-    // Global flags come before the command; a value flag may take the next argument.
-    let mut pos = 0;
-    while pos < args.len() && args[pos].starts_with('-') {
-        let name = args[pos].trim_start_matches('-');
-        pos += if !name.contains('=') && VALUE_FLAGS.contains(&name) {
-            2
-        } else {
-            1
-        };
-    }
-    let pos = pos.min(args.len());
-    let (gflags, _) = parse_flags(
-        &args[..pos],
-        VALUE_FLAGS,
-        &[
-            "version",
-            "help",
-            "h",
-            "debug",
-            "experimental-api",
-            "strict-host-key-checking",
-        ],
-    )?;
-    let rest = args[pos..].to_vec();
     let endpoint = gflags.get("endpoint").cloned().or_else(|| env("ENDPOINT"));
     // As fleet: an explicit endpoint on etcd's ports means the etcd driver unless a
     // driver is named; `--experimental-api=false` forces it.
@@ -810,6 +776,48 @@ async fn run(args: Vec<String>) -> Outcome {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3.0),
     };
+    Ok(g)
+}
+
+async fn run(args: Vec<String>) -> Outcome {
+    const VALUE_FLAGS: &[&str] = &[
+        "endpoint",
+        "etcd-key-prefix",
+        "request-timeout",
+        "driver",
+        "tunnel",
+        "ssh-username",
+        "known-hosts-file",
+        "ssh-timeout",
+        "key-file",
+        "cert-file",
+        "ca-file",
+    ];
+    // Global flags come before the command; a value flag may take the next argument.
+    let mut pos = 0;
+    while pos < args.len() && args[pos].starts_with('-') {
+        let name = args[pos].trim_start_matches('-');
+        pos += if !name.contains('=') && VALUE_FLAGS.contains(&name) {
+            2
+        } else {
+            1
+        };
+    }
+    let pos = pos.min(args.len());
+    let (gflags, _) = parse_flags(
+        &args[..pos],
+        VALUE_FLAGS,
+        &[
+            "version",
+            "help",
+            "h",
+            "debug",
+            "experimental-api",
+            "strict-host-key-checking",
+        ],
+    )?;
+    let rest = args[pos..].to_vec();
+    let g = global(&gflags)?;
     if gflags.contains_key("version") {
         out(format!("fleetctl version {VERSION}"));
         return Ok(ExitCode::SUCCESS);
@@ -819,24 +827,7 @@ async fn run(args: Vec<String>) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     };
     match cmd.as_str() {
-        "help" => {
-            match args.first() {
-                None => help(),
-                Some(c) if COMMANDS.iter().any(|(n, _)| n == c) => {
-                    let d = COMMANDS
-                        .iter()
-                        .find(|(n, _)| n == c)
-                        .map(|(_, d)| *d)
-                        .unwrap_or("");
-                    out(format!("NAME:\n\tfleetctl {c} - {d}"));
-                }
-                Some(c) => {
-                    err(format!("Unrecognized command: {c}"));
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        "help" => cmd_help(args),
         "version" => {
             out(format!("fleetctl version {VERSION}"));
             Ok(ExitCode::SUCCESS)
@@ -852,234 +843,266 @@ async fn run(args: Vec<String>) -> Outcome {
             };
             Ok(fd_forward(socket).await?)
         }
-        "list-machines" => {
-            let (flags, _) = parse_flags(args, &["fields"], &["full", "l", "no-legend"])?;
-            let fields = match fields_of(
-                &flags,
-                "machine,ip,metadata",
-                &["machine", "ip", "metadata"],
-            ) {
-                Ok(f) => f,
-                Err(e) => {
-                    err(e);
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            let full = flags.contains_key("full") || flags.contains_key("l");
-            let reg = registry(&g).await?;
-            let mut machines = match reg.machines().await {
-                Ok(m) => m,
-                Err(e) => {
-                    err(format!("Error retrieving list of active machines: {e}"));
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            machines.sort_by(|a, b| a.id.cmp(&b.id));
-            let rows = machines
-                .iter()
-                .map(|m| {
-                    fields
-                        .iter()
-                        .map(|f| match f.as_str() {
-                            "machine" if full => m.id.clone(),
-                            "machine" => short(&m.id),
-                            "ip" if m.public_ip.is_empty() => "-".into(),
-                            "ip" => m.public_ip.clone(),
-                            _ if m.metadata.is_empty() => "-".into(),
-                            _ => m
-                                .metadata
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .collect::<Vec<_>>()
-                                .join(","),
-                        })
-                        .collect()
-                })
-                .collect();
-            print_table(&flags, &fields, rows);
-            Ok(ExitCode::SUCCESS)
-        }
-        "list-units" | "list-unit-files" => {
-            let files = cmd == "list-unit-files";
-            // fleet's list-unit-files has no -l.
-            let switches: &[&str] = if files {
-                &["full", "no-legend"]
-            } else {
-                &["full", "l", "no-legend"]
-            };
-            let (flags, _) = parse_flags(args, &["fields"], switches)?;
-            let (default, valid): (&str, &[&str]) = if files {
-                (
-                    "unit,hash,dstate,state,target",
-                    &[
-                        "unit", "hash", "desc", "dstate", "state", "target", "tmachine", "global",
-                    ],
-                )
-            } else {
-                (
-                    "unit,machine,active,sub",
-                    &["unit", "load", "active", "sub", "machine", "hash"],
-                )
-            };
-            let fields = match fields_of(&flags, default, valid) {
-                Ok(f) => f,
-                Err(e) => {
-                    err(e);
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            if fields.iter().any(|f| f == "tmachine") {
-                err("WARNING: The \"tmachine\" field is deprecated. Use \"target\" instead");
-            }
-            let full = flags.contains_key("full") || (!files && flags.contains_key("l"));
-            let reg = registry(&g).await?;
-            let (jobs, states, machines) = match reg.snapshot().await {
-                Ok(x) => x,
-                Err(e) => {
-                    err(format!(
-                        "Error retrieving list of units from repository: {e}"
-                    ));
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            let hash = |h: &str| {
-                if full {
-                    h.to_string()
-                } else {
-                    h.get(..7).unwrap_or(h).to_string()
-                }
-            };
-            let rows: Vec<Vec<String>> = if files {
-                jobs.iter()
-                    .map(|j| {
-                        fields
-                            .iter()
-                            .map(|f| match f.as_str() {
-                                "unit" => j.name.clone(),
-                                "hash" => hash(&j.hash.to_string()),
-                                "desc" => j
-                                    .unit
-                                    .as_deref()
-                                    .and_then(|t| systemd_unit::fleet::deserialize(t).ok())
-                                    .and_then(|o| {
-                                        o.into_iter()
-                                            .find(|o| {
-                                                o.section == "Unit" && o.name == "Description"
-                                            })
-                                            .map(|o| o.value)
-                                    })
-                                    .unwrap_or_else(|| "-".into()),
-                                "dstate" => j.target_state.to_string(),
-                                "state" if j.global => "-".into(),
-                                "state" => j.current_state(&states).to_string(),
-                                "global" => j.global.to_string(),
-                                _ if j.global => "global".into(),
-                                _ => j.target.as_deref().map_or_else(
-                                    || "-".into(),
-                                    |t| machine_cell(t, &machines, full),
-                                ),
-                            })
-                            .collect()
-                    })
-                    .collect()
-            } else {
-                let mut st = states.clone();
-                st.sort_by(|a, b| {
-                    (a.unit.as_str(), a.machine_id.as_str())
-                        .cmp(&(b.unit.as_str(), b.machine_id.as_str()))
-                });
-                st.iter()
-                    .map(|s| {
-                        fields
-                            .iter()
-                            .map(|f| match f.as_str() {
-                                "unit" => s.unit.clone(),
-                                "load" => s.load_state.clone(),
-                                "active" => s.active_state.clone(),
-                                "sub" => s.sub_state.clone(),
-                                "hash" => hash(&s.hash),
-                                _ => machine_cell(&s.machine_id, &machines, full),
-                            })
-                            .collect()
-                    })
-                    .collect()
-            };
-            print_table(&flags, &fields, rows);
-            Ok(ExitCode::SUCCESS)
-        }
-        "submit" => {
-            let (flags, units) = parse_flags(args, &[], &["replace"])?;
-            let reg = registry(&g).await?;
-            let jobs = reg.jobs().await?;
-            let replace = flags.contains_key("replace").then_some(JobState::Inactive);
-            if let Err(e) = lazy_create(&reg, &units, &jobs, replace).await {
-                err(format!("Error creating units: {e}"));
-                return Ok(ExitCode::FAILURE);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        "list-machines" => cmd_list_machines(&g, args).await,
+        "list-units" | "list-unit-files" => cmd_list_units(&g, cmd, args).await,
+        "submit" => cmd_submit(&g, args).await,
         "load" => set_state(&g, args, JobState::Loaded, false).await,
         "start" => set_state(&g, args, JobState::Launched, false).await,
         "unload" => set_state(&g, args, JobState::Inactive, false).await,
         "stop" => set_state(&g, args, JobState::Loaded, true).await,
         "restart" => restart(&g, args).await,
-        "destroy" => {
-            let (_, units) = parse_flags(args, &[], &[])?;
-            let reg = registry(&g).await?;
-            let mut code = ExitCode::SUCCESS;
-            for u in &units {
-                let name = mangle(u);
-                match reg.destroy_unit(&name).await {
-                    Ok(true) => out(format!("Destroyed {name}")),
-                    Ok(false) => {
-                        err("Error destroying units: unit does not exist");
-                        code = ExitCode::FAILURE;
-                    }
-                    Err(e) => {
-                        err(format!("Error destroying units: {e}"));
-                        code = ExitCode::FAILURE;
-                    }
-                }
-            }
-            Ok(code)
-        }
+        "destroy" => cmd_destroy(&g, args).await,
         "status" => remote::status(&g, &registry(&g).await?, args).await,
         "journal" => remote::journal(&g, &registry(&g).await?, args).await,
         "ssh" => remote::ssh(&g, &registry(&g).await?, args).await,
-        "cat" => {
-            let (_, units) = parse_flags(args, &[], &[])?;
-            if units.len() != 1 {
-                err("One unit file must be provided");
-                return Ok(ExitCode::FAILURE);
-            }
-            let name = mangle(&units[0]);
-            let reg = registry(&g).await?;
-            let jobs = match reg.jobs().await {
-                Ok(j) => j,
-                Err(e) => {
-                    err(format!("Error retrieving Unit {name}: {e}"));
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            match jobs
-                .iter()
-                .find(|j| j.name == name)
-                .and_then(|j| j.unit.clone())
-            {
-                Some(t) => {
-                    let _ = std::io::stdout().lock().write_all(t.as_bytes());
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    err(format!("Unit {name} not found"));
-                    Ok(ExitCode::FAILURE)
-                }
-            }
-        }
+        "cat" => cmd_cat(&g, args).await,
         other => {
             err(format!("fleetctl: unknown subcommand: {other:?}"));
             err("Run 'fleetctl help' for usage.");
             Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `fleetctl help [COMMAND]`.
+fn cmd_help(args: &[String]) -> Outcome {
+    match args.first() {
+        None => help(),
+        Some(c) if COMMANDS.iter().any(|(n, _)| n == c) => {
+            let d = COMMANDS
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, d)| *d)
+                .unwrap_or("");
+            out(format!("NAME:\n\tfleetctl {c} - {d}"));
+        }
+        Some(c) => {
+            err(format!("Unrecognized command: {c}"));
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetctl list-machines`.
+async fn cmd_list_machines(g: &Global, args: &[String]) -> Outcome {
+    let (flags, _) = parse_flags(args, &["fields"], &["full", "l", "no-legend"])?;
+    let fields = match fields_of(
+        &flags,
+        "machine,ip,metadata",
+        &["machine", "ip", "metadata"],
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            err(e);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let full = flags.contains_key("full") || flags.contains_key("l");
+    let reg = registry(g).await?;
+    let mut machines = match reg.machines().await {
+        Ok(m) => m,
+        Err(e) => {
+            err(format!("Error retrieving list of active machines: {e}"));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    machines.sort_by(|a, b| a.id.cmp(&b.id));
+    let rows = machines
+        .iter()
+        .map(|m| {
+            fields
+                .iter()
+                .map(|f| match f.as_str() {
+                    "machine" if full => m.id.clone(),
+                    "machine" => short(&m.id),
+                    "ip" if m.public_ip.is_empty() => "-".into(),
+                    "ip" => m.public_ip.clone(),
+                    _ if m.metadata.is_empty() => "-".into(),
+                    _ => m
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                })
+                .collect()
+        })
+        .collect();
+    print_table(&flags, &fields, rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetctl list-units` and `list-unit-files`.
+async fn cmd_list_units(g: &Global, cmd: &str, args: &[String]) -> Outcome {
+    let files = cmd == "list-unit-files";
+    // fleet's list-unit-files has no -l.
+    let switches: &[&str] = if files {
+        &["full", "no-legend"]
+    } else {
+        &["full", "l", "no-legend"]
+    };
+    let (flags, _) = parse_flags(args, &["fields"], switches)?;
+    let (default, valid): (&str, &[&str]) = if files {
+        (
+            "unit,hash,dstate,state,target",
+            &[
+                "unit", "hash", "desc", "dstate", "state", "target", "tmachine", "global",
+            ],
+        )
+    } else {
+        (
+            "unit,machine,active,sub",
+            &["unit", "load", "active", "sub", "machine", "hash"],
+        )
+    };
+    let fields = match fields_of(&flags, default, valid) {
+        Ok(f) => f,
+        Err(e) => {
+            err(e);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if fields.iter().any(|f| f == "tmachine") {
+        err("WARNING: The \"tmachine\" field is deprecated. Use \"target\" instead");
+    }
+    let full = flags.contains_key("full") || (!files && flags.contains_key("l"));
+    let reg = registry(g).await?;
+    let (jobs, states, machines) = match reg.snapshot().await {
+        Ok(x) => x,
+        Err(e) => {
+            err(format!(
+                "Error retrieving list of units from repository: {e}"
+            ));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let hash = |h: &str| {
+        if full {
+            h.to_string()
+        } else {
+            h.get(..7).unwrap_or(h).to_string()
+        }
+    };
+    let rows: Vec<Vec<String>> = if files {
+        jobs.iter()
+            .map(|j| {
+                fields
+                    .iter()
+                    .map(|f| match f.as_str() {
+                        "unit" => j.name.clone(),
+                        "hash" => hash(&j.hash.to_string()),
+                        "desc" => j
+                            .unit
+                            .as_deref()
+                            .and_then(|t| systemd_unit::fleet::deserialize(t).ok())
+                            .and_then(|o| {
+                                o.into_iter()
+                                    .find(|o| o.section == "Unit" && o.name == "Description")
+                                    .map(|o| o.value)
+                            })
+                            .unwrap_or_else(|| "-".into()),
+                        "dstate" => j.target_state.to_string(),
+                        "state" if j.global => "-".into(),
+                        "state" => j.current_state(&states).to_string(),
+                        "global" => j.global.to_string(),
+                        _ if j.global => "global".into(),
+                        _ => j
+                            .target
+                            .as_deref()
+                            .map_or_else(|| "-".into(), |t| machine_cell(t, &machines, full)),
+                    })
+                    .collect()
+            })
+            .collect()
+    } else {
+        let mut st = states.clone();
+        st.sort_by(|a, b| {
+            (a.unit.as_str(), a.machine_id.as_str()).cmp(&(b.unit.as_str(), b.machine_id.as_str()))
+        });
+        st.iter()
+            .map(|s| {
+                fields
+                    .iter()
+                    .map(|f| match f.as_str() {
+                        "unit" => s.unit.clone(),
+                        "load" => s.load_state.clone(),
+                        "active" => s.active_state.clone(),
+                        "sub" => s.sub_state.clone(),
+                        "hash" => hash(&s.hash),
+                        _ => machine_cell(&s.machine_id, &machines, full),
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    print_table(&flags, &fields, rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetctl submit [--replace] UNIT...`.
+async fn cmd_submit(g: &Global, args: &[String]) -> Outcome {
+    let (flags, units) = parse_flags(args, &[], &["replace"])?;
+    let reg = registry(g).await?;
+    let jobs = reg.jobs().await?;
+    let replace = flags.contains_key("replace").then_some(JobState::Inactive);
+    if let Err(e) = lazy_create(&reg, &units, &jobs, replace).await {
+        err(format!("Error creating units: {e}"));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleetctl destroy UNIT...`.
+async fn cmd_destroy(g: &Global, args: &[String]) -> Outcome {
+    let (_, units) = parse_flags(args, &[], &[])?;
+    let reg = registry(g).await?;
+    let mut code = ExitCode::SUCCESS;
+    for u in &units {
+        let name = mangle(u);
+        match reg.destroy_unit(&name).await {
+            Ok(true) => out(format!("Destroyed {name}")),
+            Ok(false) => {
+                err("Error destroying units: unit does not exist");
+                code = ExitCode::FAILURE;
+            }
+            Err(e) => {
+                err(format!("Error destroying units: {e}"));
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `fleetctl cat UNIT`.
+async fn cmd_cat(g: &Global, args: &[String]) -> Outcome {
+    let (_, units) = parse_flags(args, &[], &[])?;
+    if units.len() != 1 {
+        err("One unit file must be provided");
+        return Ok(ExitCode::FAILURE);
+    }
+    let name = mangle(&units[0]);
+    let reg = registry(g).await?;
+    let jobs = match reg.jobs().await {
+        Ok(j) => j,
+        Err(e) => {
+            err(format!("Error retrieving Unit {name}: {e}"));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match jobs
+        .iter()
+        .find(|j| j.name == name)
+        .and_then(|j| j.unit.clone())
+    {
+        Some(t) => {
+            let _ = std::io::stdout().lock().write_all(t.as_bytes());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            err(format!("Unit {name} not found"));
+            Ok(ExitCode::FAILURE)
         }
     }
 }
