@@ -2,7 +2,7 @@
 //! the non-global units targeted here and the global units its metadata matches — through a
 //! [`UnitManager`] (systemd over D-Bus in a machine; a simulation in tests and benchmarks).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -134,6 +134,44 @@ pub struct Tasks {
     pub stop: Vec<String>,
     /// Units to start.
     pub start: Vec<String>,
+}
+
+/// The units meant to run on this machine: name → (state, hash, text).
+type Desired = BTreeMap<String, (JobState, UnitHash, String)>;
+
+/// How `desired` wants `name` now (a failure stands only while this is unchanged).
+fn wanted(desired: &Desired, name: &str) -> Option<(JobState, UnitHash)> {
+    desired.get(name).map(|(s, h, _)| (*s, *h))
+}
+
+/// When each phase of a pass ended, for the debug log.
+struct Took {
+    began: tokio::time::Instant,
+    steps: Vec<(&'static str, usize, std::time::Duration)>,
+}
+
+impl Took {
+    fn new() -> Self {
+        Self {
+            began: tokio::time::Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str, n: usize) {
+        self.steps.push((what, n, self.began.elapsed()));
+    }
+
+    fn log(&self) {
+        if !self.steps.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
+            let steps: Vec<String> = self
+                .steps
+                .iter()
+                .map(|(what, n, at)| format!("{what} {n} by {} ms", at.as_millis()))
+                .collect();
+            tracing::debug!("pass: {}", steps.join(", "));
+        }
+    }
 }
 
 /// fleet's `calculateTasksForUnit`, for every unit at once.
@@ -523,18 +561,61 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 .is_some_and(|s| s != JobState::Inactive)
     }
 
-    /// One pass: make this machine's units match the schedule, in fleet's task order.
+    /// One pass: make this machine's units match the schedule, in fleet's task order —
+    /// unload, load (then bind and maybe daemon-reload), stop, start — then publish what
+    /// changed. Each phase is its own method; a unit whose step fails skips its later steps.
     async fn pass(&mut self, cache: &ClusterCache<S>) -> Result<(), Error> {
         // A lapse noticed now arms the hold before any unload is decided.
         self.tend().await?;
+        let desired = self.desired(cache).await?;
+        let rebound = self.refence(&desired).await;
+        let (mut t, tried) = self.plan_tasks(cache, &desired);
+        // Units a step failed for in this pass: their later steps are skipped.
+        let mut failed = BTreeSet::new();
+        // systemd reads a new unit file when the unit is first started (it notices the
+        // changed unit directory), so a daemon-reload — 1.5 s with a thousand units — is
+        // needed only when a name it may still hold in memory gets new content.
+        let reload = rebound
+            || t.load
+                .iter()
+                .any(|(n, _)| self.current.contains_key(n) || self.stale.contains(n));
+        let mut took = Took::new();
+        self.unload_all(cache, &desired, &t.unload, &mut failed)
+            .await?;
+        t.load.retain(|(n, _)| !failed.contains(n));
+        self.load_all(&desired, &t.load, &mut failed).await?;
+        took.mark("load", t.load.len());
+        if reload {
+            self.stale.clear();
+            self.manager
+                .reload()
+                .await
+                .map_err(|e| Error::Unit("daemon-reload".into(), e))?;
+        }
+        self.stop_all(&desired, &t.stop, &mut failed).await?;
+        t.start.retain(|n| !failed.contains(n));
+        self.start_all(&desired, &t.start, &mut failed, &mut took)
+            .await?;
+        for name in &tried {
+            if !failed.contains(name) {
+                self.failures.remove(name);
+            }
+        }
+        self.publish_pass(&t, &failed, &mut took).await?;
+        took.log();
+        Ok(())
+    }
+
+    /// The units meant to run here, by fleet-engine's rule (`desired_units`) fed this
+    /// machine's view: name → (state, hash, text).
+    async fn desired(&mut self, cache: &ClusterCache<S>) -> Result<Desired, Error> {
         let me = self.me.id.clone();
         let records = cache
             .jobs(|r| r.global || r.target.as_deref() == Some(me.as_str()))
             .await?;
-        // What runs here is fleet-engine's rule (`desired_units`), fed this machine's view.
         let mut jobs = Vec::with_capacity(records.len());
         let mut content = BTreeMap::new();
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for r in records {
             let Some(text) = r.unit else { continue };
             seen.insert((r.name.clone(), r.hash));
@@ -558,25 +639,40 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 desired.insert(name, (state, hash, text));
             }
         }
-        let mut rebound = false;
-        if std::mem::take(&mut self.refence) {
-            let mut binds = Vec::new();
-            for (name, (_, hash, text)) in &desired {
-                let fenced = self.fenced(name, *hash, text);
-                if let Some(l) = self.current.get_mut(name) {
-                    if l.fenced != fenced {
-                        binds.push((name.clone(), fenced));
-                    }
-                    l.fenced = fenced;
-                }
-            }
-            for (name, e) in self.manager.bind(&binds).await {
-                tracing::warn!(unit = %name, "binding to fleetd: {e}");
-            }
-            rebound = !binds.is_empty();
+        Ok(desired)
+    }
+
+    /// After a change of the fencing default: binds or unbinds loaded units whose fencing
+    /// changed. Returns whether any did (systemd must then reload).
+    async fn refence(&mut self, desired: &Desired) -> bool {
+        if !std::mem::take(&mut self.refence) {
+            return false;
         }
-        let mut t = tasks(&desired, &self.current);
-        t.unload.retain(|n| !self.held(cache, &desired, n));
+        let mut binds = Vec::new();
+        for (name, (_, hash, text)) in desired {
+            let fenced = self.fenced(name, *hash, text);
+            if let Some(l) = self.current.get_mut(name) {
+                if l.fenced != fenced {
+                    binds.push((name.clone(), fenced));
+                }
+                l.fenced = fenced;
+            }
+        }
+        for (name, e) in self.manager.bind(&binds).await {
+            tracing::warn!(unit = %name, "binding to fleetd: {e}");
+        }
+        !binds.is_empty()
+    }
+
+    /// The tasks of this pass, less held units, fenced starts past the fencing moment and
+    /// units waiting for a retry; and every unit a task is tried for.
+    fn plan_tasks(
+        &mut self,
+        cache: &ClusterCache<S>,
+        desired: &Desired,
+    ) -> (Tasks, BTreeSet<String>) {
+        let mut t = tasks(desired, &self.current);
+        t.unload.retain(|n| !self.held(cache, desired, n));
         // Past the fencing moment, fenced units stay stopped until the lease is renewed.
         if tokio::time::Instant::now() >= self.presence.fence_at() {
             t.start.retain(|n| {
@@ -588,16 +684,16 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         // Units whose last task failed wait for their retry time; the rest go on.
         // A failure stands only while the unit is still wanted as it was when it failed:
         // destroyed, stopped or given new content, it is tried at once.
-        let wanted = |n: &str| desired.get(n).map(|(s, h, _)| (*s, *h));
         self.failures.retain(|n, f| {
-            f.want == wanted(n) && (desired.contains_key(n) || self.current.contains_key(n))
+            f.want == wanted(desired, n)
+                && (desired.contains_key(n) || self.current.contains_key(n))
         });
         let now = tokio::time::Instant::now();
         t.unload.retain(|n| !self.waiting(n, now));
         t.load.retain(|(n, _)| !self.waiting(n, now));
         t.stop.retain(|n| !self.waiting(n, now));
         t.start.retain(|n| !self.waiting(n, now));
-        let tried: std::collections::BTreeSet<String> = t
+        let tried = t
             .unload
             .iter()
             .chain(t.load.iter().map(|(n, _)| n))
@@ -605,25 +701,25 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             .chain(&t.start)
             .cloned()
             .collect();
-        // Units a step failed for in this pass: their later steps are skipped.
-        let mut failed = std::collections::BTreeSet::new();
-        // systemd reads a new unit file when the unit is first started (it notices the
-        // changed unit directory), so a daemon-reload — 1.5 s with a thousand units — is
-        // needed only when a name it may still hold in memory gets new content.
-        let reload = rebound
-            || t.load
-                .iter()
-                .any(|(n, _)| self.current.contains_key(n) || self.stale.contains(n));
-        let began = tokio::time::Instant::now();
-        let mut took = Vec::new();
-        for name in &t.unload {
+        (t, tried)
+    }
+
+    async fn unload_all(
+        &mut self,
+        cache: &ClusterCache<S>,
+        desired: &Desired,
+        names: &[String],
+        failed: &mut BTreeSet<String>,
+    ) -> Result<(), Error> {
+        let me = self.me.id.clone();
+        for name in names {
             self.tend().await?;
             // A renewal just now may have found the lease lapsed and armed the hold.
-            if self.held(cache, &desired, name) {
+            if self.held(cache, desired, name) {
                 continue;
             }
             if let Err(e) = self.manager.unload(name).await {
-                self.failed(name, "unloading", &e, None, wanted(name));
+                self.failed(name, "unloading", &e, None, wanted(desired, name));
                 failed.insert(name.clone());
                 continue;
             }
@@ -632,17 +728,24 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             self.reg.clear_own_job_state(name, &me).await?;
             self.reg.remove_state(name, &me).await?;
         }
-        t.load.retain(|(n, _)| !failed.contains(n));
-        if !t.load.is_empty() {
+        Ok(())
+    }
+
+    async fn load_all(
+        &mut self,
+        desired: &Desired,
+        load: &[(String, String)],
+        failed: &mut BTreeSet<String>,
+    ) -> Result<(), Error> {
+        if !load.is_empty() {
             self.tend().await?;
-            for (name, e) in self.manager.load_many(&t.load).await {
+            for (name, e) in self.manager.load_many(load).await {
                 let hash = desired.get(&name).map(|(_, h, _)| *h);
-                self.failed(&name, "loading", &e, hash, wanted(&name));
+                self.failed(&name, "loading", &e, hash, wanted(desired, &name));
                 failed.insert(name);
             }
             // A fenced unit never starts unbound: a failed binding fails its load.
-            let binds: Vec<(String, bool)> = t
-                .load
+            let binds: Vec<(String, bool)> = load
                 .iter()
                 .filter(|(n, _)| !failed.contains(n))
                 .filter_map(|(n, text)| {
@@ -652,11 +755,11 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 .collect();
             for (name, e) in self.manager.bind(&binds).await {
                 let hash = desired.get(&name).map(|(_, h, _)| *h);
-                self.failed(&name, "binding to fleetd", &e, hash, wanted(&name));
+                self.failed(&name, "binding to fleetd", &e, hash, wanted(desired, &name));
                 failed.insert(name);
             }
         }
-        for (name, text) in &t.load {
+        for (name, text) in load {
             if failed.contains(name) {
                 continue;
             }
@@ -672,19 +775,21 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 );
             }
         }
-        took.push(("load", t.load.len(), began.elapsed()));
-        if reload {
-            self.stale.clear();
-            self.manager
-                .reload()
-                .await
-                .map_err(|e| Error::Unit("daemon-reload".into(), e))?;
-        }
-        for name in &t.stop {
+        Ok(())
+    }
+
+    async fn stop_all(
+        &mut self,
+        desired: &Desired,
+        names: &[String],
+        failed: &mut BTreeSet<String>,
+    ) -> Result<(), Error> {
+        let me = self.me.id.clone();
+        for name in names {
             self.tend().await?;
             self.reg.clear_own_job_state(name, &me).await?;
             if let Err(e) = self.manager.stop(name).await {
-                self.failed(name, "stopping", &e, None, wanted(name));
+                self.failed(name, "stopping", &e, None, wanted(desired, name));
                 failed.insert(name.clone());
                 continue;
             }
@@ -692,41 +797,58 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
                 c.state = JobState::Loaded;
             }
         }
-        t.start.retain(|n| !failed.contains(n));
-        if !t.start.is_empty() {
-            // "Launched here" for the whole batch first (one request per hundred units),
-            // then the starts, as fleet's order has it.
+        Ok(())
+    }
+
+    /// "Launched here" for the whole batch first (one request per hundred units), then the
+    /// starts, pipelined in chunks with the lease renewed between them, as fleet's order
+    /// has it.
+    async fn start_all(
+        &mut self,
+        desired: &Desired,
+        names: &[String],
+        failed: &mut BTreeSet<String>,
+        took: &mut Took,
+    ) -> Result<(), Error> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.tend().await?;
+        for name in names {
+            if let Some(c) = self.current.get_mut(name) {
+                c.state = JobState::Launched;
+            }
+        }
+        self.reg
+            .set_job_states(names, &self.me.id, self.presence.lease)
+            .await?;
+        took.mark("mark launched", names.len());
+        for chunk in names.chunks(START_CHUNK) {
             self.tend().await?;
-            for name in &t.start {
-                if let Some(c) = self.current.get_mut(name) {
-                    c.state = JobState::Launched;
+            for (name, e) in self.manager.start_many(chunk).await {
+                self.failed(&name, "starting", &e, None, wanted(desired, &name));
+                // Still "launched" (a start was requested, as fleet's job state says);
+                // the retry starts it again.
+                if let Some(c) = self.current.get_mut(&name) {
+                    c.state = JobState::Loaded;
                 }
-            }
-            self.reg
-                .set_job_states(&t.start, &me, self.presence.lease)
-                .await?;
-            took.push(("mark launched", t.start.len(), began.elapsed()));
-            // Pipelined in chunks, the lease renewed between them.
-            for chunk in t.start.chunks(START_CHUNK) {
-                self.tend().await?;
-                for (name, e) in self.manager.start_many(chunk).await {
-                    self.failed(&name, "starting", &e, None, wanted(&name));
-                    // Still "launched" (a start was requested, as fleet's job state says);
-                    // the retry starts it again.
-                    if let Some(c) = self.current.get_mut(&name) {
-                        c.state = JobState::Loaded;
-                    }
-                    failed.insert(name);
-                }
-            }
-            took.push(("start", t.start.len(), began.elapsed()));
-        }
-        for name in &tried {
-            if !failed.contains(name) {
-                self.failures.remove(name);
+                failed.insert(name);
             }
         }
-        // Units that could not be loaded show as failed, with the content that failed.
+        took.mark("start", names.len());
+        Ok(())
+    }
+
+    /// Publishes the pass's outcome: units that could not be loaded as failed (with the
+    /// content that failed), and the systemd states of the units it touched (all of them
+    /// after registering anew).
+    async fn publish_pass(
+        &mut self,
+        t: &Tasks,
+        failed: &BTreeSet<String>,
+        took: &mut Took,
+    ) -> Result<(), Error> {
+        let me = self.me.id.clone();
         let refused: Vec<UnitState> = failed
             .iter()
             .filter(|n| !self.current.contains_key(*n))
@@ -772,20 +894,13 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
         let touched: Vec<String> = touched
             .into_iter()
             .filter(|n| self.current.contains_key(n))
-            .collect::<std::collections::BTreeSet<_>>()
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         if !touched.is_empty() {
             self.tend().await?;
             self.publish(&touched, true).await?;
-            took.push(("publish", touched.len(), began.elapsed()));
-        }
-        if !took.is_empty() && tracing::enabled!(tracing::Level::DEBUG) {
-            let steps: Vec<String> = took
-                .iter()
-                .map(|(what, n, at)| format!("{what} {n} by {} ms", at.as_millis()))
-                .collect();
-            tracing::debug!("pass: {}", steps.join(", "));
+            took.mark("publish", touched.len());
         }
         Ok(())
     }
@@ -910,27 +1025,63 @@ pub async fn run_agent<S: KvStore, M: UnitManager>(
     run_reconfigurable_agent(reg, cfg, manager, stop, ready, None).await
 }
 
-/// [`run_agent`], taking new settings from `reconfig` while it runs (fleetd's SIGHUP).
-pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
-    reg: Arc<Registry<S>>,
-    cfg: AgentConfig,
-    mut manager: M,
-    mut stop: watch::Receiver<bool>,
-    ready: Option<watch::Sender<bool>>,
-    mut reconfig: Option<watch::Receiver<Reconfig>>,
-) -> Result<(), Error> {
-    let store = reg.store().clone();
-    let mut me = cfg.machine.clone();
-    // A previous run that crashed may still hold the presence key until its lease lapses.
-    // Past that, another machine has this ID: fleet 1.0 kept running, unregistered (its API
-    // answering that it cannot reach etcd), and kept trying, so a fixed ID lets it in.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.ttl.max(1) as u64 + 2);
+/// When the agent's next pass runs: a pass is due (`dirty`) once a burst has settled
+/// (`settle`); failures back off (`backoff`); while the registry's watches are down,
+/// `rewatch_at` says when to set them up again — its own timer, not the settle timer's, so
+/// a pass (which clears that one) never leaves the agent deaf.
+#[derive(Debug)]
+struct Pacing {
+    dirty: bool,
+    settle: Option<tokio::time::Instant>,
+    backoff: Duration,
+    rewatch_at: Option<tokio::time::Instant>,
+}
+
+impl Pacing {
+    /// A change worth a pass: it runs after a short settle, unless one is already due.
+    fn changed(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            self.settle = Some(tokio::time::Instant::now() + SETTLE);
+        }
+    }
+
+    /// A pass that could not finish runs again after the backoff.
+    fn retry(&mut self) {
+        self.dirty = true;
+        self.settle = Some(tokio::time::Instant::now() + self.backoff);
+    }
+
+    /// Whether the pass runs now (a burst of changes — a `fleetctl start` of many units —
+    /// settles for a moment first, so one pass and one daemon-reload serve the whole burst).
+    fn due(&self) -> bool {
+        self.dirty && self.settle.is_none_or(|t| tokio::time::Instant::now() >= t)
+    }
+
+    fn back_off(&mut self) {
+        self.backoff = (self.backoff * 4).min(MAX_BACKOFF);
+    }
+}
+
+/// Registers the machine under a fresh lease: (lease, when it was asked for), or `None`
+/// when told to stop first. A previous run that crashed may still hold the presence key
+/// until its lease lapses; past that, another machine has this ID: fleet 1.0 kept running,
+/// unregistered (its API answering that it cannot reach etcd), and kept trying, so a fixed
+/// ID lets it in.
+async fn register<S: KvStore>(
+    reg: &Registry<S>,
+    me: &Machine,
+    ttl: i64,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<(i64, tokio::time::Instant)>, Error> {
+    let store = reg.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(ttl.max(1) as u64 + 2);
     let mut warned = false;
-    let (lease, sent) = loop {
+    loop {
         let sent = tokio::time::Instant::now();
-        let lease = store.grant_lease(cfg.ttl).await?;
-        if reg.register_machine(&me, lease).await? {
-            break (lease, sent);
+        let lease = store.grant_lease(ttl).await?;
+        if reg.register_machine(me, lease).await? {
+            return Ok(Some((lease, sent)));
         }
         store.revoke(lease).await?;
         let late = tokio::time::Instant::now() >= deadline;
@@ -940,101 +1091,42 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
         }
         let wait = Duration::from_millis(if late { 2000 } else { 200 });
         tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Ok(None),
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// [`run_agent`], taking new settings from `reconfig` while it runs (fleetd's SIGHUP).
+pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
+    reg: Arc<Registry<S>>,
+    cfg: AgentConfig,
+    manager: M,
+    mut stop: watch::Receiver<bool>,
+    ready: Option<watch::Sender<bool>>,
+    mut reconfig: Option<watch::Receiver<Reconfig>>,
+) -> Result<(), Error> {
+    let Some((lease, sent)) = register(&reg, &cfg.machine, cfg.ttl, &mut stop).await? else {
+        return Ok(());
     };
     if let Some(r) = &ready {
         let _ = r.send(true);
     }
-    let presence = Presence::new(lease, cfg.ttl, sent);
     let mut cache = ClusterCache::start(reg.clone()).await?;
-    let metadata = cache
-        .metadata_of(&me.id)
-        .unwrap_or_else(|| me.metadata.clone());
-    let existing = manager.existing().await;
-    let mut agent = Agent {
-        reg: reg.clone(),
-        me: me.clone(),
-        manager,
-        fencing: cfg.fencing,
-        presence,
-        current: BTreeMap::new(),
-        reqs: BTreeMap::new(),
-        metadata,
-        republish: false,
-        hold_until: None,
-        published: BTreeMap::new(),
-        stale: Default::default(),
-        refence: false,
-        failures: BTreeMap::new(),
+    let mut agent = Agent::adopt(reg.clone(), &cfg, manager, &cache, lease, sent).await;
+    let mut pacing = Pacing {
+        dirty: true,
+        settle: None,
+        backoff: SETTLE,
+        rewatch_at: None,
     };
-    // Units a previous run left behind count as loaded-but-unknown (fleet's "inactive" cache
-    // state): desired ones are loaded again (a no-op for running units), others unloaded.
-    for (name, text) in existing {
-        let Ok(hash) = UnitHash::of_text(&text) else {
-            continue;
-        };
-        let fenced = agent.fenced(&name, hash, &text);
-        agent.current.insert(
-            name,
-            Local {
-                state: JobState::Inactive,
-                hash,
-                fenced,
-            },
-        );
-    }
-    // Units a previous run left here may have been unscheduled while no fleetd ran (its
-    // lease lapsed): hold them until the engine has seen this machine again, so a pinned
-    // unit keeps running through a fleetd restart.
-    if !agent.current.is_empty() {
-        agent.hold_until = Some(tokio::time::Instant::now() + HOLD);
-    }
-    let mut dirty = true;
-    let mut settle: Option<tokio::time::Instant> = None;
-    let mut backoff = SETTLE;
-    // While the registry's watches are down: when to set them up again. Its own state, not
-    // the settle timer's: a pass (which clears that timer) must never leave the agent deaf.
-    let mut rewatch_at: Option<tokio::time::Instant> = None;
     let mut watch_states = tokio::time::interval(STATE_PERIOD);
     watch_states.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(cfg.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // A burst of changes (a `fleetctl start` of many units) settles for a moment first,
-        // so one pass and one daemon-reload serve the whole burst.
-        let settling = settle.is_some_and(|t| tokio::time::Instant::now() < t);
-        if dirty && !settling {
-            dirty = false;
-            settle = None;
-            // A pass stuck on an unreachable etcd must not delay fencing.
-            let clock = agent.fence_clock();
-            match unless_fenced(agent.pass(&cache), clock).await {
-                Some(Ok(())) => backoff = SETTLE,
-                None => {
-                    agent.fence().await;
-                    dirty = true;
-                    settle = Some(tokio::time::Instant::now() + backoff);
-                }
-                Some(Err(e)) if e.is_lease_lost() => {
-                    // Cut off past the TTL mid-pass: register again and republish everything.
-                    match agent.presence.regain(&reg, &me).await {
-                        Ok(()) => agent.regained(),
-                        Err(e) => tracing::warn!("registering again: {e}"),
-                    }
-                    dirty = true;
-                    settle = Some(tokio::time::Instant::now() + backoff);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!("agent pass failed, retrying in {backoff:?}: {e}");
-                    dirty = true;
-                    settle = Some(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 4).min(MAX_BACKOFF);
-                }
-            }
-            // Re-registered during the pass: the next pass republishes what this one did not.
-            dirty |= agent.republish;
+        if pacing.due() {
+            agent.run_pass(&cache, &mut pacing).await;
         }
         let armed = agent.fence_armed();
         let fence_at = agent.presence.fence_at();
@@ -1048,78 +1140,28 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
                 Err(_) => std::future::pending().await,
             }
         };
+        let dirty = pacing.dirty;
         tokio::select! {
             _ = stop.changed() => break,
             Some(r) = reconfigured => {
-                match agent.reconfigure(r).await {
-                    Ok(()) => me = agent.me.clone(),
-                    Err(e) => tracing::warn!("applying the new configuration: {e}"),
+                if let Err(e) = agent.reconfigure(r).await {
+                    tracing::warn!("applying the new configuration: {e}");
                 }
-                if !dirty {
-                    dirty = true;
-                    settle = Some(tokio::time::Instant::now() + SETTLE);
-                }
+                pacing.changed();
             }
-            change = cache.next(), if rewatch_at.is_none() => match change {
-                Change::Closed => {
-                    rewatch_at = Some(tokio::time::Instant::now() + backoff);
-                }
-                // A machine change may carry job changes read in the same batch, so both
-                // look at the changed units. Only units that are here or are meant to be
-                // here matter.
-                change @ (Change::Machines | Change::Jobs) => {
-                    let mine = cache.take_changed().iter().any(|u| {
-                        agent.current.contains_key(u)
-                            || cache.target_of(u).as_deref() == Some(me.id.as_str())
-                            || cache.is_global(u)
-                    });
-                    // Metadata changes only with machines. While this machine is briefly
-                    // absent (a lapsed lease) its metadata stands.
-                    let mut mine = mine;
-                    if change == Change::Machines {
-                        if let Some(now) = cache.metadata_of(&me.id) {
-                            mine |= now != agent.metadata;
-                            agent.metadata = now;
-                        }
-                    }
-                    if mine && !dirty {
-                        dirty = true;
-                        settle = Some(tokio::time::Instant::now() + SETTLE);
-                    }
-                }
-            },
+            change = cache.next(), if pacing.rewatch_at.is_none() => {
+                agent.on_change(&mut cache, change, &mut pacing);
+            }
             _ = tokio::time::sleep_until(agent.presence.next) => {
-                let clock = agent.fence_clock();
-                let Some(tended) = unless_fenced(agent.presence.tend(&reg, &me), clock).await else {
-                    agent.fence().await;
-                    continue;
-                };
-                match tended {
-                    // Cut off for longer than the TTL: republish everything.
-                    Ok(Tended::Regained) => {
-                        agent.regained();
-                        dirty = true;
-                    }
-                    // Back before the lease lapsed: fenced units may start again.
-                    Ok(Tended::Recovered) => dirty = true,
-                    Ok(Tended::Quiet | Tended::Failed) => {}
-                    Err(e) => tracing::warn!("registering again: {e}"),
-                }
-                // The API answers 503 while etcd cannot be reached, as fleet's did.
-                if let Some(r) = &ready {
-                    r.send_if_modified(|up| {
-                        let now = !agent.presence.failing;
-                        std::mem::replace(up, now) != now
-                    });
-                }
+                agent.on_renewal_due(&mut pacing, ready.as_ref()).await;
             },
             _ = tokio::time::sleep_until(fence_at), if armed => {
                 agent.fence().await;
             },
-            _ = resync.tick() => dirty = true,
+            _ = resync.tick() => pacing.dirty = true,
             // A unit whose task failed is due to be tried again.
             _ = tokio::time::sleep_until(agent.next_retry().unwrap_or_else(tokio::time::Instant::now)), if agent.next_retry().is_some() && !dirty => {
-                dirty = true;
+                pacing.dirty = true;
             }
             _ = watch_states.tick(), if !agent.current.is_empty() && !dirty => {
                 let clock = agent.fence_clock();
@@ -1132,34 +1174,17 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
             // The hold after registering anew is over: look at the held units again.
             _ = tokio::time::sleep_until(agent.hold_until.unwrap_or_else(tokio::time::Instant::now)), if agent.hold_until.is_some() => {
                 agent.hold_until = None;
-                dirty = true;
+                pacing.dirty = true;
             }
             // A burst has settled: the pass runs at the top of the loop.
-            _ = tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)), if settle.is_some() => {
-                if !dirty {
-                    settle = None;
+            _ = tokio::time::sleep_until(pacing.settle.unwrap_or_else(tokio::time::Instant::now)), if pacing.settle.is_some() => {
+                if !pacing.dirty {
+                    pacing.settle = None;
                 }
             }
-            _ = tokio::time::sleep_until(rewatch_at.unwrap_or_else(tokio::time::Instant::now)), if rewatch_at.is_some() => {
-                let clock = agent.fence_clock();
-                let restart = tokio::time::timeout(RESTART_LIMIT, ClusterCache::start(reg.clone()));
-                match unless_fenced(restart, clock).await {
-                    Some(Ok(Ok(c))) => {
-                        cache = c;
-                        rewatch_at = None;
-                        dirty = true;
-                    }
-                    None => {
-                        agent.fence().await;
-                        rewatch_at = Some(tokio::time::Instant::now());
-                    }
-                    Some(failed) => {
-                        if let Ok(Err(e)) = failed {
-                            tracing::debug!("watching the registry again: {e}");
-                        }
-                        rewatch_at = Some(tokio::time::Instant::now() + backoff);
-                        backoff = (backoff * 4).min(MAX_BACKOFF);
-                    }
+            _ = tokio::time::sleep_until(pacing.rewatch_at.unwrap_or_else(tokio::time::Instant::now)), if pacing.rewatch_at.is_some() => {
+                if let Some(c) = agent.rewatch(&mut pacing).await {
+                    cache = c;
                 }
             }
         }
@@ -1168,6 +1193,176 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
         agent.purge().await?;
     }
     Ok(())
+}
+
+impl<S: KvStore, M: UnitManager> Agent<S, M> {
+    /// The agent of a freshly registered machine. Units a previous run left behind count
+    /// as loaded-but-unknown (fleet's "inactive" cache state): desired ones are loaded again
+    /// (a no-op for running units), others unloaded — but not before the hold is over: they
+    /// may have been unscheduled while no fleetd ran (its lease lapsed), and the engine has
+    /// not seen this machine again yet, so a pinned unit keeps running through a restart.
+    async fn adopt(
+        reg: Arc<Registry<S>>,
+        cfg: &AgentConfig,
+        mut manager: M,
+        cache: &ClusterCache<S>,
+        lease: i64,
+        sent: tokio::time::Instant,
+    ) -> Self {
+        let me = cfg.machine.clone();
+        let metadata = cache
+            .metadata_of(&me.id)
+            .unwrap_or_else(|| me.metadata.clone());
+        let existing = manager.existing().await;
+        let mut agent = Agent {
+            reg,
+            me,
+            manager,
+            fencing: cfg.fencing,
+            presence: Presence::new(lease, cfg.ttl, sent),
+            current: BTreeMap::new(),
+            reqs: BTreeMap::new(),
+            metadata,
+            republish: false,
+            hold_until: None,
+            published: BTreeMap::new(),
+            stale: Default::default(),
+            refence: false,
+            failures: BTreeMap::new(),
+        };
+        for (name, text) in existing {
+            let Ok(hash) = UnitHash::of_text(&text) else {
+                continue;
+            };
+            let fenced = agent.fenced(&name, hash, &text);
+            agent.current.insert(
+                name,
+                Local {
+                    state: JobState::Inactive,
+                    hash,
+                    fenced,
+                },
+            );
+        }
+        if !agent.current.is_empty() {
+            agent.hold_until = Some(tokio::time::Instant::now() + HOLD);
+        }
+        agent
+    }
+
+    /// Runs the due pass and decides when the next one runs. A pass stuck on an
+    /// unreachable etcd must not delay fencing.
+    async fn run_pass(&mut self, cache: &ClusterCache<S>, pacing: &mut Pacing) {
+        pacing.dirty = false;
+        pacing.settle = None;
+        let clock = self.fence_clock();
+        match unless_fenced(self.pass(cache), clock).await {
+            Some(Ok(())) => pacing.backoff = SETTLE,
+            None => {
+                self.fence().await;
+                pacing.retry();
+            }
+            Some(Err(e)) if e.is_lease_lost() => {
+                // Cut off past the TTL mid-pass: register again and republish everything.
+                let (reg, me) = (self.reg.clone(), self.me.clone());
+                match self.presence.regain(&reg, &me).await {
+                    Ok(()) => self.regained(),
+                    Err(e) => tracing::warn!("registering again: {e}"),
+                }
+                pacing.retry();
+            }
+            Some(Err(e)) => {
+                tracing::warn!("agent pass failed, retrying in {:?}: {e}", pacing.backoff);
+                pacing.retry();
+                pacing.back_off();
+            }
+        }
+        // Re-registered during the pass: the next pass republishes what this one did not.
+        pacing.dirty |= self.republish;
+    }
+
+    /// A change from the registry's watch. A machine change may carry job changes read in
+    /// the same batch, so both look at the changed units; only units that are here or are
+    /// meant to be here matter. Metadata changes only with machines; while this machine is
+    /// briefly absent (a lapsed lease) its metadata stands.
+    fn on_change(&mut self, cache: &mut ClusterCache<S>, change: Change, pacing: &mut Pacing) {
+        match change {
+            Change::Closed => {
+                pacing.rewatch_at = Some(tokio::time::Instant::now() + pacing.backoff);
+            }
+            change @ (Change::Machines | Change::Jobs) => {
+                let me = self.me.id.as_str();
+                let mut mine = cache.take_changed().iter().any(|u| {
+                    self.current.contains_key(u)
+                        || cache.target_of(u).as_deref() == Some(me)
+                        || cache.is_global(u)
+                });
+                if change == Change::Machines {
+                    if let Some(now) = cache.metadata_of(me) {
+                        mine |= now != self.metadata;
+                        self.metadata = now;
+                    }
+                }
+                if mine {
+                    pacing.changed();
+                }
+            }
+        }
+    }
+
+    /// The presence lease is due for renewal.
+    async fn on_renewal_due(&mut self, pacing: &mut Pacing, ready: Option<&watch::Sender<bool>>) {
+        let clock = self.fence_clock();
+        let (reg, me) = (self.reg.clone(), self.me.clone());
+        let Some(tended) = unless_fenced(self.presence.tend(&reg, &me), clock).await else {
+            self.fence().await;
+            return;
+        };
+        match tended {
+            // Cut off for longer than the TTL: republish everything.
+            Ok(Tended::Regained) => {
+                self.regained();
+                pacing.dirty = true;
+            }
+            // Back before the lease lapsed: fenced units may start again.
+            Ok(Tended::Recovered) => pacing.dirty = true,
+            Ok(Tended::Quiet | Tended::Failed) => {}
+            Err(e) => tracing::warn!("registering again: {e}"),
+        }
+        // The API answers 503 while etcd cannot be reached, as fleet's did.
+        if let Some(r) = ready {
+            r.send_if_modified(|up| {
+                let now = !self.presence.failing;
+                std::mem::replace(up, now) != now
+            });
+        }
+    }
+
+    /// Sets up the registry's watches again: the new cache, or `None` (tried again later).
+    async fn rewatch(&mut self, pacing: &mut Pacing) -> Option<ClusterCache<S>> {
+        let clock = self.fence_clock();
+        let restart = tokio::time::timeout(RESTART_LIMIT, ClusterCache::start(self.reg.clone()));
+        match unless_fenced(restart, clock).await {
+            Some(Ok(Ok(c))) => {
+                pacing.rewatch_at = None;
+                pacing.dirty = true;
+                Some(c)
+            }
+            None => {
+                self.fence().await;
+                pacing.rewatch_at = Some(tokio::time::Instant::now());
+                None
+            }
+            Some(failed) => {
+                if let Ok(Err(e)) = failed {
+                    tracing::debug!("watching the registry again: {e}");
+                }
+                pacing.rewatch_at = Some(tokio::time::Instant::now() + pacing.backoff);
+                pacing.back_off();
+                None
+            }
+        }
+    }
 }
 
 /// A unit manager that only remembers: for tests and simulated clusters. Its clones share
