@@ -234,88 +234,9 @@ pub async fn handle<S: KvStore>(
                 Err(e) => internal(v, &e),
             },
         },
-        "/machines" => {
-            let page = match collection_page(
-                v,
-                &method,
-                &uri,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET and PATCH supported against this resource",
-            ) {
-                Ok(p) => p,
-                Err(r) => return r,
-            };
-            let ms = match reg.machines().await {
-                Ok(m) => m,
-                Err(e) => return internal(v, &e),
-            };
-            let (items, next) =
-                paginate(ms.into_iter().map(machine_json).collect::<Vec<_>>(), page);
-            let body = MachinePage {
-                machines: items,
-                next_page_token: next,
-            };
-            json_response(v, StatusCode::OK, &body)
-        }
-        "/units" => {
-            let page = match collection_page(
-                v,
-                &method,
-                &uri,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET supported against this resource",
-            ) {
-                Ok(p) => p,
-                Err(r) => return r,
-            };
-            let fetched =
-                async { Ok::<_, RegistryError>((reg.jobs().await?.0, reg.states().await?)) };
-            let (jobs, states) = match fetched.await {
-                Ok(x) => x,
-                Err(e) => return internal(v, &e),
-            };
-            let units: Vec<UnitJson> = jobs.iter().map(|j| unit_json(j, &states)).collect();
-            let (items, next) = paginate(units, page);
-            let body = UnitPage {
-                units: items,
-                next_page_token: next,
-            };
-            json_response(v, StatusCode::OK, &body)
-        }
-        "/state" => {
-            let page = match collection_page(
-                v,
-                &method,
-                &uri,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "only GET supported against this resource",
-            ) {
-                Ok(p) => p,
-                Err(r) => return r,
-            };
-            let q = query(&uri);
-            let first = |k: &str| q.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
-            let (machine, unit) = (first("machineID"), first("unitName"));
-            let mut states = match reg.states().await {
-                Ok(s) => s,
-                Err(e) => return internal(v, &e),
-            };
-            states.retain(|s| {
-                machine.as_ref().is_none_or(|m| &s.machine_id == m)
-                    && unit.as_ref().is_none_or(|u| &s.unit == u)
-            });
-            states.sort_by(|a, b| {
-                (a.unit.as_str(), a.machine_id.as_str())
-                    .cmp(&(b.unit.as_str(), b.machine_id.as_str()))
-            });
-            let list: Vec<StateJson> = states.into_iter().map(state_json).collect();
-            let (items, next) = paginate(list, page);
-            let body = StatePage {
-                states: items,
-                next_page_token: next,
-            };
-            json_response(v, StatusCode::OK, &body)
-        }
+        "/machines" => list_machines(&api, &method, &uri).await,
+        "/units" => list_units(&api, &method, &uri).await,
+        "/state" => list_states(&api, &method, &uri).await,
         item => {
             let (kind, name) = match (item.strip_prefix("/units/"), item.strip_prefix("/state/")) {
                 (Some(n), _) => ("units", n),
@@ -334,6 +255,94 @@ pub async fn handle<S: KvStore>(
             unit_item(&api, &method, &name, &headers, &body).await
         }
     }
+}
+
+/// `GET /machines`: the machines, paged.
+async fn list_machines<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> Response {
+    let (v, reg) = (api.server, &api.reg);
+    let page = match collection_page(
+        v,
+        method,
+        uri,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "only GET and PATCH supported against this resource",
+    ) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let ms = match reg.machines().await {
+        Ok(m) => m,
+        Err(e) => return internal(v, &e),
+    };
+    let (items, next) = paginate(ms.into_iter().map(machine_json).collect::<Vec<_>>(), page);
+    let body = MachinePage {
+        machines: items,
+        next_page_token: next,
+    };
+    json_response(v, StatusCode::OK, &body)
+}
+
+/// `GET /units`: the units with their current states, paged.
+async fn list_units<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> Response {
+    let (v, reg) = (api.server, &api.reg);
+    let page = match collection_page(
+        v,
+        method,
+        uri,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "only GET supported against this resource",
+    ) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let fetched = async { Ok::<_, RegistryError>((reg.jobs().await?.0, reg.states().await?)) };
+    let (jobs, states) = match fetched.await {
+        Ok(x) => x,
+        Err(e) => return internal(v, &e),
+    };
+    let units: Vec<UnitJson> = jobs.iter().map(|j| unit_json(j, &states)).collect();
+    let (items, next) = paginate(units, page);
+    let body = UnitPage {
+        units: items,
+        next_page_token: next,
+    };
+    json_response(v, StatusCode::OK, &body)
+}
+
+/// `GET /state`: unit states, filtered by `machineID` and `unitName`, paged.
+async fn list_states<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> Response {
+    let (v, reg) = (api.server, &api.reg);
+    let page = match collection_page(
+        v,
+        method,
+        uri,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "only GET supported against this resource",
+    ) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let q = query(uri);
+    let first = |k: &str| q.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+    let (machine, unit) = (first("machineID"), first("unitName"));
+    let mut states = match reg.states().await {
+        Ok(s) => s,
+        Err(e) => return internal(v, &e),
+    };
+    states.retain(|s| {
+        machine.as_ref().is_none_or(|m| &s.machine_id == m)
+            && unit.as_ref().is_none_or(|u| &s.unit == u)
+    });
+    states.sort_by(|a, b| {
+        (a.unit.as_str(), a.machine_id.as_str()).cmp(&(b.unit.as_str(), b.machine_id.as_str()))
+    });
+    let list: Vec<StateJson> = states.into_iter().map(state_json).collect();
+    let (items, next) = paginate(list, page);
+    let body = StatePage {
+        states: items,
+        next_page_token: next,
+    };
+    json_response(v, StatusCode::OK, &body)
 }
 
 /// fleet 1.0's `GET /state/{unitName}`: the state the first machine (by ID) reports.
@@ -399,154 +408,171 @@ async fn unit_item<S: KvStore>(
             },
             None => error(v, StatusCode::NOT_FOUND, "unit does not exist"),
         },
-        Method::PUT => {
-            let types: Vec<_> = headers.get_all(header::CONTENT_TYPE).iter().collect();
-            if types.len() != 1 {
-                return error(
-                    v,
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    &format!("expected 1 Content-Type, got {}", types.len()),
-                );
-            }
-            let media = types[0]
-                .to_str()
-                .unwrap_or("")
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim();
-            if media != "application/json" {
-                return error(
-                    v,
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "only acceptable Content-Type is application/json",
-                );
-            }
-            let unit: UnitJson = match serde_json::from_slice(body) {
-                Ok(u) => u,
-                Err(e) => {
-                    return error(
-                        v,
-                        StatusCode::BAD_REQUEST,
-                        &format!("unable to decode body: {e}"),
-                    )
-                }
-            };
-            if !unit.name.is_empty() && unit.name != name {
-                return error(
-                    v,
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                        "name in URL {name:?} differs from unit name in request body {:?}",
-                        unit.name
-                    ),
-                );
-            }
-            if let Err(e) = validate_name(name) {
-                return error(v, StatusCode::BAD_REQUEST, &e.to_string());
-            }
-            match existing {
-                None => {
-                    if unit.options.is_empty() {
-                        return error(
-                            v,
-                            StatusCode::CONFLICT,
-                            "unit does not exist and options field empty",
-                        );
-                    }
-                    let opts: Vec<systemd_unit::fleet::UnitOption> =
-                        unit.options.iter().cloned().map(Into::into).collect();
-                    if let Err(e) = check_options(name, &opts) {
-                        return error(v, StatusCode::BAD_REQUEST, &e);
-                    }
-                    let state = if unit.desired_state.is_empty() {
-                        JobState::Inactive
-                    } else {
-                        match JobState::parse(&unit.desired_state) {
-                            Some(s) => s,
-                            None => {
-                                return error(v, StatusCode::BAD_REQUEST, "invalid desiredState")
-                            }
-                        }
-                    };
-                    match reg
-                        .create_unit(name, &systemd_unit::fleet::serialize(&opts), state)
-                        .await
-                    {
-                        Ok(_) => empty(v, StatusCode::CREATED),
-                        Err(RegistryError::JobExists(_)) => {
-                            error(v, StatusCode::CONFLICT, "job already exists")
-                        }
-                        Err(e) => internal(v, &e),
-                    }
-                }
-                Some(j) => {
-                    // fleet 1.0: options that differ from the stored unit replace its content
-                    // (what `fleetctl --replace` sends); the same options change nothing.
-                    let opts: Vec<systemd_unit::fleet::UnitOption> =
-                        unit.options.iter().cloned().map(Into::into).collect();
-                    let replace = !opts.is_empty()
-                        && systemd_unit::fleet::UnitHash::of_options(&opts) != j.hash;
-                    if replace {
-                        if let Err(e) = check_options(name, &opts) {
-                            return error(v, StatusCode::BAD_REQUEST, &e);
-                        }
-                    }
-                    let state = if unit.desired_state.is_empty() {
-                        if !replace {
-                            return error(
-                                v,
-                                StatusCode::CONFLICT,
-                                "must provide DesiredState to update existing unit",
-                            );
-                        }
-                        // fleet 1.0 created the unit anew, inactive unless told otherwise:
-                        // its clients wait for "inactive" before they load or start the new
-                        // content.
-                        Some(JobState::Inactive)
-                    } else {
-                        let Some(state) = JobState::parse(&unit.desired_state) else {
-                            return error(v, StatusCode::BAD_REQUEST, "invalid desiredState");
-                        };
-                        if state != JobState::Inactive
-                            && NameInfo::parse(name).is_some_and(|i| i.is_template())
-                        {
-                            return error(
-                                v,
-                                StatusCode::BAD_REQUEST,
-                                &format!("cannot activate template {name:?}"),
-                            );
-                        }
-                        Some(state)
-                    };
-                    if replace {
-                        let text = systemd_unit::fleet::serialize(&opts);
-                        if let Err(e) = reg.replace_unit(name, &text).await {
-                            return internal(v, &e);
-                        }
-                    }
-                    if let Some(state) = state {
-                        if let Err(e) = reg.set_target_state(name, state).await {
-                            return internal(v, &e);
-                        }
-                    }
-                    empty(
-                        v,
-                        if replace {
-                            StatusCode::CREATED
-                        } else {
-                            StatusCode::NO_CONTENT
-                        },
-                    )
-                }
-            }
-        }
+        Method::PUT => put_unit(api, name, headers, body, existing).await,
         _ => error(
             v,
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET, PUT and DELETE supported against this resource",
         ),
     }
+}
+
+/// `PUT /units/{name}`: create a unit, or change a unit's desired state or (fleet 1.0)
+/// its options.
+async fn put_unit<S: KvStore>(
+    api: &Api<S>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    existing: Option<&JobRecord>,
+) -> Response {
+    let v = api.server;
+    let types: Vec<_> = headers.get_all(header::CONTENT_TYPE).iter().collect();
+    if types.len() != 1 {
+        return error(
+            v,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("expected 1 Content-Type, got {}", types.len()),
+        );
+    }
+    let media = types[0]
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if media != "application/json" {
+        return error(
+            v,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "only acceptable Content-Type is application/json",
+        );
+    }
+    let unit: UnitJson = match serde_json::from_slice(body) {
+        Ok(u) => u,
+        Err(e) => {
+            return error(
+                v,
+                StatusCode::BAD_REQUEST,
+                &format!("unable to decode body: {e}"),
+            )
+        }
+    };
+    if !unit.name.is_empty() && unit.name != name {
+        return error(
+            v,
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "name in URL {name:?} differs from unit name in request body {:?}",
+                unit.name
+            ),
+        );
+    }
+    if let Err(e) = validate_name(name) {
+        return error(v, StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    match existing {
+        None => create_unit(api, name, &unit).await,
+        Some(j) => update_unit(api, name, &unit, j).await,
+    }
+}
+
+/// A new unit: its options checked, inactive unless a desired state is given.
+async fn create_unit<S: KvStore>(api: &Api<S>, name: &str, unit: &UnitJson) -> Response {
+    let (v, reg) = (api.server, &api.reg);
+    if unit.options.is_empty() {
+        return error(
+            v,
+            StatusCode::CONFLICT,
+            "unit does not exist and options field empty",
+        );
+    }
+    let opts: Vec<systemd_unit::fleet::UnitOption> =
+        unit.options.iter().cloned().map(Into::into).collect();
+    if let Err(e) = check_options(name, &opts) {
+        return error(v, StatusCode::BAD_REQUEST, &e);
+    }
+    let state = if unit.desired_state.is_empty() {
+        JobState::Inactive
+    } else {
+        match JobState::parse(&unit.desired_state) {
+            Some(s) => s,
+            None => return error(v, StatusCode::BAD_REQUEST, "invalid desiredState"),
+        }
+    };
+    match reg
+        .create_unit(name, &systemd_unit::fleet::serialize(&opts), state)
+        .await
+    {
+        Ok(_) => empty(v, StatusCode::CREATED),
+        Err(RegistryError::JobExists(_)) => error(v, StatusCode::CONFLICT, "job already exists"),
+        Err(e) => internal(v, &e),
+    }
+}
+
+/// An existing unit: fleet 1.0's replace-by-PUT, then the desired state.
+async fn update_unit<S: KvStore>(
+    api: &Api<S>,
+    name: &str,
+    unit: &UnitJson,
+    j: &JobRecord,
+) -> Response {
+    let (v, reg) = (api.server, &api.reg);
+    // fleet 1.0: options that differ from the stored unit replace its content
+    // (what `fleetctl --replace` sends); the same options change nothing.
+    let opts: Vec<systemd_unit::fleet::UnitOption> =
+        unit.options.iter().cloned().map(Into::into).collect();
+    let replace = !opts.is_empty() && systemd_unit::fleet::UnitHash::of_options(&opts) != j.hash;
+    if replace {
+        if let Err(e) = check_options(name, &opts) {
+            return error(v, StatusCode::BAD_REQUEST, &e);
+        }
+    }
+    let state = if unit.desired_state.is_empty() {
+        if !replace {
+            return error(
+                v,
+                StatusCode::CONFLICT,
+                "must provide DesiredState to update existing unit",
+            );
+        }
+        // fleet 1.0 created the unit anew, inactive unless told otherwise:
+        // its clients wait for "inactive" before they load or start the new
+        // content.
+        Some(JobState::Inactive)
+    } else {
+        let Some(state) = JobState::parse(&unit.desired_state) else {
+            return error(v, StatusCode::BAD_REQUEST, "invalid desiredState");
+        };
+        if state != JobState::Inactive && NameInfo::parse(name).is_some_and(|i| i.is_template()) {
+            return error(
+                v,
+                StatusCode::BAD_REQUEST,
+                &format!("cannot activate template {name:?}"),
+            );
+        }
+        Some(state)
+    };
+    if replace {
+        let text = systemd_unit::fleet::serialize(&opts);
+        if let Err(e) = reg.replace_unit(name, &text).await {
+            return internal(v, &e);
+        }
+    }
+    if let Some(state) = state {
+        if let Err(e) = reg.set_target_state(name, state).await {
+            return internal(v, &e);
+        }
+    }
+    empty(
+        v,
+        if replace {
+            StatusCode::CREATED
+        } else {
+            StatusCode::NO_CONTENT
+        },
+    )
 }
 
 /// fleet's `ValidateOptions`: options that read back as given (Ferrite refuses what
