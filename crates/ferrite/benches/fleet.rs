@@ -6,6 +6,10 @@
 //!
 //! Run as root: `scripts/bench.sh` (builds the release binaries first).
 #![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads top to bottom, as a user would run it"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -14,6 +14,10 @@
 //! Units come from `fixtures/fleet-units`; fleetctl runs inside the machines over fleetd's
 //! API socket. Needs root, like `machines.rs`.
 #![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads top to bottom, as a user would run it"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

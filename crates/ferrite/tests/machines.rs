@@ -7,6 +7,10 @@
 //! cache is shared (`FERRITE_CACHE_DIR`, default `/var/cache/ferrite`). A guard destroys the
 //! cluster even when an assertion fails.
 #![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads top to bottom, as a user would run it"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -1,5 +1,9 @@
 //! The registry on both stores: in memory, and a real etcd started on loopback ports.
 #![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads top to bottom, as a user would run it"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -2,6 +2,10 @@
 //! driver), with a live agent and engine on an in-memory store: submit, start, list-units,
 //! list-unit-files, list-machines, cat, stop, destroy, and errors when no fleetd answers.
 #![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads top to bottom, as a user would run it"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

@@ -31,14 +31,18 @@
 //! checks only the units that conflict or replace (`benches/engine.rs` in fleet-engine: 100
 //! passes of a thousand plain units arriving on one machine, 4.1 s before, 64–89 ms after).
 //!
-//! Next: the agent loop's remaining
-//! flags (`dirty`, `settle`, `backoff`, `republish`, `hold_until`, `refence`) as explicit
-//! presence and watch states fed by one event enum, with presence and fencing timing
-//! unit-tested on paused time; zbus through its tokio integration in `systemd.rs` instead
-//! of the blocking pool; bounds on the unit-content cache and on unit blobs in etcd under
-//! `--replace` churn; `SimManager` and the partitionable `MemoryStore` behind
-//! `test-support`; `agent.rs` split along its seams. Then the cost of a thousand units,
-//! about twice what systemd alone needs on a 2-core machine (`crates/ferrite/benches/fleet.rs`).
+//! The agent's pass is its phases (`desired`, `plan_tasks`, `unload_all`, `load_all`,
+//! `stop_all`, `start_all`, `publish_pass`), and its loop's timers are one `Pacing` value
+//! (`dirty`, `settle`, `backoff`, `rewatch_at` with named transitions).
+//!
+//! Next: the agent's remaining flags (`republish`, `hold_until`, `refence`) and `Pacing`
+//! as explicit presence and watch states fed by one event enum, with presence and fencing
+//! timing unit-tested on paused time; zbus through its tokio integration in `systemd.rs`
+//! instead of the blocking pool; bounds on unit blobs in etcd under `--replace` churn;
+//! `SimManager` and the partitionable `MemoryStore` behind `test-support`; `agent.rs`
+//! (1,500 lines) split along its seams (presence, pass, loop, simulated manager). Then the
+//! cost of a thousand units, about twice what systemd alone needs on a 2-core machine
+//! (`crates/ferrite/benches/fleet.rs`).
 
 pub mod agent;
 pub mod api;

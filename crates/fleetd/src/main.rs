@@ -152,31 +152,7 @@ async fn run(config: PathBuf) -> Result<()> {
         ready: ready_rx,
         server: concat!("fleetd/", env!("CARGO_PKG_VERSION")),
     });
-    let mut api_tasks = Vec::new();
-    for listener in listeners {
-        let mut api_stop = stop_rx.clone();
-        let router = fleetd::api::router(api.clone());
-        let shutdown = async move {
-            let _ = api_stop.wait_for(|s| *s).await;
-        };
-        api_tasks.push(tokio::spawn(async move {
-            let served = match listener {
-                Listener::Unix(l) => {
-                    axum::serve(l, router)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                }
-                Listener::Tcp(l) => {
-                    axum::serve(l, router)
-                        .with_graceful_shutdown(shutdown)
-                        .await
-                }
-            };
-            if let Err(e) = served {
-                tracing::warn!("fleet API server: {e}");
-            }
-        }));
-    }
+    let api_tasks = serve_api(&api, listeners, &stop_rx);
     let (reconfig_tx, reconfig_rx) =
         watch::channel(reconfig_of(&cfg, &agent_cfg.machine.public_ip));
     let mut agent = tokio::spawn(run_reconfigurable_agent(
@@ -214,34 +190,17 @@ async fn run(config: PathBuf) -> Result<()> {
             }
             _ = hup.recv() => {
                 // fleet's reload: the configuration file is read again; units keep running.
-                tracing::info!("Reloading configuration from {}", config.display());
-                let new = match Config::load(&config, std::env::vars()) {
-                    Ok(new) => new,
-                    Err(e) => {
-                        tracing::warn!("Failed to reload configuration, keeping the old: {e:#}");
-                        continue;
+                if let Some(new) = reload(&config, &cfg, &reconfig_tx) {
+                    if new.disable_engine != cfg.disable_engine
+                        || new.engine_reconcile_interval != cfg.engine_reconcile_interval
+                    {
+                        if let Some(e) = engine.take() {
+                            e.stop().await;
+                        }
+                        engine = Engine::start(&reg, &new, &id);
                     }
-                };
-                for (key, changed) in [
-                    ("etcd_servers", new.etcd_servers != cfg.etcd_servers),
-                    ("etcd_key_prefix", new.etcd_key_prefix != cfg.etcd_key_prefix),
-                    ("agent_ttl", new.agent_ttl != cfg.agent_ttl),
-                    ("etcd TLS files", new.etcd_tls != cfg.etcd_tls),
-                ] {
-                    if changed {
-                        tracing::warn!("{key} changed: it takes effect when fleetd restarts");
-                    }
+                    cfg = new;
                 }
-                reconfig_tx.send_replace(reconfig_of(&new, &public_ip_of(&new)));
-                if new.disable_engine != cfg.disable_engine
-                    || new.engine_reconcile_interval != cfg.engine_reconcile_interval
-                {
-                    if let Some(e) = engine.take() {
-                        e.stop().await;
-                    }
-                    engine = Engine::start(&reg, &new, &id);
-                }
-                cfg = new;
             }
             _ = members.tick() => learn_members(&store).await,
             r = &mut agent => bail!("agent stopped: {:?}", r),
@@ -263,6 +222,72 @@ async fn run(config: PathBuf) -> Result<()> {
     }
     let _ = store.requests();
     Ok(())
+}
+
+/// Serves the fleet API on every listener until `stop` says so.
+fn serve_api(
+    api: &Arc<fleetd::api::Api<fleet_store::EtcdStore>>,
+    listeners: Vec<Listener>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut api_tasks = Vec::new();
+    for listener in listeners {
+        let mut api_stop = stop.clone();
+        let router = fleetd::api::router(api.clone());
+        let shutdown = async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        };
+        api_tasks.push(tokio::spawn(async move {
+            let served = match listener {
+                Listener::Unix(l) => {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                Listener::Tcp(l) => {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+            };
+            if let Err(e) = served {
+                tracing::warn!("fleet API server: {e}");
+            }
+        }));
+    }
+    api_tasks
+}
+
+/// SIGHUP: the configuration read again and handed to the agent; `None` (the old one
+/// kept) when it does not read. Settings that only a restart can change are named.
+fn reload(
+    path: &std::path::Path,
+    cfg: &Config,
+    reconfig: &watch::Sender<Reconfig>,
+) -> Option<Config> {
+    tracing::info!("Reloading configuration from {}", path.display());
+    let new = match Config::load(path, std::env::vars()) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::warn!("Failed to reload configuration, keeping the old: {e:#}");
+            return None;
+        }
+    };
+    for (key, changed) in [
+        ("etcd_servers", new.etcd_servers != cfg.etcd_servers),
+        (
+            "etcd_key_prefix",
+            new.etcd_key_prefix != cfg.etcd_key_prefix,
+        ),
+        ("agent_ttl", new.agent_ttl != cfg.agent_ttl),
+        ("etcd TLS files", new.etcd_tls != cfg.etcd_tls),
+    ] {
+        if changed {
+            tracing::warn!("{key} changed: it takes effect when fleetd restarts");
+        }
+    }
+    reconfig.send_replace(reconfig_of(&new, &public_ip_of(&new)));
+    Some(new)
 }
 
 /// What the agent takes from a configuration.

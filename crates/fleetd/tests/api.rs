@@ -2,6 +2,10 @@
 //! running agent and engine: 503 until the machine registers, then fleet's JSON shapes,
 //! status codes and errors for machines, units (create, start, fetch, delete) and states.
 #![allow(
+    clippy::too_many_lines,
+    reason = "a scenario reads top to bottom, as a user would run it"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,

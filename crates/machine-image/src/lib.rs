@@ -430,6 +430,82 @@ fn remove(root: &Path, rel: &str) {
     }
 }
 
+/// What the image leaves out of Debian's tree: no package manager, no documentation, no
+/// per-machine identity (host name, machine ID, SSH host keys: every machine makes its own
+/// at first boot).
+const STRIPPED: &[&str] = &[
+    "usr/bin/apt",
+    "usr/bin/apt-get",
+    "usr/bin/apt-cache",
+    "usr/bin/apt-config",
+    "usr/bin/apt-mark",
+    "usr/bin/apt-cdrom",
+    "usr/bin/apt-key",
+    "usr/lib/apt",
+    "usr/bin/dpkg",
+    "usr/bin/dpkg-deb",
+    "usr/bin/dpkg-query",
+    "usr/bin/dpkg-split",
+    "usr/bin/dpkg-divert",
+    "usr/bin/dpkg-statoverride",
+    "usr/bin/dpkg-trigger",
+    "usr/bin/dpkg-maintscript-helper",
+    "usr/bin/dpkg-realpath",
+    "usr/share/dpkg",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "etc/apt",
+    "etc/dpkg",
+    "var/lib/apt",
+    "var/lib/dpkg",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "var/log/apt",
+    "etc/hostname",
+    "etc/machine-id",
+    "home/core",
+    // Every machine makes its own host keys at first boot (sshd-keygen.service).
+    "etc/ssh/ssh_host_rsa_key",
+    "etc/ssh/ssh_host_rsa_key.pub",
+    "etc/ssh/ssh_host_ecdsa_key",
+    "etc/ssh/ssh_host_ecdsa_key.pub",
+    "etc/ssh/ssh_host_ed25519_key",
+    "etc/ssh/ssh_host_ed25519_key.pub",
+];
+
+/// Release files: version and channel, as CoreOS had them.
+fn write_release(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
+    let v = &spec.version;
+    let ch = spec.channel.as_str();
+    remove(tree, "etc/os-release");
+    write_file(
+        tree,
+        "usr/lib/os-release",
+        format!(
+            "NAME=\"Ferrite\"\nID=ferrite\nID_LIKE=coreos\nVERSION={v}\nVERSION_ID={v}\nBUILD_ID={key}\nPRETTY_NAME=\"Ferrite {ch} ({v})\"\nHOME_URL=\"https://example.invalid/ferrite\"\n"
+        )
+        .as_bytes(),
+        0o644,
+    )?;
+    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release"))
+        .map_err(io_err("linking", &tree.join("etc/os-release")))?;
+    write_file(
+        tree,
+        "usr/share/coreos/release",
+        format!("COREOS_RELEASE_VERSION={v}\nCOREOS_RELEASE_BOARD=amd64-usr\nCOREOS_RELEASE_APPID={{e96281a6-d1af-4bde-9a0a-97b76e56dc57}}\n").as_bytes(),
+        0o644,
+    )?;
+    write_file(
+        tree,
+        "usr/share/coreos/update.conf",
+        format!("GROUP={ch}\n").as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
 /// Turns a copy of the Debian rootfs into a Ferrite tree.
 fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
     // The core user: uid/gid 500, in sudo, docker and systemd-journal, like CoreOS's.
@@ -475,75 +551,8 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
     for rel in DISABLED {
         remove(tree, &format!("etc/systemd/system/{rel}"));
     }
-    // Release files: version and channel, as CoreOS had them.
-    let v = &spec.version;
-    let ch = spec.channel.as_str();
-    remove(tree, "etc/os-release");
-    write_file(
-        tree,
-        "usr/lib/os-release",
-        format!(
-            "NAME=\"Ferrite\"\nID=ferrite\nID_LIKE=coreos\nVERSION={v}\nVERSION_ID={v}\nBUILD_ID={key}\nPRETTY_NAME=\"Ferrite {ch} ({v})\"\nHOME_URL=\"https://example.invalid/ferrite\"\n"
-        )
-        .as_bytes(),
-        0o644,
-    )?;
-    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release"))
-        .map_err(io_err("linking", &tree.join("etc/os-release")))?;
-    write_file(
-        tree,
-        "usr/share/coreos/release",
-        format!("COREOS_RELEASE_VERSION={v}\nCOREOS_RELEASE_BOARD=amd64-usr\nCOREOS_RELEASE_APPID={{e96281a6-d1af-4bde-9a0a-97b76e56dc57}}\n").as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        tree,
-        "usr/share/coreos/update.conf",
-        format!("GROUP={ch}\n").as_bytes(),
-        0o644,
-    )?;
-    // No package manager, no documentation.
-    for rel in [
-        "usr/bin/apt",
-        "usr/bin/apt-get",
-        "usr/bin/apt-cache",
-        "usr/bin/apt-config",
-        "usr/bin/apt-mark",
-        "usr/bin/apt-cdrom",
-        "usr/bin/apt-key",
-        "usr/lib/apt",
-        "usr/bin/dpkg",
-        "usr/bin/dpkg-deb",
-        "usr/bin/dpkg-query",
-        "usr/bin/dpkg-split",
-        "usr/bin/dpkg-divert",
-        "usr/bin/dpkg-statoverride",
-        "usr/bin/dpkg-trigger",
-        "usr/bin/dpkg-maintscript-helper",
-        "usr/bin/dpkg-realpath",
-        "usr/share/dpkg",
-        "usr/share/doc",
-        "usr/share/man",
-        "usr/share/info",
-        "usr/share/locale",
-        "etc/apt",
-        "etc/dpkg",
-        "var/lib/apt",
-        "var/lib/dpkg",
-        "var/cache/apt",
-        "var/cache/debconf",
-        "var/log/apt",
-        "etc/hostname",
-        "etc/machine-id",
-        "home/core",
-        // Every machine makes its own host keys at first boot (sshd-keygen.service).
-        "etc/ssh/ssh_host_rsa_key",
-        "etc/ssh/ssh_host_rsa_key.pub",
-        "etc/ssh/ssh_host_ecdsa_key",
-        "etc/ssh/ssh_host_ecdsa_key.pub",
-        "etc/ssh/ssh_host_ed25519_key",
-        "etc/ssh/ssh_host_ed25519_key.pub",
-    ] {
+    write_release(spec, tree, key)?;
+    for rel in STRIPPED {
         remove(tree, rel);
     }
     // Defaults for the stateful /etc and /var live in /usr; first boot copies them.
