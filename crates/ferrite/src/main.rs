@@ -269,23 +269,8 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
     let paths = Paths::from_env();
     let state = ClusterState::load(&paths, cluster)?;
     let m = state.machine(machine)?;
-    let pid = machine_launcher::init_pid(&RealHost, m)
-        .ok_or_else(|| machine_launcher::Error::NotRunning(m.name.clone()))?;
-    let mut cmd = host_command::command("nsenter");
-    cmd.args([
-        "-t",
-        &pid.to_string(),
-        "-m",
-        "-u",
-        "-i",
-        "-n",
-        "-p",
-        "-C",
-        "--",
-        "runuser",
-        "-l",
-        "core",
-    ]);
+    let mut cmd = machine_launcher::enter(&RealHost, m)?;
+    cmd.args(["runuser", "-l", "core"]);
     // As `ssh host CMD` and `vagrant ssh -c CMD`: the words are joined with spaces into one
     // command line, which core's login shell runs (so `-- 'a; b'` runs two commands).
     if !command.is_empty() {

@@ -336,25 +336,32 @@ pub(crate) fn start(
     record.update(&m.name, |m| m.pid = Some(pid))
 }
 
+/// `nsenter` into every namespace of a running machine (its init's), ready for the
+/// command's words: what `exec_in` and `ferrite ssh` run.
+pub fn enter(host: &dyn Host, m: &MachineState) -> Result<std::process::Command, Error> {
+    let pid = init_pid(host, m).ok_or_else(|| Error::NotRunning(m.name.clone()))?;
+    let mut cmd = host_command::command("nsenter");
+    cmd.args([
+        "-t",
+        &pid.to_string(),
+        "-m",
+        "-u",
+        "-i",
+        "-n",
+        "-p",
+        "-C",
+        "--",
+    ]);
+    Ok(cmd)
+}
+
 /// Runs a command inside a running machine as root: (exit code, stdout, stderr).
 pub fn exec_in(
     host: &dyn Host,
     m: &MachineState,
     argv: &[&str],
 ) -> Result<(i32, String, String), Error> {
-    let pid = init_pid(host, m).ok_or_else(|| Error::NotRunning(m.name.clone()))?;
-    let out = host_command::command("nsenter")
-        .args([
-            "-t",
-            &pid.to_string(),
-            "-m",
-            "-u",
-            "-i",
-            "-n",
-            "-p",
-            "-C",
-            "--",
-        ])
+    let out = enter(host, m)?
         .args(argv)
         .output()
         .map_err(|source| Error::Spawn {

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use boot::{exec_in, init_pid, up, UpOptions};
+pub use boot::{enter, exec_in, init_pid, up, UpOptions};
 pub use discovery::replace_discovery;
 pub use host::{Host, RealHost};
 pub use report::{memory, status, MachineStatus, MemoryReport};
