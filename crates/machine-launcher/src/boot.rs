@@ -137,6 +137,12 @@ fn store_user_data(
 /// that is not running. Returns the cluster's state.
 pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
     let user_data = check(opts)?;
+    // An existing cluster keeps the settings it was made with.
+    let limits = cgroup::Limits {
+        memory_mb: ClusterState::load(paths, &opts.cluster)
+            .map_or(opts.settings.memory_mb, |c| c.settings.memory_mb),
+    };
+    cgroup::check(host, &cgroup::detect(host), limits)?;
     let _lock = lock(paths, &opts.cluster)?;
     let mut cluster = open_cluster(paths, opts)?;
     ensure_cluster_key(host, &paths.cluster_dir(&cluster.name), &cluster.name)?;

@@ -103,6 +103,26 @@ pub fn dir_for<'a>(layout: &Layout, dirs: &'a [PathBuf], controller: &str) -> Op
     }
 }
 
+/// Refuses limits the host cannot enforce (called before anything of a cluster is made).
+pub fn check(host: &dyn Host, layout: &Layout, limits: Limits) -> Result<(), Error> {
+    if limits.memory_mb == 0 {
+        return Ok(());
+    }
+    let has_memory = match layout {
+        Layout::Unified(root) => host
+            .cgroup_read(&root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "memory")),
+        Layout::Legacy(hierarchies) => hierarchies
+            .iter()
+            .any(|(m, _)| m.file_name().is_some_and(|n| n == "memory")),
+    };
+    if has_memory {
+        Ok(())
+    } else {
+        Err(no_memory_controller(limits))
+    }
+}
+
 /// Creates the directories and applies the limits; refuses a limit the host cannot enforce.
 pub fn create(
     host: &dyn Host,
@@ -372,6 +392,20 @@ mod tests {
             host.created(),
             vec![dirs[0].parent().unwrap().to_path_buf(), dirs[0].clone()]
         );
+    }
+
+    #[test]
+    fn limits_are_checked_before_anything_is_made() {
+        let limits = Limits { memory_mb: 64 };
+        let host = FakeHost::unified("cpu pids");
+        let err = check(&host, &detect(&host), limits).unwrap_err();
+        assert!(err.to_string().contains("vm_memory = 64 MiB"), "{err}");
+        assert!(check(&host, &detect(&host), Limits::default()).is_ok());
+        let host = FakeHost::unified("cpu memory");
+        assert!(check(&host, &detect(&host), limits).is_ok());
+        let host = FakeHost::legacy();
+        assert!(check(&host, &detect(&host), limits).is_ok());
+        assert!(host.created().is_empty());
     }
 
     #[test]
