@@ -526,6 +526,18 @@ async fn a_unit_that_stops_on_its_own_is_reported() {
         .await
         .unwrap();
     eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
+    // "Launched" is written before the start: wait for the start to be reported, or the
+    // crash below may come first and the start undo it.
+    until("running", Duration::from_secs(20), async || {
+        let states = reg.states().await.unwrap();
+        ok_if(
+            states
+                .iter()
+                .any(|s| s.unit == "crashy.service" && s.active_state == "active"),
+            || format!("{states:?}"),
+        )
+    })
+    .await;
     m.units.crash("crashy.service");
     until("reported", Duration::from_secs(20), async || {
         let states = reg.states().await.unwrap();

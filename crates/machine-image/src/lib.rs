@@ -22,8 +22,17 @@
 //! Invariant: nothing here runs inside a machine or touches a machine's disk; it only
 //! produces images.
 //!
-//! Current limitations: EFI-SYSTEM and BIOS-BOOT are left empty (the nspawn driver needs no
-//! bootloader); no dm-verity.
+//! Each USR carries its own kernel (Debian's `linux-image-cloud-amd64`: virtio and ext4
+//! for VMs, a small module tree) and a generic dracut initramfs, both in
+//! `/usr/lib/modules/<version>/` (`vmlinuz`, `initramfs.img`); dracut itself is removed
+//! from the image once it has built the initramfs (at the rootfs stage, so cached).
+//! dracut's systemd initramfs honours `mount.usr=`/`mount.usrflags=` as CoreOS's bootengine
+//! did: `root=LABEL=ROOT mount.usr=PARTUUID=<USR-A's GUID> mount.usrflags=ro` boots the disk.
+//!
+//! Current limitations: EFI-SYSTEM and BIOS-BOOT are left empty (no bootloader yet: a
+//! kernel is started directly, `-kernel`/`-initrd`); the initramfs does not yet randomize the
+//! disk GUID, grow ROOT or make a machine ID (the launcher does these on the host); no
+//! dm-verity.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,13 +63,26 @@ pub const PACKAGES: &[&str] = &[
     "libnss-myhostname",
 ];
 
+/// The kernel each USR carries, and the initramfs builder (used at build time only: its
+/// files are removed from the image). Installed with apt after debootstrap, whose resolver
+/// would pick initramfs-tools for the kernel and then fail on dracut.
+pub const KERNEL_PACKAGES: &[&str] = &["linux-image-cloud-amd64", "dracut"];
+
+/// Packages that only build the image (the initramfs) and are removed from its `/usr`.
+const BUILD_ONLY: &[&str] = &[
+    "dracut",
+    "dracut-core",
+    "initramfs-tools",
+    "initramfs-tools-core",
+];
+
 /// The Debian suite.
 pub const SUITE: &str = "bookworm";
 
 /// Bumped whenever the rootfs recipe changes in a way its inputs do not show.
-const ROOTFS_RECIPE: &str = "ferrite-rootfs-1";
+const ROOTFS_RECIPE: &str = "ferrite-rootfs-2";
 /// Bumped whenever the image recipe changes in a way its inputs do not show.
-const RECIPE: &str = "ferrite-image-recipe-6";
+const RECIPE: &str = "ferrite-image-recipe-7";
 
 /// USR partition size: CoreOS's 1 GiB.
 pub const USR_SECTORS: u64 = 2_097_152;
@@ -270,7 +292,7 @@ fn rootfs_key(spec: &BuildSpec) -> String {
     h.update(ROOTFS_RECIPE);
     h.update(SUITE);
     h.update(&spec.mirror);
-    for p in PACKAGES {
+    for p in PACKAGES.iter().chain(KERNEL_PACKAGES) {
         h.update(p);
         h.update([0]);
     }
@@ -381,6 +403,114 @@ fn prune(stage: &Path, current: &str) {
     }
 }
 
+/// The kernel version installed in a tree (its one `usr/lib/modules/<version>`).
+pub fn kernel_version(tree: &Path) -> Result<String, Error> {
+    let dir = tree.join("usr/lib/modules");
+    let mut versions: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(io_err("reading", &dir))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    match versions.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(Error::Io {
+            op: "finding the one kernel in",
+            path: dir,
+            source: std::io::Error::other(format!("found {versions:?}")),
+        }),
+    }
+}
+
+/// dracut's settings for the one initramfs every machine boots with.
+const DRACUT_CONF: &str = "# Ferrite: one generic initramfs for every machine.\n\
+hostonly=\"no\"\n\
+hostonly_cmdline=\"no\"\n\
+add_drivers+=\" virtio_blk virtio_pci virtio_scsi virtio_net ext4 \"\n";
+
+/// Installs the kernel with its initramfs (dracut's, made by the kernel's own install hook
+/// under [`DRACUT_CONF`]: generic, its systemd honouring `mount.usr=` and `mount.usrflags=`
+/// as CoreOS's bootengine did), then puts both where the USR partition carries them,
+/// `/usr/lib/modules/<version>/{vmlinuz,initramfs.img}`, so each slot boots its own kernel.
+/// `/boot` is emptied.
+fn install_kernel(tree: &Path) -> Result<(), Error> {
+    let conf = tree.join("etc/dracut.conf.d/90-ferrite.conf");
+    write_file(
+        tree,
+        "etc/dracut.conf.d/90-ferrite.conf",
+        DRACUT_CONF.as_bytes(),
+        0o644,
+    )?;
+    // apt inside the tree resolves names with the host's resolver configuration.
+    let resolv = tree.join("etc/resolv.conf");
+    let saved = std::fs::read(&resolv).ok();
+    if let Ok(host) = std::fs::read("/etc/resolv.conf") {
+        write_file(tree, "etc/resolv.conf", &host, 0o644)?;
+    }
+    let apt = |args: &[&str]| {
+        run(host_command::command("chroot")
+            .arg(tree)
+            .arg("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    let installed = apt(&["update", "-qq"]).and_then(|_| {
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(KERNEL_PACKAGES);
+        apt(&args)
+    });
+    match saved {
+        Some(data) => write_file(tree, "etc/resolv.conf", &data, 0o644)?,
+        None => {
+            let _ = std::fs::remove_file(&resolv);
+        }
+    }
+    installed?;
+    let _ = apt(&["clean"]);
+    let _ = std::fs::remove_file(&conf);
+    let version = kernel_version(tree)?;
+    let dir = tree.join("usr/lib/modules").join(&version);
+    let boot = tree.join("boot");
+    for (from, to) in [
+        (format!("vmlinuz-{version}"), "vmlinuz"),
+        (format!("initrd.img-{version}"), "initramfs.img"),
+    ] {
+        let src = boot.join(&from);
+        std::fs::copy(&src, dir.join(to)).map_err(io_err("copying", &src))?;
+    }
+    for e in std::fs::read_dir(&boot)
+        .map_err(io_err("reading", &boot))?
+        .flatten()
+    {
+        let _ = std::fs::remove_file(e.path());
+    }
+    for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
+        let _ = std::fs::remove_file(tree.join(link));
+    }
+    Ok(())
+}
+
+/// Removes the files of the packages that only build the image (their dpkg file lists).
+fn remove_build_tools(tree: &Path) {
+    for pkg in BUILD_ONLY {
+        let list = tree.join(format!("var/lib/dpkg/info/{pkg}.list"));
+        let Ok(text) = std::fs::read_to_string(&list) else {
+            continue;
+        };
+        for line in text.lines() {
+            let p = tree.join(line.trim_start_matches('/'));
+            if p.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        // Then the directories they leave empty, deepest first.
+        for line in text.lines().rev() {
+            let _ = std::fs::remove_dir(tree.join(line.trim_start_matches('/')));
+        }
+    }
+}
+
 fn ensure_rootfs(spec: &BuildSpec, key: &str) -> Result<PathBuf, Error> {
     let dir = spec.cache_dir.join("rootfs").join(key);
     if dir.join("usr/bin/systemctl").exists() {
@@ -404,6 +534,10 @@ fn ensure_rootfs(spec: &BuildSpec, key: &str) -> Result<PathBuf, Error> {
     let _ = run(host_command::command("find")
         .arg(tmp.join("var/cache/apt"))
         .args(["-name", "*.deb", "-delete"]));
+    if let Err(e) = install_kernel(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(io_err("renaming into", &dir))?;
     Ok(dir)
@@ -552,6 +686,7 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
         remove(tree, &format!("etc/systemd/system/{rel}"));
     }
     write_release(spec, tree, key)?;
+    remove_build_tools(tree);
     for rel in STRIPPED {
         remove(tree, rel);
     }
@@ -649,6 +784,7 @@ fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result
         "channel": spec.channel.as_str(),
         "key": key,
         "usr_uuid": usr_uuid,
+        "kernel": kernel_version(&tree)?,
         "disk_bytes": std::fs::metadata(&image).map_err(io_err("reading", &image))?.len(),
         "sector": SECTOR,
     });
