@@ -12,8 +12,9 @@
 //!
 //! Settings come from flags, else from a config file (`--config FILE`, `$FERRITE_CONFIG`, or
 //! `./ferrite.toml`) with coreos-vagrant's names (`num_instances`, `instance_name_prefix`,
-//! `update_channel`, `vm_memory`, `user_data`), else coreos-vagrant's defaults. The default
-//! user-data is `./user-data` if there is one, else the chapter's.
+//! `update_channel`, `vm_memory`, `user_data`, and Ferrite's `driver`), else
+//! coreos-vagrant's defaults. The default user-data is `./user-data` if there is one, else
+//! the chapter's.
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -73,6 +74,10 @@ enum Cmd {
         /// Machine name prefix.
         #[arg(long)]
         prefix: Option<String>,
+        /// How new machines run: nspawn (containers on this kernel) or qemu (virtual
+        /// machines booting the image's own kernel).
+        #[arg(long)]
+        driver: Option<String>,
         /// A config file with coreos-vagrant's settings.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -144,6 +149,7 @@ struct ConfigFile {
     update_channel: Option<String>,
     vm_memory: Option<u64>,
     user_data: Option<PathBuf>,
+    driver: Option<String>,
 }
 
 fn load_config(explicit: Option<&Path>) -> Result<(ConfigFile, PathBuf)> {
@@ -206,6 +212,7 @@ fn cmd_up(
     channel: Option<String>,
     memory: Option<u64>,
     prefix: Option<String>,
+    driver: Option<String>,
     config: Option<PathBuf>,
 ) -> Result<ExitCode> {
     let start = Instant::now();
@@ -216,6 +223,10 @@ fn cmd_up(
         prefix: prefix.or(cfg.instance_name_prefix).unwrap_or(d.prefix),
         channel: channel.or(cfg.update_channel).unwrap_or(d.channel),
         memory_mb: memory.or(cfg.vm_memory).unwrap_or(d.memory_mb),
+        driver: match driver.or(cfg.driver) {
+            Some(d) => d.parse()?,
+            None => d.driver,
+        },
     };
     let channel = parse_channel(&settings.channel)?;
     let paths = Paths::from_env();
@@ -269,14 +280,11 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
     let paths = Paths::from_env();
     let state = ClusterState::load(&paths, cluster)?;
     let m = state.machine(machine)?;
-    let mut cmd = machine_launcher::enter(&RealHost, m)?;
-    cmd.args(["runuser", "-l", "core"]);
     // As `ssh host CMD` and `vagrant ssh -c CMD`: the words are joined with spaces into one
     // command line, which core's login shell runs (so `-- 'a; b'` runs two commands).
-    if !command.is_empty() {
-        cmd.arg("-c").arg(command.join(" "));
-    }
-    let status = cmd.status().context("running nsenter")?;
+    let line = (!command.is_empty()).then(|| command.join(" "));
+    let mut cmd = machine_launcher::login(&RealHost, &paths, &state, m, line.as_deref())?;
+    let status = cmd.status().context("entering the machine")?;
     Ok(ExitCode::from(
         status.code().unwrap_or(255).clamp(0, 255) as u8
     ))
@@ -358,6 +366,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             channel,
             memory,
             prefix,
+            driver,
             config,
         } => cmd_up(
             cluster.cluster,
@@ -366,6 +375,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             channel,
             memory,
             prefix,
+            driver,
             config,
         ),
         Cmd::Ssh {

@@ -12,10 +12,11 @@ use crate::cgroup;
 use crate::discovery::{ensure_discovery, replace_discovery};
 use crate::host::{process_matches, wait_until, Host, MachineLink};
 use crate::provision::{ensure_cluster_key, ensure_disk, first_boot, install_cluster_key};
+use crate::qemu;
 use crate::state::{
     free_subnet, lock, random_hex, run_lock, valid_name, ClusterState, MachineState, Recorder,
 };
-use crate::{io_err, Error, Paths, Settings};
+use crate::{io_err, Driver, Error, Paths, Settings};
 
 /// Options for [`up`].
 #[derive(Debug, Clone)]
@@ -99,6 +100,7 @@ fn open_cluster(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> 
                 usr_mount: None,
                 usr_label: None,
                 cgroups: Vec::new(),
+                driver: opts.settings.driver,
             });
         }
     }
@@ -142,7 +144,10 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
         memory_mb: ClusterState::load(paths, &opts.cluster)
             .map_or(opts.settings.memory_mb, |c| c.settings.memory_mb),
     };
-    cgroup::check(host, &cgroup::detect(host), limits)?;
+    // Virtual machines' memory is QEMU's `-m`, not a cgroup limit.
+    if opts.settings.driver == Driver::Nspawn {
+        cgroup::check(host, &cgroup::detect(host), limits)?;
+    }
     let _lock = lock(paths, &opts.cluster)?;
     let mut cluster = open_cluster(paths, opts)?;
     ensure_cluster_key(host, &paths.cluster_dir(&cluster.name), &cluster.name)?;
@@ -206,12 +211,19 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
 }
 
 pub(crate) fn machine_running(host: &dyn Host, m: &MachineState) -> bool {
-    m.pid
-        .is_some_and(|p| process_matches(host, p, &format!("--machine={}", m.name)))
+    let marker = match m.driver {
+        Driver::Nspawn => format!("--machine={}", m.name),
+        Driver::Qemu => qemu::marker(m),
+    };
+    m.pid.is_some_and(|p| process_matches(host, p, &marker))
 }
 
-/// The machine's init process (PID 1 inside it), while it runs.
+/// The machine's init process (PID 1 inside it), while it runs: nspawn machines only (a
+/// virtual machine's processes are not the host's).
 pub fn init_pid(host: &dyn Host, m: &MachineState) -> Option<u32> {
+    if m.driver != Driver::Nspawn {
+        return None;
+    }
     let pid = m.pid.filter(|_| machine_running(host, m))?;
     host.children(pid).into_iter().next()
 }
@@ -228,19 +240,23 @@ fn boot_machine(
     if machine_running(host, &m) {
         return Ok(());
     }
-    let root = prepare(host, cluster, record, &m, user_data)?;
-    start(host, cluster, record, &m, &root, exe)
+    let (root, slot) = prepare(host, cluster, record, &m, user_data)?;
+    match m.driver {
+        Driver::Nspawn => start(host, cluster, record, &m, &root, exe),
+        Driver::Qemu => start_qemu(host, cluster, record, &m, slot, exe),
+    }
 }
 
 /// The machine's disk, its USR (GRUB's choice) and ROOT mounted, first boot done; returns
-/// the root directory.
+/// the root directory and the chosen USR's partition GUID. A virtual machine's ROOT is
+/// unmounted again (the machine mounts it itself).
 pub(crate) fn prepare(
     host: &dyn Host,
     cluster: &ClusterState,
     record: &Recorder<'_>,
     m: &MachineState,
     user_data: &Path,
-) -> Result<PathBuf, Error> {
+) -> Result<(PathBuf, uuid::Uuid), Error> {
     let paths = record.paths;
     let dir = cluster.machine_dir(paths, &m.name);
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
@@ -272,8 +288,56 @@ pub(crate) fn prepare(
     }
     first_boot(host, &root, &usr_mount, m, user_data)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
-    host.bind_ro(&usr_mount, &root.join("usr"))?;
-    Ok(root)
+    match m.driver {
+        Driver::Nspawn => host.bind_ro(&usr_mount, &root.join("usr"))?,
+        Driver::Qemu => {
+            qemu::provision(&root, cluster, m)?;
+            host.unmount(&root)?;
+        }
+    }
+    Ok((root, usr.guid))
+}
+
+/// A virtual machine: its tap on the bridge, its cgroups, then QEMU (inside the switch
+/// namespace) booting the chosen slot's kernel.
+fn start_qemu(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    record: &Recorder<'_>,
+    m: &MachineState,
+    slot: uuid::Uuid,
+    exe: &Path,
+) -> Result<(), Error> {
+    let sw = cluster.switch_ns();
+    host.machine_tap(&sw, "br0", &qemu::tap(m))?;
+    let layout = cgroup::detect(host);
+    let cgroups = cgroup::paths(&layout, &format!("{}-{}", cluster.object_prefix(), m.name));
+    record.update(&m.name, |m| m.cgroups = cgroups.clone())?;
+    // The guest's memory is QEMU's `-m`; QEMU itself is not limited.
+    cgroup::create(host, &layout, &cgroups, cgroup::Limits::default())?;
+    let dir = cluster.machine_dir(record.paths, &m.name);
+    let usr = record
+        .snapshot()?
+        .machine(&m.name)?
+        .usr_mount
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("{}: no USR mounted", m.name)))?;
+    let vm = qemu::command(cluster, m, &dir, &usr, slot)?;
+    let (stdin, stdout, stderr) = qemu::stdio(&dir)?;
+    let mut cmd = host_command::command("setsid");
+    cmd.arg(exe).arg("__boot");
+    for cg in &cgroups {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    cmd.arg("--")
+        .args(["ip", "netns", "exec", &sw])
+        .arg(vm.get_program())
+        .args(vm.get_args())
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
+    let pid = host.spawn("qemu-system-x86_64", &mut cmd)?;
+    record.update(&m.name, |m| m.pid = Some(pid))
 }
 
 /// The machine's network and cgroups, then `systemd-nspawn --boot` on `root`.
@@ -361,14 +425,60 @@ pub fn enter(host: &dyn Host, m: &MachineState) -> Result<std::process::Command,
     Ok(cmd)
 }
 
+/// A login shell as `core` on a running machine, or `command` run by that shell (as
+/// `ssh host CMD` and `vagrant ssh -c CMD` run a command line).
+pub fn login(
+    host: &dyn Host,
+    paths: &Paths,
+    cluster: &ClusterState,
+    m: &MachineState,
+    command: Option<&str>,
+) -> Result<std::process::Command, Error> {
+    if !machine_running(host, m) {
+        return Err(Error::NotRunning(m.name.clone()));
+    }
+    Ok(match m.driver {
+        Driver::Nspawn => {
+            let mut cmd = enter(host, m)?;
+            cmd.args(["runuser", "-l", "core"]);
+            if let Some(c) = command {
+                cmd.arg("-c").arg(c);
+            }
+            cmd
+        }
+        Driver::Qemu => {
+            let mut cmd = qemu::ssh(paths, cluster, m, command.is_none());
+            if let Some(c) = command {
+                cmd.arg(c);
+            }
+            cmd
+        }
+    })
+}
+
 /// Runs a command inside a running machine as root: (exit code, stdout, stderr).
 pub fn exec_in(
     host: &dyn Host,
+    paths: &Paths,
+    cluster: &ClusterState,
     m: &MachineState,
     argv: &[&str],
 ) -> Result<(i32, String, String), Error> {
-    let out = enter(host, m)?
-        .args(argv)
+    let mut cmd = match m.driver {
+        Driver::Nspawn => {
+            let mut cmd = enter(host, m)?;
+            cmd.args(argv);
+            cmd
+        }
+        Driver::Qemu => {
+            let line: Vec<String> = argv.iter().map(|a| host_command::shell_quote(a)).collect();
+            let mut cmd = qemu::ssh(paths, cluster, m, false);
+            cmd.arg(format!("sudo {}", line.join(" ")));
+            cmd
+        }
+    };
+    let out = cmd
+        .stdin(Stdio::null())
         .output()
         .map_err(|source| Error::Spawn {
             command: "nsenter".into(),
@@ -389,9 +499,14 @@ fn wait_booted(
     limit: Duration,
 ) -> Result<(), Error> {
     let start = Instant::now();
+    // A virtual machine under emulation boots slower than a container.
+    let limit = match m.driver {
+        Driver::Nspawn => limit,
+        Driver::Qemu => limit.max(Duration::from_secs(300)),
+    };
     let ok = wait_until(host, limit, || {
-        init_pid(host, m).is_some()
-            && exec_in(host, m, &["systemctl", "is-system-running"])
+        machine_running(host, m)
+            && exec_in(host, paths, cluster, m, &["systemctl", "is-system-running"])
                 .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"))
     });
     if !ok {

@@ -280,6 +280,11 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn machine_tap(&self, ns: &str, _bridge: &str, tap: &str) -> Result<(), Error> {
+        self.log(Op::Link(format!("{ns}/{tap}")));
+        Ok(())
+    }
+
     fn is_mountpoint(&self, path: &Path) -> bool {
         self.mounts().iter().any(|m| m == path)
     }

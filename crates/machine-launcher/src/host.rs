@@ -46,6 +46,8 @@ pub trait Host: Sync {
     fn bridge(&self, ns: &str, name: &str, cidr: &str) -> Result<(), Error>;
     /// The veth pair, `eth0`'s address and the default route of a machine.
     fn machine_link(&self, link: &MachineLink) -> Result<(), Error>;
+    /// A tap device for a virtual machine in namespace `ns`, on `bridge`, up.
+    fn machine_tap(&self, ns: &str, bridge: &str, tap: &str) -> Result<(), Error>;
 
     /// Whether `path` is a mount point.
     fn is_mountpoint(&self, path: &Path) -> bool;
@@ -199,6 +201,13 @@ impl Host for RealHost {
         ip(&["-n", sw, "link", "set", &l.outer, "master", &l.bridge, "up"])?;
         ip(&["-n", mns, "link", "set", "eth0", "up"])?;
         ip(&["-n", mns, "route", "replace", "default", "via", &l.gateway]).map(drop)
+    }
+
+    fn machine_tap(&self, ns: &str, bridge: &str, tap: &str) -> Result<(), Error> {
+        if !link_exists(ns, tap) {
+            ip(&["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+        }
+        ip(&["-n", ns, "link", "set", tap, "master", bridge, "up"]).map(drop)
     }
 
     fn is_mountpoint(&self, path: &Path) -> bool {

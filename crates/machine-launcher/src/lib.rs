@@ -15,6 +15,8 @@
 //! - per machine, its cgroups (one per hierarchy on a cgroup v1 host, one on a v2-only host),
 //!   delegated to the machine so Docker can manage its own (see [`cgroup`]);
 //! - `systemd-nspawn --boot`, systemd as PID 1, started detached through `ferrite __boot`;
+//!   or, with the QEMU driver ([`Driver::Qemu`], `qemu.rs`), a virtual machine booting the
+//!   kernel its chosen USR carries, on a tap device on the same bridge;
 //! - when the user-data names `https://discovery.etcd.io/<token>`, a discovery service (a
 //!   Debian etcd with the v2 API, in the switch namespace) and a fresh token on it.
 //!
@@ -41,6 +43,7 @@ pub mod discovery;
 mod fake;
 pub mod host;
 mod provision;
+mod qemu;
 pub mod report;
 pub mod state;
 pub mod teardown;
@@ -49,7 +52,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use boot::{enter, exec_in, init_pid, up, UpOptions};
+pub use boot::{enter, exec_in, init_pid, login, up, UpOptions};
 pub use discovery::replace_discovery;
 pub use host::{Host, RealHost};
 pub use report::{memory, status, MachineStatus, MemoryReport};
@@ -187,6 +190,41 @@ pub struct Settings {
     pub channel: String,
     /// Memory limit per machine, MiB (0: none).
     pub memory_mb: u64,
+    /// How new machines run.
+    #[serde(default)]
+    pub driver: Driver,
+}
+
+/// How a machine runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A `systemd-nspawn` container on the host's kernel.
+    #[default]
+    Nspawn,
+    /// A QEMU virtual machine booting the kernel its USR partition carries.
+    Qemu,
+}
+
+impl std::str::FromStr for Driver {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "nspawn" => Ok(Self::Nspawn),
+            "qemu" => Ok(Self::Qemu),
+            other => Err(Error::Invalid(format!("driver {other:?} (nspawn or qemu)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Nspawn => "nspawn",
+            Self::Qemu => "qemu",
+        })
+    }
 }
 
 impl Default for Settings {
@@ -196,6 +234,7 @@ impl Default for Settings {
             prefix: "core".into(),
             channel: "alpha".into(),
             memory_mb: 1024,
+            driver: Driver::Nspawn,
         }
     }
 }

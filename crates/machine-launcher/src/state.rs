@@ -59,6 +59,9 @@ pub struct MachineState {
     pub usr_label: Option<String>,
     /// Its cgroups, while running.
     pub cgroups: Vec<PathBuf>,
+    /// How it runs.
+    #[serde(default)]
+    pub driver: crate::Driver,
 }
 
 impl ClusterState {

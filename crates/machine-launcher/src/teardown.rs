@@ -9,8 +9,9 @@ use std::time::Duration;
 use crate::boot::{init_pid, machine_running};
 use crate::cgroup;
 use crate::host::{process_matches, wait_until, Host};
+use crate::qemu;
 use crate::state::{lock_existing, run_lock, ClusterState, MachineState};
-use crate::{io_err, Error, Paths};
+use crate::{io_err, Driver, Error, Paths};
 
 /// Stops a machine: gracefully (systemd powers off), or `force` at once. Then releases its
 /// mounts and cgroups. Its disk, address and network namespace stay.
@@ -26,10 +27,23 @@ pub fn halt(
     if machine_running(host, &m) {
         let pid = m.pid.unwrap_or(0);
         if !force {
-            if let Some(i) = init_pid(host, &m) {
-                let _ = host.signal(i, "RTMIN+4");
-            }
-            wait_until(host, Duration::from_secs(30), || !machine_running(host, &m));
+            // systemd powers off on SIGRTMIN+4; a virtual machine gets ACPI's power button
+            // (and, emulated, takes longer).
+            let limit = match m.driver {
+                Driver::Nspawn => {
+                    if let Some(i) = init_pid(host, &m) {
+                        let _ = host.signal(i, "RTMIN+4");
+                    }
+                    Duration::from_secs(30)
+                }
+                Driver::Qemu => {
+                    if let Err(e) = qemu::powerdown(&cluster.machine_dir(paths, &m.name)) {
+                        tracing::warn!(machine = %m.name, "asking for a power-off: {e}");
+                    }
+                    Duration::from_secs(90)
+                }
+            };
+            wait_until(host, limit, || !machine_running(host, &m));
         }
         if machine_running(host, &m) {
             if let Some(i) = init_pid(host, &m) {

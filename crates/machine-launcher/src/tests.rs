@@ -26,6 +26,7 @@ fn cluster(paths: &Paths) -> ClusterState {
             usr_mount: None,
             usr_label: None,
             cgroups: Vec::new(),
+            driver: crate::Driver::Nspawn,
         }],
     };
     std::fs::create_dir_all(paths.cluster_dir("demo")).unwrap();
