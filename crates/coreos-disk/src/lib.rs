@@ -394,6 +394,30 @@ impl Disk {
         self.write_gpt(&mut f, &mut gpt)
     }
 
+    /// Sets partition `number`'s legacy-BIOS-bootable attribute (bit 2), as `cgpt add -B`.
+    pub fn set_legacy_bootable(&self, number: u32, on: bool) -> Result<(), Error> {
+        let (mut f, mut gpt) = self.read_gpt(true)?;
+        let entry = entry_mut(&mut gpt, number).ok_or_else(|| Error::NoPartition {
+            path: self.path.clone(),
+            what: number.to_string(),
+        })?;
+        entry.attribute_bits = (entry.attribute_bits & !4) | if on { 4 } else { 0 };
+        self.write_gpt(&mut f, &mut gpt)
+    }
+
+    /// `cgpt repair`: reads the table (the backup when the primary is damaged) and writes
+    /// both copies anew, with fresh CRCs.
+    pub fn repair(&self) -> Result<(), Error> {
+        let (mut f, mut gpt) = self.read_gpt(true)?;
+        self.write_gpt(&mut f, &mut gpt)
+    }
+
+    /// The disk's size in sectors (of a file or a block device).
+    pub fn sectors(&self) -> Result<u64, Error> {
+        let mut f = File::open(&self.path).map_err(self.io())?;
+        Ok(f.seek(SeekFrom::End(0)).map_err(self.io())? / SECTOR)
+    }
+
     /// GRUB's `gptprio.next`: the USR partition to boot. Spends one try (written to both GPT
     /// copies) when the chosen partition has tries left; touches nothing otherwise.
     pub fn gptprio_next(&self) -> Result<Partition, Error> {

@@ -185,7 +185,7 @@ fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
         cache_dir: cache_dir(),
         channel,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        binaries: ["coreos-cloudinit", "fleetd", "fleetctl"]
+        binaries: ["coreos-cloudinit", "fleetd", "fleetctl", "cgpt", "rootdev"]
             .iter()
             .map(|b| (b.to_string(), dir.join(b)))
             .collect(),

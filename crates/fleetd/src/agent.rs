@@ -1127,6 +1127,7 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
     loop {
         if pacing.due() {
             agent.run_pass(&cache, &mut pacing).await;
+            agent.sync_ready(ready.as_ref());
         }
         let armed = agent.fence_armed();
         let fence_at = agent.presence.fence_at();
@@ -1329,7 +1330,12 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
             Ok(Tended::Quiet | Tended::Failed) => {}
             Err(e) => tracing::warn!("registering again: {e}"),
         }
-        // The API answers 503 while etcd cannot be reached, as fleet's did.
+        self.sync_ready(ready);
+    }
+
+    /// The API answers 503 while etcd cannot be reached, as fleet's did: `ready` follows
+    /// the presence after every renewal and every pass (a pass may register again).
+    fn sync_ready(&self, ready: Option<&watch::Sender<bool>>) {
         if let Some(r) = ready {
             r.send_if_modified(|up| {
                 let now = !self.presence.failing;
