@@ -110,6 +110,21 @@ fn page_of(uri: &Uri) -> Result<u16, &'static str> {
     }
 }
 
+/// A read-only collection's page: GET only.
+#[allow(
+    clippy::result_large_err,
+    reason = "the reply is returned to axum at once, never propagated"
+)]
+fn get_page(v: &'static str, method: &Method, uri: &Uri) -> Result<u16, Response> {
+    collection_page(
+        v,
+        method,
+        uri,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "only GET supported against this resource",
+    )
+}
+
 /// The page a GET on a collection asks for, or the reply: `refusal` for another method
 /// (fleet answered 400 on some collections and 405 on others), 400 for a bad token.
 #[allow(
@@ -285,13 +300,7 @@ async fn list_machines<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> 
 /// `GET /units`: the units with their current states, paged.
 async fn list_units<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> Response {
     let (v, reg) = (api.server, &api.reg);
-    let page = match collection_page(
-        v,
-        method,
-        uri,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "only GET supported against this resource",
-    ) {
+    let page = match get_page(v, method, uri) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -312,13 +321,7 @@ async fn list_units<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> Res
 /// `GET /state`: unit states, filtered by `machineID` and `unitName`, paged.
 async fn list_states<S: KvStore>(api: &Api<S>, method: &Method, uri: &Uri) -> Response {
     let (v, reg) = (api.server, &api.reg);
-    let page = match collection_page(
-        v,
-        method,
-        uri,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "only GET supported against this resource",
-    ) {
+    let page = match get_page(v, method, uri) {
         Ok(p) => p,
         Err(r) => return r,
     };
