@@ -61,12 +61,7 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
         "active\nactive\nactive",
         120,
     );
-    c.sh_until(
-        "core-01",
-        "etcdctl cluster-health",
-        "cluster is healthy",
-        60,
-    );
+    c.sh_until("core-01", "etcdctl endpoint health 2>&1", "is healthy", 60);
     c.sh_until(
         "core-01",
         "docker version --format '{{.Server.Version}}'",
