@@ -12,6 +12,13 @@
 //!
 //! Acceleration: TCG unless `FERRITE_QEMU_ACCEL` names another (`kvm` where `/dev/kvm`
 //! works); the guest's memory is `vm_memory`.
+//!
+//! Next (the real-boot issue): a boot path on the disk itself (EFI-SYSTEM with a selector
+//! that reads the gptprio bits, booted by OVMF) and a test that it agrees with this direct
+//! load on every step of the update lifecycle; first-boot duties in the initramfs (disk
+//! GUID, growing ROOT, machine ID) instead of on the host; `status` reading the USR from
+//! the machine (`rootdev -s /usr`); the rollback, good-update and corrupted-GPT tests on a
+//! QEMU machine; `ferrite image build --format raw|qcow2`; QEMU numbers in the benchmark.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
