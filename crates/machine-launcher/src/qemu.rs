@@ -190,3 +190,91 @@ pub(crate) fn stdio(dir: &Path) -> Result<(Stdio, Stdio, Stdio), Error> {
     let f2 = f.try_clone().map_err(io_err("opening", &log))?;
     Ok((Stdio::null(), f.into(), f2.into()))
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use crate::{Driver, Settings};
+
+    fn cluster() -> (ClusterState, MachineState) {
+        let m = MachineState {
+            name: "core-02".into(),
+            index: 2,
+            ip: "172.20.7.102".into(),
+            machine_id: "0".repeat(32),
+            pid: None,
+            usr_mount: None,
+            usr_label: None,
+            cgroups: Vec::new(),
+            driver: Driver::Qemu,
+        };
+        let c = ClusterState {
+            name: "demo".into(),
+            id: "abcd1234".into(),
+            subnet: 7,
+            settings: Settings {
+                memory_mb: 1536,
+                ..Settings::default()
+            },
+            image: PathBuf::from("/x.img"),
+            discovery: None,
+            machines: vec![m.clone()],
+        };
+        (c, m)
+    }
+
+    #[test]
+    fn the_command_boots_the_chosen_slot_on_the_cluster_bridge() {
+        let (c, m) = cluster();
+        let usr = tempfile::tempdir().unwrap();
+        let k = usr.path().join("lib/modules/6.1.0-50-cloud-amd64");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(k.join("vmlinuz"), "k").unwrap();
+        std::fs::write(k.join("initramfs.img"), "i").unwrap();
+        let slot = coreos_disk::USR_B_GUID;
+        let cmd = command(&c, &m, Path::new("/m"), usr.path(), slot).unwrap();
+        let line: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        assert!(line.contains(&marker(&m)), "{line}");
+        assert!(line.contains(&format!("mount.usr=PARTUUID={slot} mount.usrflags=ro")));
+        assert!(
+            line.contains("-no-reboot") && line.contains("-m 1536"),
+            "{line}"
+        );
+        assert!(line.contains(&format!("-kernel {}", k.join("vmlinuz").display())));
+        assert!(line.contains("tap,id=n0,ifname=vm2,script=no"), "{line}");
+        assert!(line.contains("mac=52:54:00:14:07:02"), "{line}");
+        assert!(line.contains("file=/m/disk.img,if=virtio"), "{line}");
+        // A USR without a kernel (an image from before kernels) is refused clearly.
+        let empty = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(empty.path().join("lib/modules")).unwrap();
+        let err = command(&c, &m, Path::new("/m"), empty.path(), slot).unwrap_err();
+        assert!(err.to_string().contains("carries no kernel"), "{err}");
+    }
+
+    #[test]
+    fn first_boot_gives_the_host_name_and_a_static_address() {
+        let (c, m) = cluster();
+        let root = tempfile::tempdir().unwrap();
+        provision(root.path(), &c, &m).unwrap();
+        // Twice: a second boot finds everything in place.
+        provision(root.path(), &c, &m).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("etc/hostname"), "core-02\n");
+        assert_eq!(
+            read("etc/systemd/network/50-ferrite.network"),
+            "[Match]\nName=eth0\n\n[Network]\nAddress=172.20.7.102/24\nGateway=172.20.7.1\n"
+        );
+        let link = root
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants/systemd-networkd.service");
+        assert_eq!(
+            std::fs::read_link(link).unwrap(),
+            Path::new("/usr/lib/systemd/system/systemd-networkd.service")
+        );
+    }
+}
