@@ -422,17 +422,7 @@ impl Disk {
     /// copies) when the chosen partition has tries left; touches nothing otherwise.
     pub fn gptprio_next(&self) -> Result<Partition, Error> {
         let (mut f, mut gpt) = self.read_gpt(true)?;
-        let mut best: Option<Partition> = None;
-        for p in partitions_of(&gpt)
-            .into_iter()
-            .filter(|p| p.type_guid == USR_TYPE)
-        {
-            let best_prio = best.as_ref().map_or(0, |b| b.prio.priority());
-            if p.prio.bootable() && p.prio.priority() > best_prio {
-                best = Some(p);
-            }
-        }
-        let mut best = best.ok_or_else(|| Error::NoBootableUsr(self.path.clone()))?;
+        let mut best = self.choose(&gpt)?;
         if best.prio.tries() > 0 {
             best.prio = best.prio.with_tries(best.prio.tries() - 1);
             if let Some(e) = entry_mut(&mut gpt, best.number) {
@@ -441,6 +431,26 @@ impl Disk {
             self.write_gpt(&mut f, &mut gpt)?;
         }
         Ok(best)
+    }
+
+    /// The partition `gptprio_next` would choose now, without spending its try.
+    pub fn gptprio_peek(&self) -> Result<Partition, Error> {
+        let (_, gpt) = self.read_gpt(false)?;
+        self.choose(&gpt)
+    }
+
+    fn choose(&self, gpt: &GPT) -> Result<Partition, Error> {
+        let mut best: Option<Partition> = None;
+        for p in partitions_of(gpt)
+            .into_iter()
+            .filter(|p| p.type_guid == USR_TYPE)
+        {
+            let best_prio = best.as_ref().map_or(0, |b| b.prio.priority());
+            if p.prio.bootable() && p.prio.priority() > best_prio {
+                best = Some(p);
+            }
+        }
+        best.ok_or_else(|| Error::NoBootableUsr(self.path.clone()))
     }
 
     /// `cgpt prioritize`: makes partition `number` the highest-priority USR partition,

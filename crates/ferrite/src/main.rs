@@ -120,6 +120,15 @@ enum Cmd {
         #[command(flatten)]
         cluster: ClusterArg,
     },
+    /// Internal: a QEMU machine's power and firmware (boots it as often as it reboots).
+    #[command(name = "__qemu", hide = true)]
+    Qemu {
+        /// The machine (also marks the process as its own).
+        #[arg(long)]
+        name: String,
+        /// Its `qemu.json`.
+        spec: PathBuf,
+    },
     /// Internal: join the machine's cgroups and exec systemd-nspawn.
     #[command(name = "__boot", hide = true)]
     Boot {
@@ -297,7 +306,7 @@ fn cmd_status(cluster: &str) -> Result<ExitCode> {
         "{:<12} {:<9} {:<16} {}",
         "NAME", "STATE", "ADDRESS", "USR"
     ))?;
-    for s in machine_launcher::status(&RealHost, &state) {
+    for s in machine_launcher::status(&RealHost, &paths, &state) {
         out(format!(
             "{:<12} {:<9} {:<16} {}",
             s.name, s.state, s.ip, s.usr
@@ -393,6 +402,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Destroy { cluster } => {
             machine_launcher::destroy(&RealHost, &Paths::from_env(), &cluster.cluster)?;
             out(format!("cluster {:?} destroyed", cluster.cluster))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Qemu { name: _, spec } => {
+            machine_launcher::qemu::supervise(&spec)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Boot { cgroups, command } => {

@@ -1,7 +1,9 @@
 //! `ferrite up --driver qemu`: the chapter's walkthrough on a virtual machine that boots the
 //! kernel its USR partition carries (QEMU, TCG here), on the same kind of cluster bridge as
 //! the nspawn machines, and its lifecycle: graceful `halt` (ACPI power button), `up` again,
-//! `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root, QEMU and
+//! `cgpt` and `rootdev` inside, a rollback (a broken USR-B marked as CoreOS's postinst marks
+//! a new slot boots once, fails, and the machine comes back on USR-A by itself with B's try
+//! spent), `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root, QEMU and
 //! the packages `scripts/install-deps.sh` installs. One machine serves every step (a boot
 //! under emulation takes a minute or two).
 #![allow(
@@ -13,7 +15,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use common::Cluster;
@@ -97,8 +100,95 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
     eprintln!("second up: {:.1} s", t.elapsed().as_secs_f64());
     c.sh_until("core-01", "etcdctl member list", "core-01", 120);
 
+    // Rollback on a real kernel: USR-B is given a kernel but no system, and marked as
+    // CoreOS's postinst marks a new slot (cgpt add -S0 -T1, prioritize). The next boot
+    // tries B once (its initramfs cannot start a system and the machine reboots), then A.
+    let (_, inside) = c.sh(
+        "core-01",
+        "rootdev -s /usr; sudo cgpt show -q /dev/vda | grep USR",
+    );
+    assert!(
+        inside.starts_with("/dev/vda3\n"),
+        "rootdev in the machine: {inside}"
+    );
+    assert!(inside.contains("USR-B"), "cgpt in the machine: {inside}");
+    c.ok(&["halt", "core-01"]);
+    let disk = c.machine_dir("core-01").join("disk.img");
+    break_usr_b(&disk, kernel);
+    let cgpt = Path::new(common::FERRITE).with_file_name("cgpt");
+    for args in [
+        &["add", "-i", "4", "-S0", "-T1"][..],
+        &["prioritize", "-i", "4"],
+    ] {
+        let st = Command::new(&cgpt).args(args).arg(&disk).status().unwrap();
+        assert!(st.success(), "cgpt {args:?}");
+    }
+    let t = Instant::now();
+    c.ok(&["up"]);
+    eprintln!(
+        "up through a failing USR-B: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let console = std::fs::read_to_string(c.machine_dir("core-01").join("console.log")).unwrap();
+    let boots: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("ferrite: "))
+        .collect();
+    assert_eq!(
+        boots,
+        [
+            format!("ferrite: booting USR-B ({})", coreos_disk::USR_B_GUID),
+            "ferrite: the machine rebooted".to_string(),
+            format!("ferrite: booting USR-A ({})", coreos_disk::USR_A_GUID),
+        ],
+        "{console}"
+    );
+    let show = Command::new(&cgpt).arg("show").arg(&disk).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(
+        show.contains("Attr: priority=2 tries=0 successful=0"),
+        "B's try spent:\n{show}"
+    );
+    assert!(c.ok(&["status"]).contains("USR-A"));
+    c.sh_until("core-01", "findmnt -no SOURCE /usr", "/dev/vda3", 30);
+
     // halt --force: the power cut.
     c.ok(&["halt", "--force", "core-01"]);
     assert!(c.ok(&["status"]).contains("core-01      stopped"));
     c.destroy_and_check();
+}
+
+/// Gives USR-B a filesystem holding only USR-A's kernel and initramfs: it boots as far as
+/// the initramfs, which mounts it on `/usr` and finds no system to start.
+fn break_usr_b(disk: &Path, kernel: &str) {
+    let d = coreos_disk::Disk::open(disk);
+    let (a, b) = (d.partition("USR-A").unwrap(), d.partition("USR-B").unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("a");
+    let tree = work.path().join("b").join("lib/modules").join(kernel);
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&tree).unwrap();
+    let run = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    run(Command::new("mount")
+        .arg("-o")
+        .arg(format!(
+            "ro,loop,offset={},sizelimit={}",
+            a.offset(),
+            a.bytes()
+        ))
+        .arg(disk)
+        .arg(&mnt));
+    let from = mnt.join("lib/modules").join(kernel);
+    let copied = ["vmlinuz", "initramfs.img"]
+        .iter()
+        .all(|f| std::fs::copy(from.join(f), tree.join(f)).is_ok());
+    run(Command::new("umount").arg(&mnt));
+    assert!(copied, "USR-A's kernel");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "USR-B", "-d"])
+        .arg(work.path().join("b"))
+        .arg("-E")
+        .arg(format!("offset={}", b.offset()))
+        .arg(disk)
+        .arg(format!("{}k", b.bytes() / 1024)));
 }

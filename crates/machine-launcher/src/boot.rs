@@ -240,23 +240,27 @@ fn boot_machine(
     if machine_running(host, &m) {
         return Ok(());
     }
-    let (root, slot) = prepare(host, cluster, record, &m, user_data)?;
     match m.driver {
-        Driver::Nspawn => start(host, cluster, record, &m, &root, exe),
-        Driver::Qemu => start_qemu(host, cluster, record, &m, slot, exe),
+        Driver::Nspawn => {
+            let root = prepare(host, cluster, record, &m, user_data)?;
+            start(host, cluster, record, &m, &root, exe)
+        }
+        Driver::Qemu => {
+            prepare_qemu(host, cluster, record, &m, user_data)?;
+            start_qemu(host, cluster, record, &m, exe)
+        }
     }
 }
 
 /// The machine's disk, its USR (GRUB's choice) and ROOT mounted, first boot done; returns
-/// the root directory and the chosen USR's partition GUID. A virtual machine's ROOT is
-/// unmounted again (the machine mounts it itself).
+/// the root directory.
 pub(crate) fn prepare(
     host: &dyn Host,
     cluster: &ClusterState,
     record: &Recorder<'_>,
     m: &MachineState,
     user_data: &Path,
-) -> Result<(PathBuf, uuid::Uuid), Error> {
+) -> Result<PathBuf, Error> {
     let paths = record.paths;
     let dir = cluster.machine_dir(paths, &m.name);
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
@@ -288,24 +292,55 @@ pub(crate) fn prepare(
     }
     first_boot(host, &root, &usr_mount, m, user_data)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
-    match m.driver {
-        Driver::Nspawn => host.bind_ro(&usr_mount, &root.join("usr"))?,
-        Driver::Qemu => {
-            qemu::provision(&root, cluster, m)?;
-            host.unmount(&root)?;
-        }
-    }
-    Ok((root, usr.guid))
+    host.bind_ro(&usr_mount, &root.join("usr"))?;
+    Ok(root)
 }
 
-/// A virtual machine: its tap on the bridge, its cgroups, then QEMU (inside the switch
-/// namespace) booting the chosen slot's kernel.
+/// The disk of a virtual machine: ROOT mounted for first boot and provisioning, then
+/// unmounted (the machine mounts it itself). Only a first boot reads a USR (the factory
+/// `/etc` and `/var` of the slot that would boot, looked at without spending its try): the
+/// machine's own boots choose their slot (`qemu::supervise`).
+fn prepare_qemu(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    record: &Recorder<'_>,
+    m: &MachineState,
+    user_data: &Path,
+) -> Result<(), Error> {
+    let paths = record.paths;
+    let dir = cluster.machine_dir(paths, &m.name);
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let disk_path = dir.join("disk.img");
+    ensure_disk(host, &cluster.image, &disk_path)?;
+    let disk = Disk::open(&disk_path);
+    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
+        disk.set_disk_guid(uuid::Uuid::new_v4())?;
+    }
+    let root = dir.join("root");
+    if !host.is_mountpoint(&root) {
+        let p = disk.partition("ROOT")?;
+        host.mount_partition(&disk_path, p.offset(), p.bytes(), &root, false)?;
+    }
+    let setup = dir.join("usr-setup");
+    if !root.join("etc").is_dir() {
+        let slot = disk.gptprio_peek()?;
+        host.mount_partition(&disk_path, slot.offset(), slot.bytes(), &setup, true)?;
+    }
+    first_boot(host, &root, &setup, m, user_data)?;
+    host.unmount(&setup)?;
+    let _ = std::fs::remove_dir(&setup);
+    install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
+    qemu::provision(&root, cluster, m)?;
+    host.unmount(&root)
+}
+
+/// A virtual machine: its tap on the bridge, its cgroups, then its supervisor
+/// (`ferrite __qemu`, inside the switch namespace), which boots it as often as it reboots.
 fn start_qemu(
     host: &dyn Host,
     cluster: &ClusterState,
     record: &Recorder<'_>,
     m: &MachineState,
-    slot: uuid::Uuid,
     exe: &Path,
 ) -> Result<(), Error> {
     let sw = cluster.switch_ns();
@@ -316,13 +351,15 @@ fn start_qemu(
     // The guest's memory is QEMU's `-m`; QEMU itself is not limited.
     cgroup::create(host, &layout, &cgroups, cgroup::Limits::default())?;
     let dir = cluster.machine_dir(record.paths, &m.name);
-    let usr = record
-        .snapshot()?
-        .machine(&m.name)?
-        .usr_mount
-        .clone()
-        .ok_or_else(|| Error::Invalid(format!("{}: no USR mounted", m.name)))?;
-    let vm = qemu::command(cluster, m, &dir, &usr, slot)?;
+    let spec = qemu::Spec::of(cluster, m, &dir);
+    let spec_path = dir.join("qemu.json");
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::State {
+        path: spec_path.clone(),
+        reason: e.to_string(),
+    })?;
+    atomic_file::write(&spec_path, &json, &atomic_file::Options::mode(0o644))?;
+    // A fresh console for this `up`; each boot appends to it.
+    std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
     let (stdin, stdout, stderr) = qemu::stdio(&dir)?;
     let mut cmd = host_command::command("setsid");
     cmd.arg(exe).arg("__boot");
@@ -331,12 +368,13 @@ fn start_qemu(
     }
     cmd.arg("--")
         .args(["ip", "netns", "exec", &sw])
-        .arg(vm.get_program())
-        .args(vm.get_args())
+        .arg(exe)
+        .args(["__qemu", "--name", &m.name])
+        .arg(&spec_path)
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    let pid = host.spawn("qemu-system-x86_64", &mut cmd)?;
+    let pid = host.spawn("ferrite __qemu", &mut cmd)?;
     record.update(&m.name, |m| m.pid = Some(pid))
 }
 

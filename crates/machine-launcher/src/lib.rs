@@ -43,7 +43,7 @@ pub mod discovery;
 mod fake;
 pub mod host;
 mod provision;
-mod qemu;
+pub mod qemu;
 pub mod report;
 pub mod state;
 pub mod teardown;

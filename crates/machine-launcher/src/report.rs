@@ -5,7 +5,7 @@ use crate::boot::machine_running;
 use crate::cgroup::{self, Layout};
 use crate::host::Host;
 use crate::state::{ClusterState, MachineState};
-use crate::Error;
+use crate::{Driver, Error, Paths};
 
 /// One row of `ferrite status`.
 #[derive(Debug, Clone)]
@@ -20,12 +20,21 @@ pub struct MachineStatus {
     pub usr: String,
 }
 
-/// The machines of a cluster and whether they run.
-pub fn status(host: &dyn Host, cluster: &ClusterState) -> Vec<MachineStatus> {
+/// The machines of a cluster and whether they run. A virtual machine's USR is the slot its
+/// last boot chose (`qemu::supervise` writes it down at every boot).
+pub fn status(host: &dyn Host, paths: &Paths, cluster: &ClusterState) -> Vec<MachineStatus> {
     cluster
         .machines
         .iter()
         .map(|m| MachineStatus {
+            usr: match m.driver {
+                Driver::Nspawn => m.usr_label.clone().unwrap_or_else(|| "-".into()),
+                Driver::Qemu => {
+                    std::fs::read_to_string(cluster.machine_dir(paths, &m.name).join("booted"))
+                        .map(|s| s.trim().to_string())
+                        .unwrap_or_else(|_| "-".into())
+                }
+            },
             name: m.name.clone(),
             state: if machine_running(host, m) {
                 "running"
@@ -34,7 +43,6 @@ pub fn status(host: &dyn Host, cluster: &ClusterState) -> Vec<MachineStatus> {
             }
             .to_string(),
             ip: m.ip.clone(),
-            usr: m.usr_label.clone().unwrap_or_else(|| "-".into()),
         })
         .collect()
 }
