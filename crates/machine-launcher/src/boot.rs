@@ -252,6 +252,25 @@ fn boot_machine(
     }
 }
 
+/// The machine's directory and disk (a copy of the image, made once), its placeholder disk
+/// GUID replaced by a random one as CoreOS's first boot did.
+fn machine_disk(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    paths: &Paths,
+    m: &MachineState,
+) -> Result<(PathBuf, PathBuf, Disk), Error> {
+    let dir = cluster.machine_dir(paths, &m.name);
+    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+    let disk_path = dir.join("disk.img");
+    ensure_disk(host, &cluster.image, &disk_path)?;
+    let disk = Disk::open(&disk_path);
+    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
+        disk.set_disk_guid(uuid::Uuid::new_v4())?;
+    }
+    Ok((dir, disk_path, disk))
+}
+
 /// The machine's disk, its USR (GRUB's choice) and ROOT mounted, first boot done; returns
 /// the root directory.
 pub(crate) fn prepare(
@@ -262,14 +281,7 @@ pub(crate) fn prepare(
     user_data: &Path,
 ) -> Result<PathBuf, Error> {
     let paths = record.paths;
-    let dir = cluster.machine_dir(paths, &m.name);
-    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-    let disk_path = dir.join("disk.img");
-    ensure_disk(host, &cluster.image, &disk_path)?;
-    let disk = Disk::open(&disk_path);
-    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
-        disk.set_disk_guid(uuid::Uuid::new_v4())?;
-    }
+    let (dir, disk_path, disk) = machine_disk(host, cluster, paths, m)?;
     // GRUB's choice of /usr, on this machine's own disk.
     let usr = disk.gptprio_next()?;
     let usr_uuid = disk.ext_uuid(&usr)?;
@@ -308,14 +320,7 @@ fn prepare_qemu(
     user_data: &Path,
 ) -> Result<(), Error> {
     let paths = record.paths;
-    let dir = cluster.machine_dir(paths, &m.name);
-    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-    let disk_path = dir.join("disk.img");
-    ensure_disk(host, &cluster.image, &disk_path)?;
-    let disk = Disk::open(&disk_path);
-    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
-        disk.set_disk_guid(uuid::Uuid::new_v4())?;
-    }
+    let (dir, disk_path, disk) = machine_disk(host, cluster, paths, m)?;
     let root = dir.join("root");
     if !host.is_mountpoint(&root) {
         let p = disk.partition("ROOT")?;
