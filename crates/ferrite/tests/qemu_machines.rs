@@ -3,7 +3,8 @@
 //! the nspawn machines, and its lifecycle: graceful `halt` (ACPI power button), `up` again,
 //! `cgpt` and `rootdev` inside, a rollback (a broken USR-B marked as CoreOS's postinst marks
 //! a new slot boots once, fails, and the machine comes back on USR-A by itself with B's try
-//! spent), `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root, QEMU and
+//! spent), a good update (USR-B boots, is marked good from inside and stays the boot slot),
+//! `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root, QEMU and
 //! the packages `scripts/install-deps.sh` installs. One machine serves every step (a boot
 //! under emulation takes a minute or two).
 #![allow(
@@ -100,6 +101,71 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
     eprintln!("second up: {:.1} s", t.elapsed().as_secs_f64());
     c.sh_until("core-01", "etcdctl member list", "core-01", 120);
 
+    rollback(&c, kernel);
+    good_update(&c);
+
+    // halt --force: the power cut.
+    c.ok(&["halt", "--force", "core-01"]);
+    assert!(c.ok(&["status"]).contains("core-01      stopped"));
+    c.destroy_and_check();
+}
+
+/// Gives USR-B a filesystem holding only USR-A's kernel and initramfs: it boots as far as
+/// the initramfs, which mounts it on `/usr` and finds no system to start.
+fn break_usr_b(disk: &Path, kernel: &str) {
+    let d = coreos_disk::Disk::open(disk);
+    let (a, b) = (d.partition("USR-A").unwrap(), d.partition("USR-B").unwrap());
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("a");
+    let tree = work.path().join("b").join("lib/modules").join(kernel);
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&tree).unwrap();
+    let run = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    run(Command::new("mount")
+        .arg("-o")
+        .arg(format!(
+            "ro,loop,offset={},sizelimit={}",
+            a.offset(),
+            a.bytes()
+        ))
+        .arg(disk)
+        .arg(&mnt));
+    let from = mnt.join("lib/modules").join(kernel);
+    let copied = ["vmlinuz", "initramfs.img"]
+        .iter()
+        .all(|f| std::fs::copy(from.join(f), tree.join(f)).is_ok());
+    run(Command::new("umount").arg(&mnt));
+    assert!(copied, "USR-A's kernel");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "USR-B", "-d"])
+        .arg(work.path().join("b"))
+        .arg("-E")
+        .arg(format!("offset={}", b.offset()))
+        .arg(disk)
+        .arg(format!("{}k", b.bytes() / 1024)));
+}
+
+/// Copies USR-A's partition, byte for byte, over USR-B (both 1 GiB, MiB-aligned).
+fn copy_usr_a_to_b(disk: &Path) {
+    let d = coreos_disk::Disk::open(disk);
+    let (a, b) = (d.partition("USR-A").unwrap(), d.partition("USR-B").unwrap());
+    assert_eq!(a.bytes(), b.bytes());
+    let mib = 1024 * 1024;
+    let st = Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", disk.display()))
+        .arg("bs=1M")
+        .arg(format!("skip={}", a.offset() / mib))
+        .arg(format!("seek={}", b.offset() / mib))
+        .arg(format!("count={}", a.bytes() / mib))
+        .args(["conv=notrunc,sparse", "status=none"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "copying USR-A over USR-B");
+}
+
+/// Rollback on a real kernel (see the file's doc).
+fn rollback(c: &Cluster, kernel: &str) {
     // Rollback on a real kernel: USR-B is given a kernel but no system, and marked as
     // CoreOS's postinst marks a new slot (cgpt add -S0 -T1, prioritize). The next boot
     // tries B once (its initramfs cannot start a system and the machine reboots), then A.
@@ -151,44 +217,37 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
     );
     assert!(c.ok(&["status"]).contains("USR-A"));
     c.sh_until("core-01", "findmnt -no SOURCE /usr", "/dev/vda3", 30);
-
-    // halt --force: the power cut.
-    c.ok(&["halt", "--force", "core-01"]);
-    assert!(c.ok(&["status"]).contains("core-01      stopped"));
-    c.destroy_and_check();
 }
 
-/// Gives USR-B a filesystem holding only USR-A's kernel and initramfs: it boots as far as
-/// the initramfs, which mounts it on `/usr` and finds no system to start.
-fn break_usr_b(disk: &Path, kernel: &str) {
-    let d = coreos_disk::Disk::open(disk);
-    let (a, b) = (d.partition("USR-A").unwrap(), d.partition("USR-B").unwrap());
-    let work = tempfile::tempdir().unwrap();
-    let mnt = work.path().join("a");
-    let tree = work.path().join("b").join("lib/modules").join(kernel);
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::create_dir_all(&tree).unwrap();
-    let run = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
-    run(Command::new("mount")
-        .arg("-o")
-        .arg(format!(
-            "ro,loop,offset={},sizelimit={}",
-            a.offset(),
-            a.bytes()
-        ))
-        .arg(disk)
-        .arg(&mnt));
-    let from = mnt.join("lib/modules").join(kernel);
-    let copied = ["vmlinuz", "initramfs.img"]
-        .iter()
-        .all(|f| std::fs::copy(from.join(f), tree.join(f)).is_ok());
-    run(Command::new("umount").arg(&mnt));
-    assert!(copied, "USR-A's kernel");
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "USR-B", "-d"])
-        .arg(work.path().join("b"))
-        .arg("-E")
-        .arg(format!("offset={}", b.offset()))
-        .arg(disk)
-        .arg(format!("{}k", b.bytes() / 1024)));
+/// A good update (see the file's doc).
+fn good_update(c: &Cluster) {
+    let disk = c.machine_dir("core-01").join("disk.img");
+    let cgpt = Path::new(common::FERRITE).with_file_name("cgpt");
+    // A good update: USR-B gets USR-A's bytes (a working /usr), is marked as a new slot,
+    // boots, is marked good from inside as CoreOS's setgoodroot did (`cgpt add -S1 -T0` on
+    // the partition `rootdev` names, then `prioritize`), and stays the boot slot.
+    c.ok(&["halt", "core-01"]);
+    copy_usr_a_to_b(&disk);
+    for args in [
+        &["add", "-i", "4", "-S0", "-T1"][..],
+        &["prioritize", "-i", "4"],
+    ] {
+        let st = Command::new(&cgpt).args(args).arg(&disk).status().unwrap();
+        assert!(st.success(), "cgpt {args:?}");
+    }
+    c.ok(&["up"]);
+    c.sh_until("core-01", "rootdev -s /usr", "/dev/vda4", 30);
+    let (code, out) = c.sh(
+        "core-01",
+        "dev=$(rootdev -s /usr) && sudo cgpt add -S1 -T0 $dev && sudo cgpt prioritize $dev && sudo cgpt show /dev/vda | grep -A3 USR-B",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Attr: priority=2 tries=0 successful=1"),
+        "{out}"
+    );
+    c.ok(&["halt", "core-01"]);
+    c.ok(&["up"]);
+    c.sh_until("core-01", "rootdev -s /usr", "/dev/vda4", 30);
+    assert!(c.ok(&["status"]).contains("USR-B"));
 }

@@ -22,9 +22,9 @@
 //! that reads the gptprio bits, booted by OVMF) and a test that it agrees with this
 //! supervisor on every step of the update lifecycle; first-boot duties in the initramfs
 //! (disk GUID, growing ROOT, machine ID) instead of on the host; `status` reading the USR
-//! from the machine (`rootdev -s /usr`); the good-update and corrupted-GPT tests on a QEMU
-//! machine (the rollback one is in `tests/qemu_machines.rs`); `ferrite image build --format
-//! raw|qcow2`; QEMU numbers in the benchmark.
+//! from the machine (`rootdev -s /usr`); the corrupted-GPT test on a QEMU machine (the
+//! rollback and good-update ones are in `tests/qemu_machines.rs`); `ferrite image build
+//! --format raw|qcow2`; QEMU numbers in the benchmark.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
