@@ -658,13 +658,23 @@ pub trait Host {
     fn set_password(&mut self, user: &str, hash: &str) -> Result<(), ApplyError>;
 }
 
-/// What was staged for one step that writes files: a `Write`'s file (none when there is
-/// nothing to write), or an `AuthorizeKeys`' key files — staged with the others when the user
-/// exists, else (`keys_later`) right after `useradd` made the user, before anything else
-/// changes.
-struct Prepared {
-    staged: Vec<atomic_file::Staged>,
-    keys_later: bool,
+/// What was staged for one step that writes files.
+enum Prepared {
+    /// A `Write`'s file (none when there is nothing to write), or the key files of an
+    /// `AuthorizeKeys` for a user that exists.
+    Staged(Vec<atomic_file::Staged>),
+    /// The keys of a user this apply creates: staged right after its `useradd`, before
+    /// anything else changes.
+    KeysAfterUseradd,
+}
+
+impl Prepared {
+    fn files(self) -> Vec<atomic_file::Staged> {
+        match self {
+            Self::Staged(files) => files,
+            Self::KeysAfterUseradd => Vec::new(),
+        }
+    }
 }
 
 /// Executes a plan under `ctx.root`: stages every file first — `write_files`, units,
@@ -737,7 +747,7 @@ fn carry_out(
             Step::SetPassword { user, hash } => host.set_password(user, hash)?,
             Step::AuthorizeKeys { user, name, keys } => {
                 let staged = match prepared.next() {
-                    Some(p) if !p.keys_later => p.staged,
+                    Some(Prepared::Staged(files)) => files,
                     _ => stage_keys(ctx, user, name, keys, &mut Vec::new())?,
                 };
                 for s in staged {
@@ -745,7 +755,7 @@ fn carry_out(
                 }
             }
             Step::Write { path, owner, .. } => {
-                let staged = prepared.next().and_then(|p| p.staged.into_iter().next());
+                let staged = prepared.next().and_then(|p| p.files().into_iter().next());
                 if let Some(mut staged) = staged {
                     if !owner.is_empty() {
                         let (uid, gid) =
@@ -762,7 +772,7 @@ fn carry_out(
                 }
             }
             Step::MergeEnvironment(_) => {
-                for staged in prepared.next().map(|p| p.staged).unwrap_or_default() {
+                for staged in prepared.next().map(Prepared::files).unwrap_or_default() {
                     staged.commit()?;
                 }
             }
@@ -812,25 +822,16 @@ fn stage_all(
             Step::MergeEnvironment(content) => ("/etc/environment", content.as_ref(), 0o644),
             Step::AuthorizeKeys { user, name, keys } => {
                 out.push(if accounts.user(user).is_some() {
-                    Prepared {
-                        staged: stage_keys(ctx, user, name, keys, created_dirs)?,
-                        keys_later: false,
-                    }
+                    Prepared::Staged(stage_keys(ctx, user, name, keys, created_dirs)?)
                 } else {
-                    Prepared {
-                        staged: Vec::new(),
-                        keys_later: true,
-                    }
+                    Prepared::KeysAfterUseradd
                 });
                 continue;
             }
             _ => continue,
         };
         let Some(content) = content else {
-            out.push(Prepared {
-                staged: Vec::new(),
-                keys_later: false,
-            });
+            out.push(Prepared::Staged(Vec::new()));
             continue;
         };
         let target = ctx.write_path(path)?;
@@ -838,10 +839,7 @@ fn stage_all(
             created_dirs.extend(atomic_file::create_dirs(parent)?);
         }
         let staged = atomic_file::stage(&target, content, &atomic_file::Options::mode(mode))?;
-        out.push(Prepared {
-            staged: vec![staged],
-            keys_later: false,
-        });
+        out.push(Prepared::Staged(vec![staged]));
     }
     Ok(out)
 }
