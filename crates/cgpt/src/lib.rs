@@ -15,16 +15,9 @@ use coreos_disk::{Disk, GptPrio, Partition};
 use uuid::Uuid;
 
 /// A cgpt failure, naming the drive or the argument.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct Error(pub String);
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
 
 impl From<coreos_disk::Error> for Error {
     fn from(e: coreos_disk::Error) -> Self {
