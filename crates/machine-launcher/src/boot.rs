@@ -252,6 +252,49 @@ fn boot_machine(
     }
 }
 
+/// `setsid ferrite __boot --cgroup … --`, ready for the command to run: a process that
+/// joins `cgroups` before it becomes that command, so it is found there even if its PID
+/// is never recorded.
+pub(crate) fn in_cgroups(exe: &Path, cgroups: &[PathBuf]) -> std::process::Command {
+    let mut cmd = host_command::command("setsid");
+    cmd.arg(exe).arg("__boot");
+    for cg in cgroups {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    cmd.arg("--");
+    cmd
+}
+
+/// A machine's cgroups: recorded, then created with `limits`.
+fn machine_cgroups(
+    host: &dyn Host,
+    cluster: &ClusterState,
+    record: &Recorder<'_>,
+    m: &MachineState,
+    limits: cgroup::Limits,
+) -> Result<Vec<PathBuf>, Error> {
+    let layout = cgroup::detect(host);
+    let cgroups = cgroup::paths(&layout, &format!("{}-{}", cluster.object_prefix(), m.name));
+    record.update(&m.name, |m| m.cgroups = cgroups.clone())?;
+    cgroup::create(host, &layout, &cgroups, limits)?;
+    Ok(cgroups)
+}
+
+/// ROOT of the machine's disk, mounted on `<dir>/root` (once).
+fn mount_root(
+    host: &dyn Host,
+    dir: &Path,
+    disk_path: &Path,
+    disk: &Disk,
+) -> Result<PathBuf, Error> {
+    let root = dir.join("root");
+    if !host.is_mountpoint(&root) {
+        let p = disk.partition("ROOT")?;
+        host.mount_partition(disk_path, p.offset(), p.bytes(), &root, false)?;
+    }
+    Ok(root)
+}
+
 /// The machine's directory and disk (a copy of the image, made once), its placeholder disk
 /// GUID replaced by a random one as CoreOS's first boot did.
 fn machine_disk(
@@ -297,11 +340,7 @@ pub(crate) fn prepare(
             host.mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
         }
     }
-    let root = dir.join("root");
-    if !host.is_mountpoint(&root) {
-        let p = disk.partition("ROOT")?;
-        host.mount_partition(&disk_path, p.offset(), p.bytes(), &root, false)?;
-    }
+    let root = mount_root(host, &dir, &disk_path, &disk)?;
     first_boot(host, &root, &usr_mount, m, user_data)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     host.bind_ro(&usr_mount, &root.join("usr"))?;
@@ -321,11 +360,7 @@ fn prepare_qemu(
 ) -> Result<(), Error> {
     let paths = record.paths;
     let (dir, disk_path, disk) = machine_disk(host, cluster, paths, m)?;
-    let root = dir.join("root");
-    if !host.is_mountpoint(&root) {
-        let p = disk.partition("ROOT")?;
-        host.mount_partition(&disk_path, p.offset(), p.bytes(), &root, false)?;
-    }
+    let root = mount_root(host, &dir, &disk_path, &disk)?;
     let setup = dir.join("usr-setup");
     if !root.join("etc").is_dir() {
         let slot = disk.gptprio_peek()?;
@@ -350,11 +385,8 @@ fn start_qemu(
 ) -> Result<(), Error> {
     let sw = cluster.switch_ns();
     host.machine_tap(&sw, "br0", &qemu::tap(m))?;
-    let layout = cgroup::detect(host);
-    let cgroups = cgroup::paths(&layout, &format!("{}-{}", cluster.object_prefix(), m.name));
-    record.update(&m.name, |m| m.cgroups = cgroups.clone())?;
     // The guest's memory is QEMU's `-m`; QEMU itself is not limited.
-    cgroup::create(host, &layout, &cgroups, cgroup::Limits::default())?;
+    let cgroups = machine_cgroups(host, cluster, record, m, cgroup::Limits::default())?;
     let dir = cluster.machine_dir(record.paths, &m.name);
     let spec = qemu::Spec::of(cluster, m, &dir);
     let spec_path = dir.join("qemu.json");
@@ -366,13 +398,8 @@ fn start_qemu(
     // A fresh console for this `up`; each boot appends to it.
     std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
     let (stdin, stdout, stderr) = qemu::stdio(&dir)?;
-    let mut cmd = host_command::command("setsid");
-    cmd.arg(exe).arg("__boot");
-    for cg in &cgroups {
-        cmd.arg("--cgroup").arg(cg);
-    }
-    cmd.arg("--")
-        .args(["ip", "netns", "exec", &sw])
+    let mut cmd = in_cgroups(exe, &cgroups);
+    cmd.args(["ip", "netns", "exec", &sw])
         .arg(exe)
         .args(["__qemu", "--name", &m.name])
         .arg(&spec_path)
@@ -404,25 +431,17 @@ pub(crate) fn start(
     })?;
 
     // cgroups delegated to the machine: recorded, then created.
-    let layout = cgroup::detect(host);
-    let cgroups = cgroup::paths(&layout, &format!("{}-{}", cluster.object_prefix(), m.name));
-    record.update(&m.name, |m| m.cgroups = cgroups.clone())?;
     let limits = cgroup::Limits {
         memory_mb: cluster.settings.memory_mb,
     };
-    cgroup::create(host, &layout, &cgroups, limits)?;
+    let cgroups = machine_cgroups(host, cluster, record, m, limits)?;
 
     let dir = cluster.machine_dir(record.paths, &m.name);
     let console =
         std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
     let console2 = console.try_clone().map_err(io_err("opening", &dir))?;
-    let mut cmd = host_command::command("setsid");
-    cmd.arg(exe).arg("__boot");
-    for cg in &cgroups {
-        cmd.arg("--cgroup").arg(cg);
-    }
-    cmd.arg("--")
-        .arg("systemd-nspawn")
+    let mut cmd = in_cgroups(exe, &cgroups);
+    cmd.arg("systemd-nspawn")
         .args([
             "--boot",
             "--register=no",
@@ -524,7 +543,7 @@ pub fn exec_in(
         .stdin(Stdio::null())
         .output()
         .map_err(|source| Error::Spawn {
-            command: "nsenter".into(),
+            command: cmd.get_program().to_string_lossy().into_owned(),
             source,
         })?;
     Ok((

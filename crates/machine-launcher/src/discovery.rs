@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::boot::in_cgroups;
 use crate::cgroup;
 use crate::host::{process_matches, wait_until, Host};
 use crate::state::{random_hex, ClusterState, Discovery};
@@ -59,56 +60,44 @@ pub(crate) fn ensure_discovery(
         let log2 = log.try_clone().map_err(io_err("opening", &dir))?;
         // Recorded, then made, then joined by `__boot` before it becomes etcd: whatever
         // happens next, `destroy` finds the process in the cgroup.
-        let cgroups = cgroup::paths(
-            &cgroup::detect(host),
-            &format!("{}-discovery", cluster.object_prefix()),
-        );
+        let layout = cgroup::detect(host);
+        let cgroups = cgroup::paths(&layout, &format!("{}-discovery", cluster.object_prefix()));
         cluster.discovery = Some(Discovery {
             pid: None,
             url: String::new(),
             cgroups: cgroups.clone(),
         });
         cluster.save(paths)?;
-        cgroup::create(
-            host,
-            &cgroup::detect(host),
-            &cgroups,
-            cgroup::Limits::default(),
-        )?;
-        let mut cmd = host_command::command("setsid");
-        cmd.arg(exe).arg("__boot");
-        for cg in &cgroups {
-            cmd.arg("--cgroup").arg(cg);
-        }
-        cmd.arg("--")
-            .args([
-                "ip",
-                "netns",
-                "exec",
-                &cluster.switch_ns(),
-                "etcd",
-                "--name",
-                "discovery",
-                "--enable-v2",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
-            ])
-            .args(["--initial-cluster", "discovery=http://127.0.0.1:2380"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        cgroup::create(host, &layout, &cgroups, cgroup::Limits::default())?;
+        let mut cmd = in_cgroups(exe, &cgroups);
+        cmd.args([
+            "ip",
+            "netns",
+            "exec",
+            &cluster.switch_ns(),
+            "etcd",
+            "--name",
+            "discovery",
+            "--enable-v2",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+        ])
+        .args(["--initial-cluster", "discovery=http://127.0.0.1:2380"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
         let pid = host.spawn("etcd (discovery)", &mut cmd)?;
         if let Some(d) = cluster.discovery.as_mut() {
             d.pid = Some(pid);

@@ -250,7 +250,9 @@ pub fn supervise(spec_path: &Path) -> Result<(), Error> {
     // Bounded: a machine that keeps failing within seconds stops instead of spinning.
     let mut quick_failures = 0;
     loop {
-        let slot = disk.gptprio_next()?;
+        let slot = disk.gptprio_next().inspect_err(|e| {
+            say(&spec, &format!("no USR partition can boot: {e}"));
+        })?;
         say(&spec, &format!("booting {} ({})", slot.label, slot.guid));
         let _ = atomic_file::write(
             &spec.dir.join("booted"),
