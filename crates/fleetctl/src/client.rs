@@ -509,7 +509,7 @@ async fn exchange_on<I>(io: I, req: Request<Full<Bytes>>) -> Result<(StatusCode,
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    fleet_store::http1_exchange(io, req)
+    http_exchange::exchange(io, req)
         .await
         .map_err(|(stage, e)| format!("fleet API {stage}: {e}"))
 }

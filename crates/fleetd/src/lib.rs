@@ -17,7 +17,8 @@
 //!   replace-by-PUT), 503 until the agent has registered and while etcd is unreachable.
 //!
 //! [`systemd::SystemdManager`] is the real unit manager (units under `/run/fleet/units`,
-//! linked, started over D-Bus); [`agent::SimManager`] simulates one for tests and benches.
+//! linked, started over D-Bus); `agent::SimManager` (feature `test-support`) simulates one
+//! for tests and benches.
 //!
 //! The `fleetd` binary adds the configuration (`config`; TLS to etcd with the `tls`
 //! feature), SIGHUP reloads (address, metadata and fencing in place through
@@ -31,18 +32,16 @@
 //! checks only the units that conflict or replace (`benches/engine.rs` in fleet-engine: 100
 //! passes of a thousand plain units arriving on one machine, 4.1 s before, 64–89 ms after).
 //!
-//! The agent's pass is its phases (`desired`, `plan_tasks`, `unload_all`, `load_all`,
-//! `stop_all`, `start_all`, `publish_pass`), and its loop's timers are one `Pacing` value
-//! (`dirty`, `settle`, `backoff`, `rewatch_at` with named transitions).
+//! The agent (`agent/`) is its loop (`run`: one closed event at a time, the pass and the
+//! watches as explicit states), its presence (`presence`: the lease, the link to etcd, the
+//! fencing moment and the hold, timing tested on paused time), its pass (`pass`, in
+//! phases: `desired`, `plan_tasks`, `unload_all`, `load_all`, `stop_all`, `start_all`,
+//! `publish_pass`) and the simulated manager (`sim`, with `test-support`). systemd is
+//! reached through zbus on fleetd's own runtime (no second executor); unit files are
+//! written on the blocking pool.
 //!
-//! Next: the agent's remaining flags (`republish`, `hold_until`, `refence`) and `Pacing`
-//! as explicit presence and watch states fed by one event enum, with presence and fencing
-//! timing unit-tested on paused time; zbus through its tokio integration in `systemd.rs`
-//! instead of the blocking pool; bounds on unit blobs in etcd under `--replace` churn;
-//! `SimManager` and the partitionable `MemoryStore` behind `test-support`; `agent.rs`
-//! (1,500 lines) split along its seams (presence, pass, loop, simulated manager). Then the
-//! cost of a thousand units, about twice what systemd alone needs on a 2-core machine
-//! (`crates/ferrite/benches/fleet.rs`).
+//! Next: the cost of a thousand units, about twice what systemd alone needs on a 2-core
+//! machine (`crates/ferrite/benches/fleet.rs`).
 
 pub mod agent;
 pub mod api;

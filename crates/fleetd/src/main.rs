@@ -138,6 +138,7 @@ async fn run(config: PathBuf) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let bind_to = own_unit().map(|u| (u, PathBuf::from("/run/systemd/system")));
     let manager = SystemdManager::connect(PathBuf::from("/run/fleet/units"), bind_to)
+        .await
         .context("connecting to systemd")?;
     let agent_cfg = AgentConfig {
         machine,

@@ -5,16 +5,15 @@
 //! `ListUnitsByNames`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
-use systemd_client::{DbusSystemd, JobKind, Systemd};
+use systemd_client::{DbusManager, JobKind};
 
 use crate::agent::UnitManager;
 
-/// systemd over D-Bus, with the unit files in `dir`.
-#[derive(Debug, Clone)]
+/// systemd over D-Bus on fleetd's own runtime, with the unit files in `dir`.
+#[derive(Debug)]
 pub struct SystemdManager {
-    dbus: Arc<Mutex<DbusSystemd>>,
+    dbus: DbusManager,
     dir: PathBuf,
     /// The unit fenced units are bound to (fleetd's own, `fleet.service`), and where their
     /// drop-ins go (`/run/systemd/system`).
@@ -28,93 +27,80 @@ impl SystemdManager {
     /// Connects to the system bus; unit files go to `dir` (fleet: `/run/fleet/units`).
     /// Fenced units are bound to `bind_to`'s unit — fleetd's own — with a drop-in under
     /// its directory (`/run/systemd/system`), so systemd stops them when fleetd dies.
-    pub fn connect(
+    pub async fn connect(
         dir: PathBuf,
         bind_to: Option<(String, PathBuf)>,
     ) -> Result<Self, systemd_client::Error> {
         Ok(Self {
-            dbus: Arc::new(Mutex::new(DbusSystemd::system()?)),
+            dbus: DbusManager::system().await?,
             dir,
             bind_to,
         })
     }
-
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut DbusSystemd) -> Result<T, systemd_client::Error> + Send + 'static,
-    ) -> Result<T, String> {
-        let dbus = self.dbus.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut d = dbus
-                .lock()
-                .map_err(|_| "systemd connection poisoned".to_string())?;
-            f(&mut d).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
 }
 
-/// Writes the units' files into `dir` and links them in, one call per batch (systemd
-/// rescans its search paths per call). fleet 1.0: a unit with an `[Install]` section is
-/// enabled (runtime, forced) instead, so its `WantedBy=` and friends take effect. Gives the
-/// units that failed, each with its reason: a batch systemd refuses is tried again one unit
-/// at a time, so one unit it rejects never keeps the others from loading.
-fn write_and_link(
-    d: &mut DbusSystemd,
-    dir: &std::path::Path,
-    units: &[(String, String)],
-) -> Vec<(String, String)> {
-    let mut failed = Vec::new();
+/// Unit files written, by how they are linked in: (name, path) pairs.
+#[derive(Debug, Default)]
+struct Written {
+    /// Linked (`LinkUnitFiles`).
+    linked: Vec<(String, String)>,
+    /// With an `[Install]` section: enabled (`EnableUnitFiles`).
+    enabled: Vec<(String, String)>,
+    /// The units whose files could not be written, with the reason.
+    failed: Vec<(String, String)>,
+}
+
+/// Writes the units' files into `dir`. Runs on the blocking pool.
+fn write_files(dir: &std::path::Path, units: &[(String, String)]) -> Written {
+    let mut w = Written::default();
     if let Err(e) = atomic_file::create_dirs(dir) {
-        return units
+        w.failed = units
             .iter()
             .map(|(n, _)| (n.clone(), e.to_string()))
             .collect();
+        return w;
     }
-    let (mut linked, mut enabled) = (Vec::with_capacity(units.len()), Vec::new());
     for (name, text) in units {
         let path = dir.join(name);
-        if let Err(e) =
-            atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644))
-        {
-            failed.push((name.clone(), e.to_string()));
-            continue;
-        }
-        let entry = (name.clone(), path.display().to_string());
-        if has_install_section(text) {
-            enabled.push(entry);
-        } else {
-            linked.push(entry);
+        match atomic_file::write(&path, text.as_bytes(), &atomic_file::Options::mode(0o644)) {
+            Ok(()) => {
+                let entry = (name.clone(), path.display().to_string());
+                if has_install_section(text) {
+                    w.enabled.push(entry);
+                } else {
+                    w.linked.push(entry);
+                }
+            }
+            Err(e) => w.failed.push((name.clone(), e.to_string())),
         }
     }
-    link_in(d, &linked, false, &mut failed);
-    link_in(d, &enabled, true, &mut failed);
-    failed
+    w
 }
 
 /// Links (or with `enable`, enables) the unit files `entries` (name, path), a batch per
-/// call; a batch systemd refuses is tried one unit at a time and each refusal recorded.
-fn link_in(
-    d: &mut DbusSystemd,
+/// call (systemd rescans its search paths per call); a batch systemd refuses is tried one
+/// unit at a time and each refusal recorded, so one unit it rejects never keeps the others
+/// from loading.
+async fn link_in(
+    d: &DbusManager,
     entries: &[(String, String)],
     enable: bool,
     failed: &mut Vec<(String, String)>,
 ) {
-    let call = |d: &mut DbusSystemd, paths: &[String]| {
+    let call = |paths: Vec<String>| async move {
         if enable {
-            d.enable_unit_files(paths, true, true)
+            d.enable_unit_files(&paths, true, true).await
         } else {
-            d.link_unit_files(paths, true, true)
+            d.link_unit_files(&paths, true, true).await
         }
     };
     for chunk in entries.chunks(LINK_BATCH) {
         let paths: Vec<String> = chunk.iter().map(|(_, p)| p.clone()).collect();
-        if call(d, &paths).is_ok() {
+        if call(paths).await.is_ok() {
             continue;
         }
         for (name, path) in chunk {
-            if let Err(e) = call(d, std::slice::from_ref(path)) {
+            if let Err(e) = call(vec![path.clone()]).await {
                 failed.push((name.clone(), e.to_string()));
             }
         }
@@ -157,8 +143,8 @@ fn write_binding(path: &std::path::Path, bound: bool, bind: &str) -> Result<(), 
 
 /// Queues a stop; a unit systemd has not loaded (or could not load: a refused file) runs
 /// nothing, so there is nothing to stop.
-fn stop_if_loaded(d: &mut DbusSystemd, name: &str) -> Result<(), systemd_client::Error> {
-    match d.enqueue(JobKind::Stop, name) {
+async fn stop_if_loaded(d: &DbusManager, name: &str) -> Result<(), systemd_client::Error> {
+    match d.enqueue(JobKind::Stop, name).await {
         Err(e) if e.is_not_loaded() => {
             tracing::debug!(unit = name, "not loaded, nothing to stop: {e}");
             Ok(())
@@ -187,13 +173,23 @@ impl UnitManager for SystemdManager {
         }
     }
 
+    /// fleet 1.0: a unit with an `[Install]` section is enabled (runtime, forced) instead
+    /// of linked, so its `WantedBy=` and friends take effect.
     async fn load_many(&mut self, units: &[(String, String)]) -> Vec<(String, String)> {
         let (dir, todo) = (self.dir.clone(), units.to_vec());
-        // Files and links on the blocking pool: the runtime thread keeps serving the API.
-        match self.with(move |d| Ok(write_and_link(d, &dir, &todo))).await {
-            Ok(failed) => failed,
-            Err(e) => units.iter().map(|(n, _)| (n.clone(), e.clone())).collect(),
-        }
+        // Files on the blocking pool: the runtime thread keeps serving the API.
+        let mut w = match tokio::task::spawn_blocking(move || write_files(&dir, &todo)).await {
+            Ok(w) => w,
+            Err(e) => {
+                return units
+                    .iter()
+                    .map(|(n, _)| (n.clone(), e.to_string()))
+                    .collect()
+            }
+        };
+        link_in(&self.dbus, &w.linked, false, &mut w.failed).await;
+        link_in(&self.dbus, &w.enabled, true, &mut w.failed).await;
+        w.failed
     }
 
     async fn bind(&mut self, units: &[(String, bool)]) -> Vec<(String, String)> {
@@ -228,13 +224,14 @@ impl UnitManager for SystemdManager {
     }
 
     async fn unload(&mut self, name: &str) -> Result<(), String> {
-        let n = name.to_string();
-        self.with(move |d| {
-            stop_if_loaded(d, &n)?;
-            d.disable_unit_files(std::slice::from_ref(&n), true)?;
-            d.reset_failed(&n)
-        })
-        .await?;
+        let d = &self.dbus;
+        let unit = [name.to_string()];
+        let done = async {
+            stop_if_loaded(d, name).await?;
+            d.disable_unit_files(&unit, true).await?;
+            d.reset_failed(name).await
+        };
+        done.await.map_err(|e| e.to_string())?;
         if let Some((bind, root)) = &self.bind_to {
             write_binding(&dropin_path(root, name), false, bind)?;
         }
@@ -245,37 +242,33 @@ impl UnitManager for SystemdManager {
     }
 
     async fn reload(&mut self) -> Result<(), String> {
-        self.with(|d| d.reload()).await
+        self.dbus.reload().await.map_err(|e| e.to_string())
     }
 
     async fn start(&mut self, name: &str) -> Result<(), String> {
-        let n = name.to_string();
-        self.with(move |d| d.enqueue(JobKind::Start, &n)).await
+        self.dbus
+            .enqueue(JobKind::Start, name)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn start_many(&mut self, names: &[String]) -> Vec<(String, String)> {
-        let want = names.to_vec();
-        match self
-            .with(move |d| Ok(d.enqueue_many(JobKind::Start, &want)))
-            .await
-        {
-            Ok(results) => names
-                .iter()
-                .zip(results)
-                .filter_map(|(name, r)| r.err().map(|e| (name.clone(), e.to_string())))
-                .collect(),
-            Err(e) => names.iter().map(|n| (n.clone(), e.clone())).collect(),
-        }
+        let results = self.dbus.enqueue_many(JobKind::Start, names).await;
+        names
+            .iter()
+            .zip(results)
+            .filter_map(|(name, r)| r.err().map(|e| (name.clone(), e.to_string())))
+            .collect()
     }
 
     async fn stop(&mut self, name: &str) -> Result<(), String> {
-        let n = name.to_string();
-        self.with(move |d| stop_if_loaded(d, &n)).await
+        stop_if_loaded(&self.dbus, name)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn states(&mut self, names: &[String]) -> Vec<(String, String, String)> {
-        let want = names.to_vec();
-        match self.with(move |d| d.unit_statuses(&want)).await {
+        match self.dbus.unit_statuses(names).await {
             Ok(v) => {
                 let by_name: std::collections::HashMap<String, (String, String, String)> = v
                     .into_iter()
@@ -311,8 +304,7 @@ impl UnitManager for SystemdManager {
     }
 
     async fn state(&mut self, name: &str) -> (String, String, String) {
-        let n = name.to_string();
-        match self.with(move |d| d.unit_statuses(&[n])).await {
+        match self.dbus.unit_statuses(&[name.to_string()]).await {
             Ok(v) => v
                 .into_iter()
                 .next()

@@ -5,9 +5,11 @@
 //! implementations:
 //!
 //! - [`DbusSystemd`]: the real thing, `org.freedesktop.systemd1.Manager` over the system bus
-//!   (or any bus address, e.g. a machine's `/proc/<pid>/root/run/dbus/system_bus_socket`),
-//!   with zbus's blocking API. Jobs are waited for through the `JobRemoved` signal, as
-//!   coreos-cloudinit did, but with a time limit.
+//!   (or any bus address, e.g. a machine's `/proc/<pid>/root/run/dbus/system_bus_socket`).
+//!   Jobs are waited for through the `JobRemoved` signal, as coreos-cloudinit did, but with
+//!   a time limit. It runs [`DbusManager`], the same calls as `async fn`s for daemons
+//!   (fleetd), on a current-thread runtime of its own; a daemon uses `DbusManager` on its
+//!   own runtime (zbus's tokio integration), so no second executor runs beside it.
 //! - [`Recorder`]: performs nothing and records each call, for `coreos-cloudinit -root` plans
 //!   and for tests.
 //!
@@ -18,7 +20,7 @@ mod dbus;
 
 use std::fmt;
 
-pub use dbus::{DbusSystemd, UnitStatus};
+pub use dbus::{DbusManager, DbusSystemd, UnitStatus, IN_FLIGHT};
 
 /// A failure talking to systemd, naming the unit or call involved.
 #[derive(Debug, thiserror::Error)]
