@@ -460,6 +460,53 @@ impl KvStore for EtcdStore {
         Ok(out)
     }
 
+    async fn create_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        also: Vec<(String, Vec<u8>)>,
+    ) -> R<bool> {
+        let (at, mut client) = self.pick();
+        let mut ops = vec![TxnOp::put(key, value, None)];
+        ops.extend(also.into_iter().map(|(k, v)| TxnOp::put(k, v, None)));
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(ops);
+        let r = client
+            .txn(txn)
+            .await
+            .map_err(self.err_at(at, "create", key))?;
+        Ok(r.succeeded())
+    }
+
+    async fn put_many_if_exists(&self, guard: &str, kvs: Vec<(String, Vec<u8>)>) -> R<bool> {
+        let (at, mut client) = self.pick();
+        let ops: Vec<TxnOp> = kvs
+            .into_iter()
+            .map(|(k, v)| TxnOp::put(k, v, None))
+            .collect();
+        let txn = Txn::new()
+            .when([Compare::create_revision(guard, CompareOp::Greater, 0)])
+            .and_then(ops);
+        let r = client
+            .txn(txn)
+            .await
+            .map_err(self.err_at(at, "put", guard))?;
+        Ok(r.succeeded())
+    }
+
+    async fn delete_if_revision(&self, key: &str, mod_revision: i64) -> R<bool> {
+        let (at, mut client) = self.pick();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::delete(key, None)]);
+        let r = client
+            .txn(txn)
+            .await
+            .map_err(self.err_at(at, "delete", key))?;
+        Ok(r.succeeded())
+    }
+
     async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
         let (at, mut client) = self.pick();
         let txn = Txn::new()

@@ -165,6 +165,27 @@ pub trait KvStore: Clone + Send + Sync + 'static {
             Ok(out)
         }
     }
+    /// Sets `key` only if it does not exist, and with it (in the same transaction) every
+    /// key in `also`; returns whether it did so.
+    fn create_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        also: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = R<bool>> + Send;
+    /// Sets every key in `kvs` (one transaction) only if `guard` exists; returns whether it
+    /// did so.
+    fn put_many_if_exists(
+        &self,
+        guard: &str,
+        kvs: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = R<bool>> + Send;
+    /// Deletes a key only if it was last written at `mod_revision`; returns whether it did.
+    fn delete_if_revision(
+        &self,
+        key: &str,
+        mod_revision: i64,
+    ) -> impl Future<Output = R<bool>> + Send;
     /// Sets a key only if `guard` exists; returns whether it did so.
     fn put_if_exists(
         &self,

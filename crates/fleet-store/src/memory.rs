@@ -187,6 +187,50 @@ impl KvStore for MemoryStore {
         })
     }
 
+    async fn create_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        also: Vec<(String, Vec<u8>)>,
+    ) -> R<bool> {
+        self.with(|i| {
+            if i.data.contains_key(key) {
+                return false;
+            }
+            i.set(key, value, 0);
+            for (k, v) in also {
+                i.set(&k, v, 0);
+            }
+            true
+        })
+    }
+
+    async fn put_many_if_exists(&self, guard: &str, kvs: Vec<(String, Vec<u8>)>) -> R<bool> {
+        self.with(|i| {
+            if !i.data.contains_key(guard) {
+                return false;
+            }
+            for (k, v) in kvs {
+                i.set(&k, v, 0);
+            }
+            true
+        })
+    }
+
+    async fn delete_if_revision(&self, key: &str, mod_revision: i64) -> R<bool> {
+        self.with(|i| {
+            if i.data
+                .get(key)
+                .is_some_and(|kv| kv.mod_revision == mod_revision)
+            {
+                i.remove(key);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
     async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
         self.with(|i| {
             if !i.data.contains_key(guard) {

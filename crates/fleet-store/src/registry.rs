@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 
 use crate::kv::{Event, KvStore, StoreError};
 
+/// A key and the value to put there.
+type KeyValuePut = (String, Vec<u8>);
+
 /// fleet's default key prefix.
 pub const DEFAULT_PREFIX: &str = "/_coreos.com/fleet/";
 
@@ -357,31 +360,25 @@ impl<S: KvStore> Registry<S> {
 
     // --- units and jobs ---------------------------------------------------------------
 
-    /// Stores a unit's content (content-addressed, written once) and returns its hash and
-    /// the job object that names it.
-    async fn store_unit(&self, name: &str, text: &str) -> R<(UnitHash, Vec<u8>)> {
+    /// A unit's content blob (content-addressed: identical units share it) and the job
+    /// object that names it: (hash, object, the blob's key and value). Nothing is written:
+    /// the caller writes the blob in the same transaction as the job, so the garbage
+    /// collection ([`Registry::collect_unit_garbage`]) never sees a job without its blob.
+    fn unit_records(&self, name: &str, text: &str) -> R<(UnitHash, Vec<u8>, KeyValuePut)> {
         let options = fleet::deserialize(text).map_err(|source| RegistryError::BadUnit {
             name: name.to_string(),
             source,
         })?;
         let canonical = fleet::serialize(&options);
         let hash = UnitHash::of_options(&options);
-        // Units are content-addressed and never removed: one known here is stored already
-        // (every instance of a template shares its template's content).
-        let known = self.units.lock().is_ok_and(|c| c.contains_key(&hash));
-        if !known {
-            self.store
-                .create(
-                    &self.key(&format!("unit/{hash}")),
-                    json(&UnitJson {
-                        Raw: canonical.clone(),
-                    }),
-                    None,
-                )
-                .await?;
-            if let Ok(mut cache) = self.units.lock() {
-                cache.insert(hash, canonical);
-            }
+        let blob = (
+            self.key(&format!("unit/{hash}")),
+            json(&UnitJson {
+                Raw: canonical.clone(),
+            }),
+        );
+        if let Ok(mut cache) = self.units.lock() {
+            cache.insert(hash, canonical);
         }
         let global = fleet_model::Requirements::from_options(name, &options).global;
         let object = json(&JobJson {
@@ -389,15 +386,15 @@ impl<S: KvStore> Registry<S> {
             UnitHash: hash.0,
             Global: global,
         });
-        Ok((hash, object))
+        Ok((hash, object, blob))
     }
 
     /// Creates a unit from its text with a desired state; fails if the unit exists.
     pub async fn create_unit(&self, name: &str, text: &str, state: JobState) -> R<UnitHash> {
-        let (hash, object) = self.store_unit(name, text).await?;
+        let (hash, object, blob) = self.unit_records(name, text)?;
         if !self
             .store
-            .create(&self.key(&format!("job/{name}/object")), object, None)
+            .create_with(&self.key(&format!("job/{name}/object")), object, vec![blob])
             .await?
         {
             return Err(RegistryError::JobExists(name.to_string()));
@@ -416,12 +413,51 @@ impl<S: KvStore> Registry<S> {
     /// and placement: the agent that runs it reloads it, and the engine moves it if its
     /// machine no longer fits the new requirements.
     pub async fn replace_unit(&self, name: &str, text: &str) -> R<UnitHash> {
-        let (hash, object) = self.store_unit(name, text).await?;
+        let (hash, object, blob) = self.unit_records(name, text)?;
         let key = self.key(&format!("job/{name}/object"));
-        if !self.store.put_if_exists(&key, &key, object).await? {
+        if !self
+            .store
+            .put_many_if_exists(&key, vec![(key.clone(), object), blob])
+            .await?
+        {
             return Err(RegistryError::NoSuchUnit(name.to_string()));
         }
         Ok(hash)
+    }
+
+    /// Removes the content blobs no unit refers to — left by `--replace`, by destroyed
+    /// units, by a client that stopped between writes — and gives how many went. A blob
+    /// written after the jobs were read, or rewritten since this looked at it (a unit
+    /// created with that content meanwhile), stays: each delete is conditional on the
+    /// revision seen. Run by the engine's leader.
+    pub async fn collect_unit_garbage(&self) -> R<usize> {
+        let (jobs, jobs_rev) = self.store.get_prefix(&self.key("job/")).await?;
+        let mut referenced = std::collections::HashSet::new();
+        for kv in jobs.iter().filter(|kv| kv.key.ends_with("/object")) {
+            if let Ok(j) = serde_json::from_slice::<JobJson>(&kv.value) {
+                referenced.insert(UnitHash(j.UnitHash));
+            }
+        }
+        let prefix = self.key("unit/");
+        let (blobs, _) = self.store.get_prefix(&prefix).await?;
+        let mut removed = 0;
+        for kv in blobs {
+            if kv.mod_revision > jobs_rev {
+                continue;
+            }
+            let Some(hash) = kv.key.strip_prefix(&prefix).and_then(UnitHash::from_hex) else {
+                continue;
+            };
+            if !referenced.contains(&hash)
+                && self
+                    .store
+                    .delete_if_revision(&kv.key, kv.mod_revision)
+                    .await?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Sets a unit's desired state.
@@ -438,7 +474,8 @@ impl<S: KvStore> Registry<S> {
         Ok(())
     }
 
-    /// Removes a unit (its content blob stays, shared by identical units).
+    /// Removes a unit (its content blob stays, maybe shared by identical units, until
+    /// [`Registry::collect_unit_garbage`]).
     pub async fn destroy_unit(&self, name: &str) -> R<bool> {
         let exists = self
             .store

@@ -247,9 +247,52 @@ async fn registry_flows<S: KvStore>(store: S) {
         reg.cached_texts()
     );
 
+    // The blobs of replaced content go with the garbage collection; the one in use and
+    // one shared by another unit stay.
+    let blobs = |store: S| async move {
+        let (kvs, _) = store.get_prefix("/_coreos.com/fleet/unit/").await.unwrap();
+        kvs.len()
+    };
+    reg.create_unit(
+        "twin.service",
+        "[Service]\nExecStart=/bin/echo 9\n",
+        JobState::Inactive,
+    )
+    .await
+    .unwrap();
+    let before = blobs(store.clone()).await;
+    assert!(before >= 11, "{before} blobs before collecting");
+    let removed = reg.collect_unit_garbage().await.unwrap();
+    assert_eq!(blobs(store.clone()).await, 1, "{removed} removed");
+    assert_eq!(removed, before - 1);
+    assert_eq!(reg.collect_unit_garbage().await.unwrap(), 0, "idempotent");
+    let job = reg.job("hello.service").await.unwrap().unwrap();
+    assert_eq!(
+        job.unit.as_deref(),
+        Some("[Service]\nExecStart=/bin/echo 9\n")
+    );
+    // An orphan blob (content no unit names) goes too.
+    store
+        .put(
+            "/_coreos.com/fleet/unit/0000000000000000000000000000000000000000",
+            b"{}".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reg.collect_unit_garbage().await.unwrap(), 1);
+
     // Destroy.
     assert!(reg.destroy_unit("hello.service").await.unwrap());
     assert!(!reg.destroy_unit("hello.service").await.unwrap());
+    assert_eq!(
+        reg.collect_unit_garbage().await.unwrap(),
+        0,
+        "twin shares it"
+    );
+    assert!(reg.destroy_unit("twin.service").await.unwrap());
+    assert_eq!(reg.collect_unit_garbage().await.unwrap(), 1);
+    assert_eq!(blobs(store.clone()).await, 0);
     assert!(reg.jobs().await.unwrap().0.is_empty());
     assert!(store.requests() > 20);
 }

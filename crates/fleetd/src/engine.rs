@@ -458,6 +458,14 @@ impl<S: KvStore> Session<S> {
                 },
                 _ = resync.tick() => {
                     dirty = true;
+                    if self.state.leading() {
+                        // Content blobs no unit names (left by --replace and destroy).
+                        match reg.collect_unit_garbage().await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::debug!("removed {n} unit blobs no unit names"),
+                            Err(e) => tracing::warn!("collecting unit blobs: {e}"),
+                        }
+                    }
                     // A safety net for a missed deletion event: look once per resync.
                     if !self.state.leading() && reg.leader().await?.is_none() {
                         want_lead = true;

@@ -938,3 +938,46 @@ async fn a_failing_unit_that_is_destroyed_goes_at_once() {
     );
     m.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_removes_unit_blobs_no_unit_names() {
+    // `--replace` churn leaves a blob per content; the leading engine's resync removes
+    // those no unit names, so etcd does not grow without bound.
+    let store = MemoryStore::new();
+    let reg = Arc::new(Registry::new(store.clone(), "/p/"));
+    let (stop, rx) = watch::channel(false);
+    let cfg = EngineConfig {
+        machine_id: "m1".into(),
+        lease_ttl: 2,
+        resync: Duration::from_millis(200),
+    };
+    reg.create_unit("churn.service", UNIT, JobState::Inactive)
+        .await
+        .unwrap();
+    for n in 0..50 {
+        reg.replace_unit(
+            "churn.service",
+            &format!("[Service]\nExecStart=/bin/sleep {n}\n"),
+        )
+        .await
+        .unwrap();
+    }
+    let blobs = || async {
+        let (kvs, _) = store.get_prefix("/p/unit/").await.unwrap();
+        kvs.len()
+    };
+    assert_eq!(blobs().await, 51);
+    let engine = tokio::spawn(run_engine(reg.clone(), cfg, rx));
+    until("blobs collected", Duration::from_secs(10), async || {
+        let n = blobs().await;
+        ok_if(n == 1, || format!("{n} blobs"))
+    })
+    .await;
+    let job = reg.job("churn.service").await.unwrap().unwrap();
+    assert_eq!(
+        job.unit.as_deref(),
+        Some("[Service]\nExecStart=/bin/sleep 49\n")
+    );
+    stop.send(true).unwrap();
+    engine.await.unwrap().unwrap();
+}

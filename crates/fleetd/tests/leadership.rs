@@ -73,6 +73,20 @@ impl KvStore for Faulty {
     async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
         self.inner.put_if_exists(guard, key, value).await
     }
+    async fn create_with(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        also: Vec<(String, Vec<u8>)>,
+    ) -> R<bool> {
+        self.inner.create_with(key, value, also).await
+    }
+    async fn put_many_if_exists(&self, guard: &str, kvs: Vec<(String, Vec<u8>)>) -> R<bool> {
+        self.inner.put_many_if_exists(guard, kvs).await
+    }
+    async fn delete_if_revision(&self, key: &str, mod_revision: i64) -> R<bool> {
+        self.inner.delete_if_revision(key, mod_revision).await
+    }
     async fn delete(&self, key: &str) -> R<()> {
         self.inner.delete(key).await
     }
