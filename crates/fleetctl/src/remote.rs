@@ -14,8 +14,8 @@ use fleet_model::name::mangle;
 use fleet_model::{JobState, Machine};
 use fleet_store::JobRecord;
 
-use crate::client::Client;
-use crate::{err, parse_flags, Global};
+use crate::cli::{self, on};
+use crate::{err, registry, Global};
 
 /// SSH settings from the global flags.
 pub struct SshOptions {
@@ -321,9 +321,10 @@ fn fingerprint_md5(line: &str) -> Result<String, String> {
         .ok_or_else(|| "Unable to read the host key's fingerprint".into())
 }
 
-fn port_of(flags: &BTreeMap<String, String>) -> Result<u16, String> {
-    flags.get("ssh-port").map_or(Ok(22), |p| {
-        p.parse().map_err(|_| format!("invalid --ssh-port {p:?}"))
+/// `--ssh-port` (22 when not given).
+fn port_of(given: Option<i64>) -> Result<u16, String> {
+    given.map_or(Ok(22), |p| {
+        u16::try_from(p).map_err(|_| format!("invalid --ssh-port \"{p}\""))
     })
 }
 
@@ -339,12 +340,12 @@ fn host_of(j: &JobRecord, machines: &BTreeMap<String, Machine>) -> Machine {
 }
 
 /// `fleetctl status UNIT...`.
-pub async fn status(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
-    let (flags, units) = parse_flags(args, &["ssh-port"], &[])?;
-    let port = port_of(&flags)?;
+pub async fn status(g: &Global, f: cli::Status) -> crate::Outcome {
+    let port = port_of(f.ssh_port)?;
+    let reg = registry(g).await?;
     let (jobs, states, machines) = reg.snapshot().await?;
     let mut found = Vec::new();
-    for u in &units {
+    for u in &f.units {
         let name = mangle(u);
         let Some(j) = jobs.iter().find(|j| j.name == name) else {
             err(format!("Unit {name} does not exist."));
@@ -374,25 +375,18 @@ pub async fn status(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome
 }
 
 /// `fleetctl journal [--lines=N] [-f] [--sudo] [--output=MODE] UNIT`.
-pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
-    let (flags, units) = parse_flags(
-        args,
-        &["lines", "ssh-port", "output"],
-        &["sudo", "follow", "f"],
-    )?;
-    let port = port_of(&flags)?;
-    let [unit] = units.as_slice() else {
+pub async fn journal(g: &Global, f: cli::Journal) -> crate::Outcome {
+    let port = port_of(f.ssh_port)?;
+    let [unit] = f.units.as_slice() else {
         err("One unit file must be provided.");
         return Ok(ExitCode::FAILURE);
     };
-    let lines: u64 = match flags.get("lines").map(|l| l.parse()) {
+    let lines = match f.lines {
         None => 10,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => {
-            return Err(format!("invalid value for --lines: {:?}", flags["lines"]).into())
-        }
+        Some(n) => u64::try_from(n).map_err(|_| format!("invalid value for --lines: \"{n}\""))?,
     };
     let name = mangle(unit);
+    let reg = registry(g).await?;
     let (jobs, states, machines) = reg.snapshot().await?;
     let Some(j) = jobs.iter().find(|j| j.name == name) else {
         err(format!("Unit {name} does not exist."));
@@ -407,16 +401,16 @@ pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> crate::Outcom
         return Ok(ExitCode::FAILURE);
     }
     let mut cmd: Vec<String> = Vec::new();
-    if flags.contains_key("sudo") {
+    if on(f.sudo) {
         cmd.push("sudo".into());
     }
     cmd.extend(["journalctl", "--unit", &name, "--no-pager", "-n"].map(String::from));
     cmd.push(lines.to_string());
-    if flags.contains_key("f") || flags.contains_key("follow") {
+    if on(f.f) || on(f.follow) {
         cmd.push("-f".into());
     }
     // fleet 1.0's --output: journalctl's output mode.
-    if let Some(mode) = flags.get("output") {
+    if let Some(mode) = &f.output {
         cmd.push("--output".into());
         cmd.push(host_command::shell_quote(mode));
     }
@@ -424,19 +418,15 @@ pub async fn journal(g: &Global, reg: &Client, args: &[String]) -> crate::Outcom
 }
 
 /// `fleetctl ssh [-A] [--machine=ID|--unit=NAME] {MACHINE|UNIT} [--] [CMD...]`.
-pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
-    let (flags, rest) = parse_flags(
-        args,
-        &["ssh-port", "machine", "unit"],
-        &["A", "forward-agent"],
-    )?;
-    let port = port_of(&flags)?;
-    let forward = flags.contains_key("A") || flags.contains_key("forward-agent");
+pub async fn ssh(g: &Global, f: cli::Ssh) -> crate::Outcome {
+    let port = port_of(f.ssh_port)?;
+    let forward = on(f.a) || on(f.forward_agent);
+    let rest = &f.rest;
     let fail = |m: &str| {
         err(format!("Unable to proceed: {m}"));
         Ok(ExitCode::FAILURE)
     };
-    let (machine_arg, unit_arg) = match (flags.get("machine"), flags.get("unit")) {
+    let (machine_arg, unit_arg) = match (&f.machine, &f.unit) {
         (Some(_), Some(_)) => {
             err("Both machine and unit flags provided, please specify only one.");
             return Ok(ExitCode::FAILURE);
@@ -451,7 +441,7 @@ pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
             }
         },
     };
-    let by_arg = !flags.contains_key("machine") && !flags.contains_key("unit");
+    let by_arg = f.machine.is_none() && f.unit.is_none();
     let skip = usize::from(by_arg);
     let cmd: Vec<String> = rest
         .iter()
@@ -459,6 +449,7 @@ pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
         .skip_while(|a| *a == "--")
         .cloned()
         .collect();
+    let reg = registry(g).await?;
     let (jobs, _, machines) = reg.snapshot().await?;
     let by_machine: Vec<&Machine> = match &machine_arg {
         Some(p) => machines
@@ -490,13 +481,11 @@ pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
             host_of(j, &machines)
         }
         ([], None) => {
-            return fail(
-                match (flags.contains_key("machine"), flags.contains_key("unit")) {
-                    (true, _) => "machine does not exist",
-                    (_, true) => "unit does not exist",
-                    _ => "could not find matching unit or machine",
-                },
-            );
+            return fail(match (f.machine.is_some(), f.unit.is_some()) {
+                (true, _) => "machine does not exist",
+                (_, true) => "unit does not exist",
+                _ => "could not find matching unit or machine",
+            });
         }
     };
     Ok(run_on(g, &machine, port, forward, &cmd))
@@ -504,7 +493,11 @@ pub async fn ssh(g: &Global, reg: &Client, args: &[String]) -> crate::Outcome {
 
 /// Restarts global units with `systemctl restart` on every machine that reports them
 /// (fleet 1.0 meant to; it looked for a machine a global unit never has).
-pub async fn restart_globals(g: &Global, reg: &Client, names: &[String]) -> crate::Outcome {
+pub async fn restart_globals(
+    g: &Global,
+    reg: &crate::client::Client,
+    names: &[String],
+) -> crate::Outcome {
     let (_, states, machines) = reg.snapshot().await?;
     for name in names {
         for s in states.iter().filter(|s| &s.unit == name) {
