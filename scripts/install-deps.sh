@@ -18,6 +18,7 @@ PACKAGES=(
   bsdutils              # script(1), a terminal for the login-shell test
   openssh-client        # ssh-keygen: each cluster's SSH key pair
   protobuf-compiler libprotobuf-dev   # etcd-client's build (etcd v3 protocol)
+  ovmf                  # UEFI firmware: the disk boots through its own EFI-SYSTEM in tests
 )
 
 missing=()
@@ -44,9 +45,10 @@ fi
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
-# QEMU, for the tests that boot a real kernel. On Debian 12 it comes from bookworm-backports
+# QEMU, for the tests that boot a real kernel, and qemu-img for `ferrite image build
+# --format qcow2`. On Debian 12 it comes from bookworm-backports
 # (10.x, as qemu-utils may already be; bookworm's own 7.2 would replace that qemu-utils).
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/dev/null 2>&1; then
   if grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
     src=/etc/apt/sources.list.d/ferrite-bookworm-backports.sources
     if [[ ! -f $src ]]; then
@@ -56,10 +58,10 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-      -t bookworm-backports qemu-system-x86
+      -t bookworm-backports qemu-system-x86 qemu-utils
   else
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils
   fi
 fi
 

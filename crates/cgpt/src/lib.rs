@@ -171,18 +171,24 @@ fn partition(disk: &Disk, number: u32) -> Result<Partition, Error> {
 /// `cgpt find -t TYPE`: the device names (`<drive><N>`, with `p` after a drive ending in a
 /// digit, as the kernel names partitions) of the partitions of that type.
 pub fn find(drive: &Path, disk: &Disk, type_guid: Uuid) -> Result<Vec<String>, Error> {
+    Ok(disk
+        .partitions()?
+        .into_iter()
+        .filter(|p| p.type_guid == type_guid)
+        .map(|p| partition_device(drive, p.number).display().to_string())
+        .collect())
+}
+
+/// The device of partition `number` of `drive`, as the kernel names it: `<drive><N>`, with
+/// `p` between when the drive's name ends in a digit (`/dev/vda3`, `/dev/nvme0n1p3`).
+pub fn partition_device(drive: &Path, number: u32) -> PathBuf {
     let name = drive.display().to_string();
     let sep = if name.ends_with(|c: char| c.is_ascii_digit()) {
         "p"
     } else {
         ""
     };
-    Ok(disk
-        .partitions()?
-        .into_iter()
-        .filter(|p| p.type_guid == type_guid)
-        .map(|p| format!("{name}{sep}{}", p.number))
-        .collect())
+    PathBuf::from(format!("{name}{sep}{number}"))
 }
 
 /// A drive argument: a whole disk (or image), or a partition device standing for its disk

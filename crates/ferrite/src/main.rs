@@ -1,7 +1,7 @@
 //! `ferrite`: what `vagrant` and coreos-vagrant were for CoreOS.
 //!
 //! ```text
-//! ferrite image build [--channel C]
+//! ferrite image build [--channel C] [--format raw|qcow2 [-o FILE]]
 //! ferrite up [--cluster NAME] [--instances N] [--user-data FILE] [--channel C] [--memory MB]
 //! ferrite ssh [--cluster NAME] MACHINE [-- CMD ...]
 //! ferrite status [--cluster NAME]
@@ -141,11 +141,19 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum ImageCmd {
-    /// Build the image (cached by a hash of its inputs).
+    /// Build the image (cached by a hash of its inputs); with --format, write a copy of it
+    /// for real machines and VMs.
     Build {
         /// Update channel: alpha, beta or stable.
         #[arg(long, default_value = "alpha")]
         channel: String,
+        /// Write the image out as `raw` (a sparse disk image) or `qcow2`.
+        #[arg(long, value_parser = ["raw", "qcow2"])]
+        format: Option<String>,
+        /// Where to write it (default: ferrite_production_image.bin for raw,
+        /// ferrite_production_qemu_image.img for qcow2, as CoreOS named them).
+        #[arg(long, short, requires = "format")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -194,14 +202,54 @@ fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
         cache_dir: cache_dir(),
         channel,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        binaries: ["coreos-cloudinit", "fleetd", "fleetctl", "cgpt", "rootdev"]
-            .iter()
-            .map(|b| (b.to_string(), dir.join(b)))
-            .collect(),
+        binaries: [
+            "coreos-cloudinit",
+            "fleetd",
+            "fleetctl",
+            "cgpt",
+            "rootdev",
+            "ferrite-boot-select",
+        ]
+        .iter()
+        .map(|b| (b.to_string(), dir.join(b)))
+        .collect(),
         mirror: std::env::var("FERRITE_DEBIAN_MIRROR")
             .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
     };
     Ok(machine_image::build(&spec)?)
+}
+
+/// Writes the cached image out as `format` (`raw`: a sparse copy; `qcow2`: `qemu-img
+/// convert`) at `output` or CoreOS's file name, through a temporary file renamed into place.
+fn write_image(image: &Path, format: &str, output: Option<PathBuf>) -> Result<PathBuf> {
+    let out_path = output.unwrap_or_else(|| {
+        PathBuf::from(if format == "qcow2" {
+            "ferrite_production_qemu_image.img"
+        } else {
+            "ferrite_production_image.bin"
+        })
+    });
+    let name = out_path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", out_path.display()))?;
+    let tmp = out_path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let mut cmd = if format == "qcow2" {
+        let mut c = host_command::command("qemu-img");
+        c.args(["convert", "-f", "raw", "-O", "qcow2"]);
+        c
+    } else {
+        let mut c = host_command::command("cp");
+        c.arg("--sparse=always");
+        c
+    };
+    cmd.arg(image).arg(&tmp);
+    if let Err(e) = host_command::run(&mut cmd) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", out_path.display()));
+    }
+    std::fs::rename(&tmp, &out_path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out_path.display()))?;
+    Ok(out_path)
 }
 
 fn parse_channel(s: &str) -> Result<Channel> {
@@ -354,9 +402,19 @@ fn cmd_reload(cluster: &str, machine: &str) -> Result<ExitCode> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Image {
-            command: ImageCmd::Build { channel },
+            command:
+                ImageCmd::Build {
+                    channel,
+                    format,
+                    output,
+                },
         } => {
             let image = build_image(parse_channel(&channel)?)?;
+            if let Some(format) = format {
+                let out_path = write_image(&image.path, &format, output)?;
+                out(format!("{} ({format})", out_path.display()))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let size = std::fs::metadata(&image.path).map(|m| m.len()).unwrap_or(0);
             out(format!(
                 "{} ({} MiB, key {}, {} in {:.1} s)",

@@ -5,7 +5,10 @@
 //! then powers it off. Needs root, QEMU and the packages `scripts/install-deps.sh` installs.
 //!
 //! The disk is one a `ferrite up` machine was made and booted from (first boot done on the
-//! host, as the launcher does today); the QEMU driver that boots machines this way is next.
+//! host, as the launcher does today). The same disk then boots through its own firmware
+//! path — OVMF (UEFI), systemd-boot on EFI-SYSTEM, the selector choosing the USR by the GPT
+//! bits and kexecing its kernel — and the selector's choices are checked, step by step of
+//! the update lifecycle, against `gptprio_next` (what the QEMU driver's supervisor runs).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -198,4 +201,159 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
     // The machine has no network here (`-nic none`), so etcd2 keeps retrying; the system
     // itself is up.
     assert!(probe.ends_with("multi_user=active"), "{probe}");
+
+    firmware_boot(work.path(), &disk, &kernel);
+    lifecycle_by_firmware(work.path(), &disk);
+}
+
+/// QEMU booting `disk` with UEFI firmware only (no `-kernel`): OVMF finds EFI-SYSTEM.
+fn uefi_vm(work: &Path, disk: &Path, console: &Path) -> Vm {
+    let vars = work.join("OVMF_VARS.fd");
+    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+        .expect("OVMF (scripts/install-deps.sh installs it)");
+    let _ = std::fs::remove_file(console);
+    Vm(Command::new("qemu-system-x86_64")
+        .args([
+            "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-nic",
+            "none",
+        ])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ])
+        .arg("-drive")
+        .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64"))
+}
+
+/// The console's lines, as far as written.
+fn console_text(console: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned()
+}
+
+/// Waits until a console line contains `want` (that line) or QEMU ends or `secs` pass.
+fn wait_console(vm: &mut Vm, console: &Path, want: &str, secs: u64) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(l) = console_text(console).lines().find(|l| l.contains(want)) {
+            return Some(l.trim().to_string());
+        }
+        if vm.0.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The whole firmware path once: OVMF, systemd-boot, the selector (USR-A by the bits), its
+/// kexec into USR-A's kernel, and the same probe as the direct boot.
+fn firmware_boot(work: &Path, disk: &Path, kernel: &str) {
+    let console = work.join("uefi-console.log");
+    let start = Instant::now();
+    let mut vm = uefi_vm(work, disk, &console);
+    let chose = wait_console(&mut vm, &console, "ferrite-boot-select: booting", 300);
+    let chose_at = start.elapsed();
+    let probe = wait_console(&mut vm, &console, "PROBE kernel=", 300);
+    eprintln!(
+        "firmware boot: selector chose after {:.1} s, probe after {:.1} s",
+        chose_at.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+    let log = console_text(&console);
+    let chose = chose.unwrap_or_else(|| panic!("the selector never chose; console:\n{log}"));
+    assert!(chose.contains("booting USR-A"), "{chose}");
+    let probe = probe.unwrap_or_else(|| panic!("no probe line; console:\n{log}"));
+    assert!(
+        probe.contains(&format!("kernel={kernel} ")),
+        "not the image's kernel: {probe}"
+    );
+    assert!(probe.contains("usr=/dev/vda3 "), "{probe}");
+    assert!(probe.contains("ro=ro "), "{probe}");
+}
+
+/// New attribute bits for a partition: (number, priority, tries, successful).
+type Bits = (u32, u8, u8, bool);
+
+/// Each step of the update lifecycle (updates.md §2.5) booted through the firmware up to
+/// the selector's choice; the choice and the bits it leaves must be what `gptprio_next`
+/// gives on a copy of the same disk (the QEMU driver's supervisor runs that).
+fn lifecycle_by_firmware(work: &Path, disk: &Path) {
+    let d = Disk::open(disk);
+    let b = d.partition("USR-B").unwrap().number;
+    let a = d.partition("USR-A").unwrap().number;
+    let set = |n: u32, p: u8, t: u8, s: bool| {
+        d.set_gptprio(n, coreos_disk::GptPrio::new(p, t, s))
+            .unwrap();
+    };
+    let steps: [(&str, Option<Bits>, &str); 4] = [
+        // An update written to B (postinst: highest priority, one try).
+        ("new update on B", Some((b, 2, 1, false)), "USR-B"),
+        // B failed before it was marked good (here: it has no filesystem): back to A.
+        ("B failed", None, "USR-A"),
+        // B marked good after a healthy boot.
+        ("B marked good", Some((b, 2, 0, true)), "USR-B"),
+        // Neither slot may boot.
+        ("nothing bootable", Some((a, 0, 0, false)), ""),
+    ];
+    let console = work.join("uefi-step.log");
+    for (what, change, want) in steps {
+        if let Some((n, p, t, s)) = change {
+            set(n, p, t, s);
+        }
+        if what == "nothing bootable" {
+            set(b, 1, 0, false);
+        }
+        // The supervisor's answer, on a copy.
+        let copy = work.join("supervisor.img");
+        let st = Command::new("cp")
+            .args(["--sparse=always"])
+            .arg(disk)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let supervisor = Disk::open(&copy);
+        let expected = supervisor.gptprio_next().map(|p| p.label);
+        let start = Instant::now();
+        let mut vm = uefi_vm(work, disk, &console);
+        let line = wait_console(&mut vm, &console, "ferrite-boot-select: ", 300);
+        // Let the line that follows (the halt message) come too, then stop the machine.
+        std::thread::sleep(Duration::from_millis(500));
+        drop(vm);
+        let log = console_text(&console);
+        let line =
+            line.unwrap_or_else(|| panic!("{what}: the selector said nothing; console:\n{log}"));
+        eprintln!("{what}: {line} ({:.1} s)", start.elapsed().as_secs_f64());
+        match expected {
+            Ok(label) => {
+                assert_eq!(want, label, "{what}: the supervisor's choice");
+                assert!(line.contains(&format!("booting {want} ")), "{what}: {line}");
+            }
+            Err(_) => {
+                assert!(want.is_empty(), "{what}");
+                assert!(line.contains("no USR partition can boot"), "{what}: {line}");
+            }
+        }
+        assert_eq!(
+            Disk::open(disk).partitions().unwrap(),
+            supervisor.partitions().unwrap(),
+            "{what}: the bits after the boot differ from gptprio_next's"
+        );
+        std::fs::remove_file(&copy).unwrap();
+    }
 }

@@ -29,10 +29,15 @@
 //! dracut's systemd initramfs honours `mount.usr=`/`mount.usrflags=` as CoreOS's bootengine
 //! did: `root=LABEL=ROOT mount.usr=PARTUUID=<USR-A's GUID> mount.usrflags=ro` boots the disk.
 //!
-//! Current limitations: EFI-SYSTEM and BIOS-BOOT are left empty (no bootloader yet: a
-//! kernel is started directly, `-kernel`/`-initrd`); the initramfs does not yet randomize the
-//! disk GUID, grow ROOT or make a machine ID (the launcher does these on the host); no
-//! dm-verity.
+//! EFI-SYSTEM holds the disk's own boot path ([`esp`]): systemd-boot starts a selector
+//! (the image's kernel and a small initramfs) that chooses the USR by the GPT attributes and
+//! kexecs the kernel that USR carries — so the disk boots with UEFI firmware alone.
+//!
+//! Current limitations: BIOS-BOOT is left empty (no legacy BIOS boot); the initramfs does
+//! not yet randomize the disk GUID, grow ROOT or make a machine ID (the launcher does these
+//! on the host); no dm-verity.
+
+mod esp;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -63,10 +68,11 @@ pub const PACKAGES: &[&str] = &[
     "libnss-myhostname",
 ];
 
-/// The kernel each USR carries, and the initramfs builder (used at build time only: its
-/// files are removed from the image). Installed with apt after debootstrap, whose resolver
+/// The kernel each USR carries, the initramfs builder (used at build time only: its
+/// files are removed from the image), and the UEFI loader EFI-SYSTEM starts
+/// (systemd-boot, see [`esp`]). Installed with apt after debootstrap, whose resolver
 /// would pick initramfs-tools for the kernel and then fail on dracut.
-pub const KERNEL_PACKAGES: &[&str] = &["linux-image-cloud-amd64", "dracut"];
+pub const KERNEL_PACKAGES: &[&str] = &["linux-image-cloud-amd64", "dracut", "systemd-boot-efi"];
 
 /// Packages that only build the image (the initramfs) and are removed from its `/usr`.
 const BUILD_ONLY: &[&str] = &[
@@ -82,7 +88,7 @@ pub const SUITE: &str = "bookworm";
 /// Bumped whenever the rootfs recipe changes in a way its inputs do not show.
 const ROOTFS_RECIPE: &str = "ferrite-rootfs-2";
 /// Bumped whenever the image recipe changes in a way its inputs do not show.
-const RECIPE: &str = "ferrite-image-recipe-7";
+const RECIPE: &str = "ferrite-image-recipe-8";
 
 /// USR partition size: CoreOS's 1 GiB.
 pub const USR_SECTORS: u64 = 2_097_152;
@@ -754,6 +760,9 @@ fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result
         &["-O", "^has_journal,^metadata_csum", "-m", "0"],
     )?;
     make_read_only(&image, usr.offset())?;
+    let version = kernel_version(&tree)?;
+    let efi = disk.partition("EFI-SYSTEM")?;
+    esp::write(&image, efi.offset(), efi.bytes(), &tree, &version)?;
     let oem = disk.partition("OEM")?;
     let oem_dir = tmp.join("oem");
     write_file(
@@ -784,7 +793,8 @@ fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result
         "channel": spec.channel.as_str(),
         "key": key,
         "usr_uuid": usr_uuid,
-        "kernel": kernel_version(&tree)?,
+        "kernel": version,
+        "boot": "uefi",
         "disk_bytes": std::fs::metadata(&image).map_err(io_err("reading", &image))?.len(),
         "sector": SECTOR,
     });

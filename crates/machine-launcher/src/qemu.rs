@@ -90,19 +90,11 @@ pub(crate) fn provision(
 
 /// The kernel and initramfs a mounted USR carries.
 pub(crate) fn kernel(usr: &Path) -> Result<(PathBuf, PathBuf), Error> {
-    let modules = usr.join("lib/modules");
-    let version = std::fs::read_dir(&modules)
-        .map_err(io_err("reading", &modules))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("vmlinuz").is_file())
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} carries no kernel (an image from before kernels were added: rebuild it)",
-                modules.display()
-            ))
-        })?;
-    Ok((version.join("vmlinuz"), version.join("initramfs.img")))
+    boot_select::kernel_in(usr).map_err(|e| {
+        Error::Invalid(format!(
+            "{e} (an image from before kernels were added: rebuild it)"
+        ))
+    })
 }
 
 /// What the supervisor needs to boot a machine again and again: written by the launcher
@@ -149,10 +141,7 @@ pub(crate) fn command(spec: &Spec, vmlinuz: &Path, initrd: &Path, slot: uuid::Uu
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!(
-            "console=ttyS0 root=LABEL=ROOT rootflags=rw mount.usr=PARTUUID={slot} \
-             mount.usrflags=ro net.ifnames=0 panic=10 rd.emergency=reboot rd.shell=0"
-        ))
+        .arg(boot_select::kernel_cmdline(slot))
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw,cache=unsafe",
