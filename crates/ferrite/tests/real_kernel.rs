@@ -89,6 +89,7 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
     let kernel = meta["kernel"].as_str().unwrap().to_string();
 
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    images_for_real_machines(&c, work.path(), &meta);
     let disk = work.path().join("disk.img");
     let st = Command::new("cp")
         .arg("--sparse=always")
@@ -204,6 +205,47 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
 
     firmware_boot(work.path(), &disk, &kernel);
     lifecycle_by_firmware(work.path(), &disk);
+}
+
+/// `ferrite image build --format raw|qcow2`: the cached image written out, whole.
+fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) {
+    let bytes = meta["disk_bytes"].as_u64().unwrap();
+    let raw = work.join("ferrite.bin");
+    let out = c.ok(&[
+        "image",
+        "build",
+        "--format",
+        "raw",
+        "-o",
+        raw.to_str().unwrap(),
+    ]);
+    assert!(out.contains("(raw)"), "{out}");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), bytes);
+    let esp = Disk::open(&raw).partition("EFI-SYSTEM").unwrap();
+    let mut boot = [0u8; 512];
+    let mut f = std::fs::File::open(&raw).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(esp.offset())).unwrap();
+    std::io::Read::read_exact(&mut f, &mut boot).unwrap();
+    assert_eq!(&boot[82..90], b"FAT32   ", "EFI-SYSTEM is FAT32");
+    std::fs::remove_file(&raw).unwrap();
+    let qcow = work.join("ferrite.qcow2");
+    c.ok(&[
+        "image",
+        "build",
+        "--format",
+        "qcow2",
+        "-o",
+        qcow.to_str().unwrap(),
+    ]);
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&qcow)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"].as_u64(), Some(bytes));
+    std::fs::remove_file(&qcow).unwrap();
 }
 
 /// QEMU booting `disk` with UEFI firmware only (no `-kernel`): OVMF finds EFI-SYSTEM.

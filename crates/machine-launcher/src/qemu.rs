@@ -18,13 +18,17 @@
 //! Acceleration: TCG unless `FERRITE_QEMU_ACCEL` names another (`kvm` where `/dev/kvm`
 //! works); the guest's memory is `vm_memory`.
 //!
-//! Next (the real-boot issue): a boot path on the disk itself (EFI-SYSTEM with a selector
-//! that reads the gptprio bits, booted by OVMF) and a test that it agrees with this
-//! supervisor on every step of the update lifecycle; first-boot duties in the initramfs
-//! (disk GUID, growing ROOT, machine ID) instead of on the host; `status` reading the USR
-//! from the machine (`rootdev -s /usr`); the corrupted-GPT test on a QEMU machine (the
-//! rollback and good-update ones are in `tests/qemu_machines.rs`); `ferrite image build
-//! --format raw|qcow2`; QEMU numbers in the benchmark.
+//! The disk also boots without this supervisor, through its own EFI-SYSTEM (the
+//! `boot-select` crate): its selector runs the same `gptprio_next` and gives the kernel the
+//! same command line (`boot_select::kernel_cmdline`), and `tests/real_kernel.rs` checks the
+//! two agree on each step of the update lifecycle.
+//!
+//! Next (the real-boot issue): first-boot duties in the machine itself (the factory `/etc`
+//! and `/var`, machine ID, disk GUID, growing ROOT — done on the host today) and user-data
+//! from a config drive, so a standalone image is a whole Ferrite machine; `status` reading
+//! the USR from the machine (`rootdev -s /usr`); the corrupted-GPT test on a QEMU machine
+//! (the rollback and good-update ones are in `tests/qemu_machines.rs`); QEMU numbers in the
+//! benchmark; GCE's metadata service.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
