@@ -109,51 +109,33 @@ pub struct GlobalFlags {
     pub rest: Vec<String>,
 }
 
-/// `list-machines`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct ListMachines {
-    /// Columns, comma-separated.
-    #[arg(long, allow_hyphen_values = true)]
-    pub fields: Option<String>,
-    /// Do not shorten machine IDs.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub full: Option<bool>,
-    /// Shorthand for --full.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub l: Option<bool>,
-    /// Leave out the header.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub no_legend: Option<bool>,
-    /// Ignored, as fleet did.
-    #[arg(trailing_var_arg = true)]
-    pub rest: Vec<String>,
-}
-
-/// `list-units`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct ListUnits {
+/// The flags every table has.
+#[derive(Debug, clap::Args)]
+pub struct Table {
     /// Columns, comma-separated.
     #[arg(long, allow_hyphen_values = true)]
     pub fields: Option<String>,
     /// Do not shorten IDs and hashes.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
     pub full: Option<bool>,
-    /// Shorthand for --full.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub l: Option<bool>,
     /// Leave out the header.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
     pub no_legend: Option<bool>,
+}
+
+/// `list-machines` and `list-units`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    no_binary_name = true,
+    disable_help_flag = true,
+    args_override_self = true
+)]
+pub struct Listing {
+    #[command(flatten)]
+    pub table: Table,
+    /// Shorthand for --full.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    pub l: Option<bool>,
     /// Ignored, as fleet did.
     #[arg(trailing_var_arg = true)]
     pub rest: Vec<String>,
@@ -167,15 +149,8 @@ pub struct ListUnits {
     args_override_self = true
 )]
 pub struct ListUnitFiles {
-    /// Columns, comma-separated.
-    #[arg(long, allow_hyphen_values = true)]
-    pub fields: Option<String>,
-    /// Do not shorten IDs and hashes.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub full: Option<bool>,
-    /// Leave out the header.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub no_legend: Option<bool>,
+    #[command(flatten)]
+    pub table: Table,
     /// Ignored, as fleet did.
     #[arg(trailing_var_arg = true)]
     pub rest: Vec<String>,
@@ -197,6 +172,17 @@ pub struct Submit {
     pub units: Vec<String>,
 }
 
+/// How a state change waits.
+#[derive(Debug, clap::Args)]
+pub struct Blocking {
+    /// How many times to look before giving up waiting (0: no limit).
+    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
+    pub block_attempts: Option<i64>,
+    /// Do not wait for the units.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+    pub no_block: Option<bool>,
+}
+
 /// `load` and `start`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -205,12 +191,8 @@ pub struct Submit {
     args_override_self = true
 )]
 pub struct Schedule {
-    /// How many times to look before giving up waiting (0: no limit).
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub block_attempts: Option<i64>,
-    /// Do not wait for the units.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub no_block: Option<bool>,
+    #[command(flatten)]
+    pub blocking: Blocking,
     /// Replace units whose content changed (fleet 1.0).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
     pub replace: Option<bool>,
@@ -227,12 +209,8 @@ pub struct Schedule {
     args_override_self = true
 )]
 pub struct Unschedule {
-    /// How many times to look before giving up waiting (0: no limit).
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub block_attempts: Option<i64>,
-    /// Do not wait for the units.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub no_block: Option<bool>,
+    #[command(flatten)]
+    pub blocking: Blocking,
     /// Unit names.
     #[arg(trailing_var_arg = true)]
     pub units: Vec<String>,
@@ -267,6 +245,14 @@ pub struct Units {
     pub units: Vec<String>,
 }
 
+/// `--ssh-port`, for the commands that reach a machine.
+#[derive(Debug, clap::Args)]
+pub struct Port {
+    /// The machines' SSH port.
+    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
+    pub ssh_port: Option<i64>,
+}
+
 /// `status`.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -275,9 +261,8 @@ pub struct Units {
     args_override_self = true
 )]
 pub struct Status {
-    /// The machines' SSH port.
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub ssh_port: Option<i64>,
+    #[command(flatten)]
+    pub port: Port,
     /// Unit names.
     #[arg(trailing_var_arg = true)]
     pub units: Vec<String>,
@@ -291,12 +276,11 @@ pub struct Status {
     args_override_self = true
 )]
 pub struct Journal {
+    #[command(flatten)]
+    pub port: Port,
     /// How many lines to show.
     #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
     pub lines: Option<i64>,
-    /// The machine's SSH port.
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub ssh_port: Option<i64>,
     /// journalctl's output mode (fleet 1.0).
     #[arg(long, allow_hyphen_values = true)]
     pub output: Option<String>,
@@ -322,9 +306,8 @@ pub struct Journal {
     args_override_self = true
 )]
 pub struct Ssh {
-    /// The machine's SSH port.
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub ssh_port: Option<i64>,
+    #[command(flatten)]
+    pub port: Port,
     /// A machine ID (or its prefix).
     #[arg(long, allow_hyphen_values = true)]
     pub machine: Option<String>,
@@ -454,15 +437,19 @@ mod tests {
 
     #[test]
     fn go_spellings_of_flags() {
-        let l: ListUnits = parse(&args("-fields unit --no-legend=false -l")).unwrap();
-        assert_eq!(l.fields.as_deref(), Some("unit"));
-        assert_eq!(l.no_legend, Some(false));
+        let l: Listing = parse(&args("-fields unit --no-legend=false -l")).unwrap();
+        assert_eq!(l.table.fields.as_deref(), Some("unit"));
+        assert_eq!(l.table.no_legend, Some(false));
         assert!(on(l.l));
-        let l: ListUnits = parse(&args("--fields=-x --fields=unit,hash")).unwrap();
-        assert_eq!(l.fields.as_deref(), Some("unit,hash"), "the last one wins");
-        let l: ListUnits = parse(&args("--fields -unit")).unwrap();
+        let l: Listing = parse(&args("--fields=-x --fields=unit,hash")).unwrap();
         assert_eq!(
-            l.fields.as_deref(),
+            l.table.fields.as_deref(),
+            Some("unit,hash"),
+            "the last one wins"
+        );
+        let l: Listing = parse(&args("--fields -unit")).unwrap();
+        assert_eq!(
+            l.table.fields.as_deref(),
             Some("-unit"),
             "a value may start with -"
         );
@@ -471,7 +458,7 @@ mod tests {
     #[test]
     fn flags_end_at_the_first_argument() {
         let s: Schedule = parse(&args("--no-block a.service --replace -x")).unwrap();
-        assert!(on(s.no_block));
+        assert!(on(s.blocking.no_block));
         assert_eq!(s.replace, None);
         assert_eq!(s.units, args("a.service --replace -x"));
         let s: Submit = parse(&args("-- -x.service")).unwrap();
@@ -489,7 +476,7 @@ mod tests {
     #[test]
     fn errors_in_go_words() {
         assert_eq!(
-            usage::<ListUnits>("--feilds=unit"),
+            usage::<Listing>("--feilds=unit"),
             "flag provided but not defined: -feilds"
         );
         assert_eq!(
@@ -497,7 +484,7 @@ mod tests {
             "flag provided but not defined: -l"
         );
         assert_eq!(
-            usage::<ListUnits>("--fields"),
+            usage::<Listing>("--fields"),
             "flag needs an argument: -fields"
         );
         assert_eq!(

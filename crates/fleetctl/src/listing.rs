@@ -55,9 +55,9 @@ fn print_table(no_legend: bool, fields: &[String], rows: Vec<Vec<String>>) {
 }
 
 /// `fleetctl list-machines`.
-pub async fn list_machines(g: &Global, f: cli::ListMachines) -> Outcome {
+pub async fn list_machines(g: &Global, f: cli::Listing) -> Outcome {
     let fields = match fields_of(
-        f.fields.as_deref(),
+        f.table.fields.as_deref(),
         "machine,ip,metadata",
         &["machine", "ip", "metadata"],
     ) {
@@ -67,7 +67,7 @@ pub async fn list_machines(g: &Global, f: cli::ListMachines) -> Outcome {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let full = on(f.full) || on(f.l);
+    let full = on(f.table.full) || on(f.l);
     let reg = registry(g).await?;
     let mut machines = match reg.machines().await {
         Ok(m) => m,
@@ -98,29 +98,23 @@ pub async fn list_machines(g: &Global, f: cli::ListMachines) -> Outcome {
                 .collect()
         })
         .collect();
-    print_table(on(f.no_legend), &fields, rows);
+    print_table(on(f.table.no_legend), &fields, rows);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `fleetctl list-units`.
-pub async fn list_units(g: &Global, f: cli::ListUnits) -> Outcome {
-    let full = on(f.full) || on(f.l);
-    units_table(g, false, f.fields.as_deref(), full, on(f.no_legend)).await
+pub async fn list_units(g: &Global, f: cli::Listing) -> Outcome {
+    let full = on(f.table.full) || on(f.l);
+    units_table(g, false, &f.table, full).await
 }
 
 /// `fleetctl list-unit-files` (fleet gave it no `-l`).
 pub async fn list_unit_files(g: &Global, f: cli::ListUnitFiles) -> Outcome {
-    units_table(g, true, f.fields.as_deref(), on(f.full), on(f.no_legend)).await
+    units_table(g, true, &f.table, on(f.table.full)).await
 }
 
 /// The units' table: their files (`files`) or their states on machines.
-async fn units_table(
-    g: &Global,
-    files: bool,
-    given: Option<&str>,
-    full: bool,
-    no_legend: bool,
-) -> Outcome {
+async fn units_table(g: &Global, files: bool, t: &cli::Table, full: bool) -> Outcome {
     let (default, valid): (&str, &[&str]) = if files {
         (
             "unit,hash,dstate,state,target",
@@ -134,7 +128,7 @@ async fn units_table(
             &["unit", "load", "active", "sub", "machine", "hash"],
         )
     };
-    let fields = match fields_of(given, default, valid) {
+    let fields = match fields_of(t.fields.as_deref(), default, valid) {
         Ok(f) => f,
         Err(e) => {
             err(e);
@@ -213,7 +207,7 @@ async fn units_table(
             })
             .collect()
     };
-    print_table(no_legend, &fields, rows);
+    print_table(on(t.no_legend), &fields, rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -341,7 +341,7 @@ fn host_of(j: &JobRecord, machines: &BTreeMap<String, Machine>) -> Machine {
 
 /// `fleetctl status UNIT...`.
 pub async fn status(g: &Global, f: cli::Status) -> crate::Outcome {
-    let port = port_of(f.ssh_port)?;
+    let port = port_of(f.port.ssh_port)?;
     let reg = registry(g).await?;
     let (jobs, states, machines) = reg.snapshot().await?;
     let mut found = Vec::new();
@@ -376,7 +376,7 @@ pub async fn status(g: &Global, f: cli::Status) -> crate::Outcome {
 
 /// `fleetctl journal [--lines=N] [-f] [--sudo] [--output=MODE] UNIT`.
 pub async fn journal(g: &Global, f: cli::Journal) -> crate::Outcome {
-    let port = port_of(f.ssh_port)?;
+    let port = port_of(f.port.ssh_port)?;
     let [unit] = f.units.as_slice() else {
         err("One unit file must be provided.");
         return Ok(ExitCode::FAILURE);
@@ -419,7 +419,7 @@ pub async fn journal(g: &Global, f: cli::Journal) -> crate::Outcome {
 
 /// `fleetctl ssh [-A] [--machine=ID|--unit=NAME] {MACHINE|UNIT} [--] [CMD...]`.
 pub async fn ssh(g: &Global, f: cli::Ssh) -> crate::Outcome {
-    let port = port_of(f.ssh_port)?;
+    let port = port_of(f.port.ssh_port)?;
     let forward = on(f.a) || on(f.forward_agent);
     let rest = &f.rest;
     let fail = |m: &str| {

@@ -146,8 +146,8 @@ fn block_attempts(given: Option<i64>) -> u32 {
 pub async fn schedule(g: &Global, f: cli::Schedule, want: JobState) -> Outcome {
     let replace = on(f.replace).then_some(want);
     let how = How {
-        no_block: on(f.no_block),
-        attempts: block_attempts(f.block_attempts),
+        no_block: on(f.blocking.no_block),
+        attempts: block_attempts(f.blocking.block_attempts),
         stop: false,
     };
     set_state(g, &f.units, want, replace, how).await
@@ -162,8 +162,8 @@ pub async fn unschedule(g: &Global, f: cli::Unschedule, stop: bool) -> Outcome {
         JobState::Inactive
     };
     let how = How {
-        no_block: on(f.no_block),
-        attempts: block_attempts(f.block_attempts),
+        no_block: on(f.blocking.no_block),
+        attempts: block_attempts(f.blocking.block_attempts),
         stop,
     };
     set_state(g, &f.units, want, None, how).await
