@@ -250,4 +250,9 @@ fn good_update(c: &Cluster) {
     c.ok(&["up"]);
     c.sh_until("core-01", "rootdev -s /usr", "/dev/vda4", 30);
     assert!(c.ok(&["status"]).contains("USR-B"));
+    // `status` asks the machine which partition is on /usr; the supervisor's note of the
+    // slot it chose is only the fallback.
+    std::fs::write(c.machine_dir("core-01").join("booted"), "USR-A").unwrap();
+    let status = c.ok(&["status"]);
+    assert!(status.contains("USR-B"), "{status}");
 }

@@ -130,24 +130,11 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
 
     let console = work.path().join("console.log");
     let start = Instant::now();
-    let mut vm = Vm(Command::new("qemu-system-x86_64")
-        .args([
-            "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-nic",
-            "none",
-        ])
+    let mut vm = Vm(qemu(&disk, &console)
         .arg("-kernel")
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
         .args([
             "-append",
             &format!(
@@ -156,11 +143,6 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
                 coreos_disk::USR_A_GUID
             ),
         ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("starting qemu-system-x86_64"));
     let deadline = start + Duration::from_secs(300);
@@ -211,15 +193,27 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
 fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) {
     let bytes = meta["disk_bytes"].as_u64().unwrap();
     let raw = work.join("ferrite.bin");
-    let out = c.ok(&[
-        "image",
-        "build",
-        "--format",
-        "raw",
-        "-o",
-        raw.to_str().unwrap(),
-    ]);
-    assert!(out.contains("(raw)"), "{out}");
+    // `image` is no cluster command: run without `--cluster`.
+    let image = |format: &str, out: &Path| {
+        let o = c
+            .cmd(&[
+                "image",
+                "build",
+                "--format",
+                format,
+                "-o",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success() && text.contains(&format!("({format})")),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    image("raw", &raw);
     assert_eq!(std::fs::metadata(&raw).unwrap().len(), bytes);
     let esp = Disk::open(&raw).partition("EFI-SYSTEM").unwrap();
     let mut boot = [0u8; 512];
@@ -229,14 +223,7 @@ fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) 
     assert_eq!(&boot[82..90], b"FAT32   ", "EFI-SYSTEM is FAT32");
     std::fs::remove_file(&raw).unwrap();
     let qcow = work.join("ferrite.qcow2");
-    c.ok(&[
-        "image",
-        "build",
-        "--format",
-        "qcow2",
-        "-o",
-        qcow.to_str().unwrap(),
-    ]);
+    image("qcow2", &qcow);
     let info = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(&qcow)
@@ -248,37 +235,44 @@ fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) 
     std::fs::remove_file(&qcow).unwrap();
 }
 
+/// QEMU (TCG) with `disk` on virtio, the serial console to `console`, no network; a reset
+/// ends it.
+fn qemu(disk: &Path, console: &Path) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-nic",
+        "none",
+    ])
+    .arg("-drive")
+    .arg(format!("file={},if=virtio,format=raw", disk.display()))
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
 /// QEMU booting `disk` with UEFI firmware only (no `-kernel`): OVMF finds EFI-SYSTEM.
 fn uefi_vm(work: &Path, disk: &Path, console: &Path) -> Vm {
     let vars = work.join("OVMF_VARS.fd");
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
         .expect("OVMF (scripts/install-deps.sh installs it)");
     let _ = std::fs::remove_file(console);
-    Vm(Command::new("qemu-system-x86_64")
-        .args([
-            "-machine", "q35", "-accel", "tcg", "-m", "1024", "-smp", "2",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-nic",
-            "none",
-        ])
+    Vm(qemu(disk, console)
         .args([
             "-drive",
             "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
         ])
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("starting qemu-system-x86_64"))
 }

@@ -20,31 +20,63 @@ pub struct MachineStatus {
     pub usr: String,
 }
 
-/// The machines of a cluster and whether they run. A virtual machine's USR is the slot its
-/// last boot chose (`qemu::supervise` writes it down at every boot).
+/// The machines of a cluster and whether they run. A container's USR is the one the
+/// launcher mounted; a virtual machine's is read from the machine — the partition its
+/// kernel mounted on `/usr` (`rootdev -s /usr`), named from the disk's GPT — or, when it
+/// cannot be asked (still booting, stopped), the slot its last boot chose
+/// (`qemu::supervise` writes it down at every boot).
 pub fn status(host: &dyn Host, paths: &Paths, cluster: &ClusterState) -> Vec<MachineStatus> {
     cluster
         .machines
         .iter()
-        .map(|m| MachineStatus {
-            usr: match m.driver {
-                Driver::Nspawn => m.usr_label.clone().unwrap_or_else(|| "-".into()),
-                Driver::Qemu => {
-                    std::fs::read_to_string(cluster.machine_dir(paths, &m.name).join("booted"))
-                        .map(|s| s.trim().to_string())
-                        .unwrap_or_else(|_| "-".into())
-                }
-            },
-            name: m.name.clone(),
-            state: if machine_running(host, m) {
-                "running"
-            } else {
-                "stopped"
+        .map(|m| {
+            let running = machine_running(host, m);
+            MachineStatus {
+                usr: match m.driver {
+                    Driver::Nspawn => m.usr_label.clone().unwrap_or_else(|| "-".into()),
+                    Driver::Qemu => running
+                        .then(|| usr_in_machine(host, paths, cluster, m))
+                        .flatten()
+                        .unwrap_or_else(|| {
+                            std::fs::read_to_string(
+                                cluster.machine_dir(paths, &m.name).join("booted"),
+                            )
+                            .map(|s| s.trim().to_string())
+                            .unwrap_or_else(|_| "-".into())
+                        }),
+                },
+                name: m.name.clone(),
+                state: if running { "running" } else { "stopped" }.to_string(),
+                ip: m.ip.clone(),
             }
-            .to_string(),
-            ip: m.ip.clone(),
         })
         .collect()
+}
+
+/// The label of the partition a running virtual machine has on `/usr`, asked of the
+/// machine itself.
+fn usr_in_machine(
+    host: &dyn Host,
+    paths: &Paths,
+    cluster: &ClusterState,
+    m: &MachineState,
+) -> Option<String> {
+    let (code, out, _) =
+        crate::boot::exec_in(host, paths, cluster, m, &["rootdev", "-s", "/usr"]).ok()?;
+    if code != 0 {
+        return None;
+    }
+    // /dev/vda3 → 3 (the kernel's names: a `p` before the number when the disk's name
+    // ends in a digit).
+    let dev = out.trim();
+    let digits = dev.len() - dev.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let number: u32 = dev[dev.len() - digits..].parse().ok()?;
+    let disk = coreos_disk::Disk::open(&cluster.machine_dir(paths, &m.name).join("disk.img"));
+    disk.partitions()
+        .ok()?
+        .into_iter()
+        .find(|p| p.number == number)
+        .map(|p| p.label)
 }
 
 /// A machine's memory: the PSS of its processes (by systemd unit) and its memory cgroup.
