@@ -187,6 +187,54 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
 
     firmware_boot(work.path(), &disk, &kernel);
     lifecycle_by_firmware(work.path(), &disk);
+    corrupted_gpt_by_firmware(work.path(), &disk);
+}
+
+/// A disk whose primary GPT header is destroyed still boots (from the backup header), and
+/// `cgpt repair` leaves both copies whole.
+fn corrupted_gpt_by_firmware(work: &Path, disk: &Path) {
+    let d = Disk::open(disk);
+    let a = d.partition("USR-A").unwrap().number;
+    d.set_gptprio(a, coreos_disk::GptPrio::new(1, 0, true))
+        .unwrap();
+    let header = |disk: &Path| {
+        let mut f = std::fs::File::open(disk).unwrap();
+        let mut sig = [0u8; 8];
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(512)).unwrap();
+        std::io::Read::read_exact(&mut f, &mut sig).unwrap();
+        sig
+    };
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(512)).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
+    }
+    assert_ne!(&header(disk), b"EFI PART");
+    let console = work.join("uefi-corrupt.log");
+    let mut vm = uefi_vm(work, disk, &console);
+    let line = wait_console(&mut vm, &console, "ferrite-boot-select: ", 300);
+    drop(vm);
+    let line = line.unwrap_or_else(|| {
+        panic!(
+            "no boot with a corrupted primary GPT; console:\n{}",
+            console_text(&console)
+        )
+    });
+    eprintln!("corrupted primary GPT: {line}");
+    assert!(line.contains("booting USR-A "), "{line}");
+    let cgpt = Path::new(common::FERRITE).with_file_name("cgpt");
+    let st = Command::new(&cgpt)
+        .arg("repair")
+        .arg(disk)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cgpt repair");
+    assert_eq!(
+        &header(disk),
+        b"EFI PART",
+        "the primary header is whole again"
+    );
+    assert_eq!(Disk::open(disk).partition("USR-A").unwrap().number, a);
 }
 
 /// `ferrite image build --format raw|qcow2`: the cached image written out, whole.
