@@ -109,6 +109,17 @@ pub struct GlobalFlags {
     pub rest: Vec<String>,
 }
 
+/// A command's flag set: a clap struct read without a program name, with no `--help` of
+/// clap's (fleet had none per command), the last of a repeated flag winning.
+macro_rules! flag_set {
+    ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$m])*
+        #[derive(Debug, clap::Parser)]
+        #[command(no_binary_name = true, disable_help_flag = true, args_override_self = true)]
+        pub struct $name { $($body)* }
+    };
+}
+
 /// The flags every table has.
 #[derive(Debug, clap::Args)]
 pub struct Table {
@@ -123,53 +134,41 @@ pub struct Table {
     pub no_legend: Option<bool>,
 }
 
-/// `list-machines` and `list-units`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Listing {
-    #[command(flatten)]
-    pub table: Table,
-    /// Shorthand for --full.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub l: Option<bool>,
-    /// Ignored, as fleet did.
-    #[arg(trailing_var_arg = true)]
-    pub rest: Vec<String>,
+flag_set! {
+    /// `list-machines` and `list-units`.
+    pub struct Listing {
+        #[command(flatten)]
+        pub table: Table,
+        /// Shorthand for --full.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub l: Option<bool>,
+        /// Ignored, as fleet did.
+        #[arg(trailing_var_arg = true)]
+        pub rest: Vec<String>,
+    }
 }
 
-/// `list-unit-files` (fleet gave it no `-l`).
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct ListUnitFiles {
-    #[command(flatten)]
-    pub table: Table,
-    /// Ignored, as fleet did.
-    #[arg(trailing_var_arg = true)]
-    pub rest: Vec<String>,
+flag_set! {
+    /// `list-unit-files` (fleet gave it no `-l`).
+    pub struct ListUnitFiles {
+        #[command(flatten)]
+        pub table: Table,
+        /// Ignored, as fleet did.
+        #[arg(trailing_var_arg = true)]
+        pub rest: Vec<String>,
+    }
 }
 
-/// `submit`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Submit {
-    /// Replace units whose content changed (fleet 1.0).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub replace: Option<bool>,
-    /// Unit files or names.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `submit`.
+    pub struct Submit {
+        /// Replace units whose content changed (fleet 1.0).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub replace: Option<bool>,
+        /// Unit files or names.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
 /// How a state change waits.
@@ -183,66 +182,50 @@ pub struct Blocking {
     pub no_block: Option<bool>,
 }
 
-/// `load` and `start`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Schedule {
-    #[command(flatten)]
-    pub blocking: Blocking,
-    /// Replace units whose content changed (fleet 1.0).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub replace: Option<bool>,
-    /// Unit files or names.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `load` and `start`.
+    pub struct Schedule {
+        #[command(flatten)]
+        pub blocking: Blocking,
+        /// Replace units whose content changed (fleet 1.0).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub replace: Option<bool>,
+        /// Unit files or names.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
-/// `stop` and `unload`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Unschedule {
-    #[command(flatten)]
-    pub blocking: Blocking,
-    /// Unit names.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `stop` and `unload`.
+    pub struct Unschedule {
+        #[command(flatten)]
+        pub blocking: Blocking,
+        /// Unit names.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
-/// `restart` (fleet 1.0).
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Restart {
-    /// How many times to look before giving up waiting (0: no limit).
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub block_attempts: Option<i64>,
-    /// Unit files or names.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `restart` (fleet 1.0).
+    pub struct Restart {
+        /// How many times to look before giving up waiting (0: no limit).
+        #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
+        pub block_attempts: Option<i64>,
+        /// Unit files or names.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
-/// `destroy` and `cat`: unit names, no flags.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Units {
-    /// Unit names.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `destroy` and `cat`: unit names, no flags.
+    pub struct Units {
+        /// Unit names.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
 /// `--ssh-port`, for the commands that reach a machine.
@@ -253,77 +236,65 @@ pub struct Port {
     pub ssh_port: Option<i64>,
 }
 
-/// `status`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Status {
-    #[command(flatten)]
-    pub port: Port,
-    /// Unit names.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `status`.
+    pub struct Status {
+        #[command(flatten)]
+        pub port: Port,
+        /// Unit names.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
-/// `journal`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Journal {
-    #[command(flatten)]
-    pub port: Port,
-    /// How many lines to show.
-    #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
-    pub lines: Option<i64>,
-    /// journalctl's output mode (fleet 1.0).
-    #[arg(long, allow_hyphen_values = true)]
-    pub output: Option<String>,
-    /// Run journalctl with sudo.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub sudo: Option<bool>,
-    /// Follow the journal.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub follow: Option<bool>,
-    /// Shorthand for --follow.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub f: Option<bool>,
-    /// The unit.
-    #[arg(trailing_var_arg = true)]
-    pub units: Vec<String>,
+flag_set! {
+    /// `journal`.
+    pub struct Journal {
+        #[command(flatten)]
+        pub port: Port,
+        /// How many lines to show.
+        #[arg(long, value_parser = go_int, allow_hyphen_values = true)]
+        pub lines: Option<i64>,
+        /// journalctl's output mode (fleet 1.0).
+        #[arg(long, allow_hyphen_values = true)]
+        pub output: Option<String>,
+        /// Run journalctl with sudo.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub sudo: Option<bool>,
+        /// Follow the journal.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub follow: Option<bool>,
+        /// Shorthand for --follow.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub f: Option<bool>,
+        /// The unit.
+        #[arg(trailing_var_arg = true)]
+        pub units: Vec<String>,
+    }
 }
 
-/// `ssh`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    no_binary_name = true,
-    disable_help_flag = true,
-    args_override_self = true
-)]
-pub struct Ssh {
-    #[command(flatten)]
-    pub port: Port,
-    /// A machine ID (or its prefix).
-    #[arg(long, allow_hyphen_values = true)]
-    pub machine: Option<String>,
-    /// The unit whose machine to reach.
-    #[arg(long, allow_hyphen_values = true)]
-    pub unit: Option<String>,
-    /// Forward the SSH agent.
-    #[arg(long = "A", num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          value_parser = go_bool)]
-    pub a: Option<bool>,
-    /// Forward the SSH agent.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
-    pub forward_agent: Option<bool>,
-    /// The machine or unit (without --machine or --unit), then the command to run.
-    #[arg(trailing_var_arg = true)]
-    pub rest: Vec<String>,
+flag_set! {
+    /// `ssh`.
+    pub struct Ssh {
+        #[command(flatten)]
+        pub port: Port,
+        /// A machine ID (or its prefix).
+        #[arg(long, allow_hyphen_values = true)]
+        pub machine: Option<String>,
+        /// The unit whose machine to reach.
+        #[arg(long, allow_hyphen_values = true)]
+        pub unit: Option<String>,
+        /// Forward the SSH agent.
+        #[arg(long = "A", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              value_parser = go_bool)]
+        pub a: Option<bool>,
+        /// Forward the SSH agent.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = go_bool)]
+        pub forward_agent: Option<bool>,
+        /// The machine or unit (without --machine or --unit), then the command to run.
+        #[arg(trailing_var_arg = true)]
+        pub rest: Vec<String>,
+    }
 }
 
 /// Whether a switch was given true.
