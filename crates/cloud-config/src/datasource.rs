@@ -97,10 +97,17 @@ enum Fetch {
     Retry(String),
 }
 
+/// A request header a metadata service requires (GCE's `Metadata-Flavor: Google`).
+type Header = Option<(&'static str, &'static str)>;
+
 impl HttpPolicy {
-    fn once(&self, url: &str) -> Fetch {
+    fn once(&self, url: &str, header: Header) -> Fetch {
         let agent = ureq::AgentBuilder::new().timeout(self.timeout).build();
-        match agent.get(url).call() {
+        let mut req = agent.get(url);
+        if let Some((name, value)) = header {
+            req = req.set(name, value);
+        }
+        match req.call() {
             Ok(resp) => {
                 let mut body = Vec::new();
                 match std::io::Read::read_to_end(
@@ -121,22 +128,22 @@ impl HttpPolicy {
 
     /// One GET: 2xx gives the body.
     pub fn get(&self, url: &str) -> Result<Vec<u8>, DatasourceError> {
-        self.fetch(url, 1)
+        self.fetch(url, 1, None)
     }
 
     /// A GET retried on 5xx and network errors.
     pub fn get_retry(&self, url: &str) -> Result<Vec<u8>, DatasourceError> {
-        self.fetch(url, self.attempts.max(1))
+        self.fetch(url, self.attempts.max(1), None)
     }
 
-    fn fetch(&self, url: &str, attempts: u32) -> Result<Vec<u8>, DatasourceError> {
+    fn fetch(&self, url: &str, attempts: u32, header: Header) -> Result<Vec<u8>, DatasourceError> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(DatasourceError::Scheme(url.to_string()));
         }
         let mut delay = self.initial_backoff;
         let mut last = String::new();
         for attempt in 1..=attempts {
-            match self.once(url) {
+            match self.once(url, header) {
                 Fetch::Body(b) => return Ok(b),
                 Fetch::NotFound(status) => {
                     return Err(DatasourceError::NotFound {
@@ -160,7 +167,12 @@ impl HttpPolicy {
 
     /// Like [`HttpPolicy::get_retry`], but "not found" is empty.
     fn get_optional(&self, url: &str) -> Result<Vec<u8>, DatasourceError> {
-        match self.get_retry(url) {
+        self.get_optional_with(url, None)
+    }
+
+    /// [`HttpPolicy::get_optional`] with a request header.
+    fn get_optional_with(&self, url: &str, header: Header) -> Result<Vec<u8>, DatasourceError> {
+        match self.fetch(url, self.attempts.max(1), header) {
             Err(DatasourceError::NotFound { .. }) => Ok(Vec::new()),
             other => other,
         }
@@ -182,9 +194,17 @@ pub enum Datasource {
     Ec2(String),
     /// `-from-digitalocean-metadata URL` (ending in `/`)
     DigitalOcean(String),
+    /// `-from-gce-metadata URL` (Google Compute Engine's metadata server)
+    Gce(String),
 }
 
 const EC2_VERSION: &str = "2009-04-04/";
+
+/// GCE's metadata API, under the service's root.
+const GCE_API: &str = "computeMetadata/v1/";
+
+/// The header GCE's metadata server requires on every request.
+const GCE_HEADER: Header = Some(("Metadata-Flavor", "Google"));
 
 fn with_slash(url: &str) -> String {
     if url.ends_with('/') {
@@ -226,6 +246,7 @@ impl Datasource {
             Datasource::ConfigDrive(p) => format!("config drive {}", p.display()),
             Datasource::Ec2(u) => format!("EC2 metadata service {u}"),
             Datasource::DigitalOcean(u) => format!("DigitalOcean metadata service {u}"),
+            Datasource::Gce(u) => format!("GCE metadata service {u}"),
         }
     }
 
@@ -249,6 +270,9 @@ impl Datasource {
             Datasource::DigitalOcean(u) => {
                 http.get(&format!("{}metadata/v1", with_slash(u))).is_ok()
             }
+            Datasource::Gce(u) => http
+                .fetch(&format!("{}{GCE_API}", with_slash(u)), 1, GCE_HEADER)
+                .is_ok(),
         }
     }
 
@@ -277,6 +301,10 @@ impl Datasource {
             Datasource::DigitalOcean(u) => {
                 http.get_optional(&format!("{}metadata/v1/user-data", with_slash(u)))
             }
+            Datasource::Gce(u) => http.get_optional_with(
+                &format!("{}{GCE_API}instance/attributes/user-data", with_slash(u)),
+                GCE_HEADER,
+            ),
         }
     }
 
@@ -289,6 +317,7 @@ impl Datasource {
             Datasource::ConfigDrive(d) => configdrive_metadata(d),
             Datasource::Ec2(u) => ec2_metadata(&with_slash(u), http),
             Datasource::DigitalOcean(u) => digitalocean_metadata(&with_slash(u), http),
+            Datasource::Gce(u) => gce_metadata(&with_slash(u), http),
         }
     }
 }
@@ -353,6 +382,36 @@ fn ec2_metadata(root: &str, http: &HttpPolicy) -> Result<Metadata, DatasourceErr
             .unwrap_or_default()
             .to_string(),
         ssh_keys: keys,
+    })
+}
+
+/// GCE's metadata as coreos-cloudinit read it: the first interface's external and
+/// internal addresses (each must be an IP address, or empty) and the host name.
+fn gce_metadata(root: &str, http: &HttpPolicy) -> Result<Metadata, DatasourceError> {
+    let base = format!("{root}{GCE_API}instance/");
+    let get = |path: &str| {
+        http.get_optional_with(&format!("{base}{path}"), GCE_HEADER)
+            .map(text)
+    };
+    let ip = |path: &str| -> Result<String, DatasourceError> {
+        let v = get(path)?;
+        if v.is_empty() || v.parse::<std::net::IpAddr>().is_ok() {
+            Ok(v)
+        } else {
+            Err(DatasourceError::Json {
+                what: format!("{base}{path}"),
+                reason: format!("couldn't parse {v:?} as IP address"),
+            })
+        }
+    };
+    Ok(Metadata {
+        addresses: Addresses {
+            public_ipv4: ip("network-interfaces/0/access-configs/0/external-ip")?,
+            private_ipv4: ip("network-interfaces/0/ip")?,
+            ..Addresses::default()
+        },
+        hostname: get("hostname")?,
+        ssh_keys: Vec::new(),
     })
 }
 

@@ -25,6 +25,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const OEMS: &[&str] = &[
     "digitalocean",
     "ec2-compat",
+    "gce",
     "rackspace-onmetal",
     "azure",
     "cloudsigma",
@@ -57,6 +58,9 @@ struct Flags {
     /// Read user-data and metadata from a DigitalOcean metadata service at this URL.
     #[arg(long, value_name = "URL")]
     from_digitalocean_metadata: Option<String>,
+    /// Read user-data and metadata from Google Compute Engine's metadata service at this URL.
+    #[arg(long, value_name = "URL")]
+    from_gce_metadata: Option<String>,
     /// Download user-data from the cloud-config-url= on the kernel command line.
     #[arg(long)]
     from_proc_cmdline: bool,
@@ -225,6 +229,9 @@ fn datasources(flags: &Flags) -> Result<Vec<Datasource>> {
     if let Some(u) = &flags.from_digitalocean_metadata {
         out.push(Datasource::DigitalOcean(u.clone()));
     }
+    if let Some(u) = &flags.from_gce_metadata {
+        out.push(Datasource::Gce(u.clone()));
+    }
     if flags.from_proc_cmdline {
         out.push(Datasource::ProcCmdline(flags.proc_cmdline.clone()));
     }
@@ -234,6 +241,7 @@ fn datasources(flags: &Flags) -> Result<Vec<Datasource>> {
             out.push(Datasource::Ec2("http://169.254.169.254/".into()));
             out.push(Datasource::ConfigDrive("/media/configdrive".into()));
         }
+        Some("gce") => out.push(Datasource::Gce("http://metadata.google.internal/".into())),
         Some("digitalocean") => {
             anyhow::bail!("-oem digitalocean needs -convert-netconf, which is not supported")
         }
@@ -348,7 +356,7 @@ fn run(flags: Flags) -> Result<ExitCode> {
     }
     let sources = datasources(&flags)?;
     if sources.is_empty() {
-        eprintln!("Provide at least one of --from-file, --from-configdrive, --from-ec2-metadata, --from-digitalocean-metadata, --from-url or --from-proc-cmdline");
+        eprintln!("Provide at least one of --from-file, --from-configdrive, --from-ec2-metadata, --from-gce-metadata, --from-digitalocean-metadata, --from-url or --from-proc-cmdline");
         return Ok(ExitCode::from(2));
     }
     let http = HttpPolicy::default();

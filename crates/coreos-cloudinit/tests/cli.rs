@@ -45,6 +45,15 @@ struct Server {
 
 impl Server {
     fn start(routes: HashMap<String, (u16, Vec<u8>)>) -> Self {
+        Self::start_requiring(routes, None)
+    }
+
+    /// A server that answers 403 to any request without the header line `required` (as
+    /// GCE's metadata server does without `Metadata-Flavor: Google`).
+    fn start_requiring(
+        routes: HashMap<String, (u16, Vec<u8>)>,
+        required: Option<&'static str>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -71,17 +80,25 @@ impl Server {
                 if reader.read_line(&mut request).is_err() {
                     continue;
                 }
+                let mut headers = Vec::new();
                 loop {
                     let mut l = String::new();
                     if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
                         break;
                     }
+                    headers.push(l.trim().to_ascii_lowercase());
                 }
                 let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-                let (status, body) = routes
-                    .get(&path)
-                    .cloned()
-                    .unwrap_or((404, b"not found".to_vec()));
+                let allowed =
+                    required.is_none_or(|h| headers.iter().any(|l| l == &h.to_ascii_lowercase()));
+                let (status, body) = if allowed {
+                    routes
+                        .get(&path)
+                        .cloned()
+                        .unwrap_or((404, b"not found".to_vec()))
+                } else {
+                    (403, b"missing Metadata-Flavor".to_vec())
+                };
                 let mut stream = stream;
                 let _ = write!(
                     stream,
@@ -214,6 +231,81 @@ fn ec2_metadata_service_on_loopback() {
     .contains("ssh-rsa AAAAmeta"));
     assert!(stdout(&o).contains("dbus start etcd2.service mode=replace"));
     assert!(server.hits.load(Ordering::Relaxed) >= 7);
+}
+
+#[test]
+fn gce_metadata_service_on_loopback() {
+    // GCE's metadata server refuses requests without `Metadata-Flavor: Google`.
+    let server = Server::start_requiring(
+        routes(&[
+            ("/computeMetadata/v1/", 200, "instance/\nproject/\n"),
+            (
+                "/computeMetadata/v1/instance/attributes/user-data",
+                200,
+                ETCD2_CONFIG,
+            ),
+            (
+                "/computeMetadata/v1/instance/network-interfaces/0/access-configs/0/external-ip",
+                200,
+                "203.0.113.40",
+            ),
+            (
+                "/computeMetadata/v1/instance/network-interfaces/0/ip",
+                200,
+                "10.240.0.2",
+            ),
+            (
+                "/computeMetadata/v1/instance/hostname",
+                200,
+                "core-1.c.project.internal",
+            ),
+        ]),
+        Some("metadata-flavor: google"),
+    );
+    let root = tempfile::tempdir().unwrap();
+    let o = cloudinit(&[
+        "-from-gce-metadata",
+        &server.url("/"),
+        "-root",
+        root.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        read(
+            root.path(),
+            "/run/systemd/system/etcd2.service.d/20-cloudinit.conf"
+        ),
+        "[Service]\nEnvironment=\"ETCD_ADVERTISE_CLIENT_URLS=http://203.0.113.40:2379\"\nEnvironment=\"ETCD_LISTEN_PEER_URLS=http://10.240.0.2:2380\"\n"
+    );
+    assert_eq!(
+        read(root.path(), "/etc/environment"),
+        "COREOS_PRIVATE_IPV4=10.240.0.2\nCOREOS_PUBLIC_IPV4=203.0.113.40\n"
+    );
+
+    // A service answering garbage for an address is refused, naming what it read.
+    let bad = Server::start_requiring(
+        routes(&[
+            ("/computeMetadata/v1/", 200, ""),
+            (
+                "/computeMetadata/v1/instance/network-interfaces/0/ip",
+                200,
+                "not-an-ip",
+            ),
+        ]),
+        Some("metadata-flavor: google"),
+    );
+    let o = cloudinit(&[
+        "-from-gce-metadata",
+        &bad.url("/"),
+        "-root",
+        root.path().to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("couldn't parse \"not-an-ip\" as IP address"),
+        "{err}"
+    );
 }
 
 #[test]
