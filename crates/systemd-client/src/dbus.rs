@@ -320,7 +320,16 @@ impl DbusManager {
 #[derive(Debug)]
 pub struct DbusSystemd {
     rt: tokio::runtime::Runtime,
-    manager: DbusManager,
+    /// Always `Some` until dropped: the connection is dropped inside the runtime's context
+    /// (zbus spawns its clean-up there), never after the runtime.
+    manager: Option<DbusManager>,
+}
+
+impl Drop for DbusSystemd {
+    fn drop(&mut self) {
+        let _inside = self.rt.enter();
+        drop(self.manager.take());
+    }
 }
 
 impl DbusSystemd {
@@ -338,20 +347,36 @@ impl DbusSystemd {
     /// Connects to the system bus.
     pub fn system() -> Result<Self, Error> {
         let rt = Self::runtime("system bus")?;
-        let manager = rt.block_on(DbusManager::system())?;
+        let manager = Some(rt.block_on(DbusManager::system())?);
         Ok(Self { rt, manager })
     }
 
     /// Connects to the bus at `address`, e.g. `unix:path=/proc/42/root/run/dbus/system_bus_socket`.
     pub fn at(address: &str) -> Result<Self, Error> {
         let rt = Self::runtime(address)?;
-        let manager = rt.block_on(DbusManager::at(address))?;
+        let manager = Some(rt.block_on(DbusManager::at(address))?);
         Ok(Self { rt, manager })
     }
 
     /// How long a job is waited for before it counts as `timeout`.
     pub fn set_job_timeout(&mut self, timeout: Duration) {
-        self.manager.job_timeout = timeout;
+        if let Some(m) = self.manager.as_mut() {
+            m.job_timeout = timeout;
+        }
+    }
+
+    /// Runs one manager call to completion on this value's runtime.
+    fn call<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut DbusManager) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let Some(m) = self.manager.as_mut() else {
+            return Err(Error::Connect {
+                address: "system bus".into(),
+                source: Box::new(zbus::Error::Failure("connection closed".into())),
+            });
+        };
+        self.rt.block_on(f(m))
     }
 }
 
@@ -362,16 +387,15 @@ impl Systemd for DbusSystemd {
         runtime: bool,
         force: bool,
     ) -> Result<(), Error> {
-        self.rt
-            .block_on(self.manager.enable_unit_files(names, runtime, force))
+        self.call(async |m| m.enable_unit_files(names, runtime, force).await)
     }
 
     fn reload(&mut self) -> Result<(), Error> {
-        self.rt.block_on(self.manager.reload())
+        self.call(async |m| m.reload().await)
     }
 
     fn run_job(&mut self, kind: JobKind, unit: &str, mode: &str) -> Result<String, Error> {
-        self.rt.block_on(self.manager.run_job(kind, unit, mode))
+        self.call(async |m| m.run_job(kind, unit, mode).await)
     }
 
     fn start_transient_service(
@@ -380,9 +404,6 @@ impl Systemd for DbusSystemd {
         description: &str,
         argv: &[String],
     ) -> Result<String, Error> {
-        self.rt.block_on(
-            self.manager
-                .start_transient_service(name, description, argv),
-        )
+        self.call(async |m| m.start_transient_service(name, description, argv).await)
     }
 }
