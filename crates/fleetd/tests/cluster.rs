@@ -19,6 +19,16 @@ use fleetd::engine::{run_engine, EngineConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The roles' logs (debug and up), captured with the test's output: printed when it fails.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "fleetd=debug,fleet_store=debug,fleet_engine=debug",
+        ))
+        .try_init();
+}
+
 struct Node {
     id: String,
     stop: watch::Sender<bool>,
@@ -131,6 +141,7 @@ const UNIT: &str = "[Service]\nExecStart=/bin/sleep 1000\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn units_are_placed_and_move_when_a_machine_dies() {
+    logs();
     let store = MemoryStore::new();
     let reg = Arc::new(Registry::new(store.clone(), "/_coreos.com/fleet/"));
     let nodes: Vec<Node> = ["m1", "m2", "m3"]
@@ -221,6 +232,7 @@ async fn units_are_placed_and_move_when_a_machine_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_takes_over_when_the_engine_leader_dies() {
+    logs();
     let store = MemoryStore::new();
     let reg = Arc::new(Registry::new(store.clone(), "/p/"));
     let nodes: Vec<Node> = ["a", "b"]
@@ -363,6 +375,7 @@ async fn watch_partition(cut: &Member, others: &[&Member], until: Duration) -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_move() {
+    logs();
     let store = MemoryStore::new();
     let reg = Registry::new(store.clone(), "/p/");
     let ttl = 2;
@@ -456,6 +469,7 @@ async fn a_cut_off_machine_keeps_its_units_but_stops_fenced_ones_before_they_mov
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_outage_restarts_fenced_units_where_they_were() {
+    logs();
     // Cluster-wide fencing, a cut shorter than the TTL but longer than half of it: the
     // unit stops, the lease survives (the same lease before and after), and it starts
     // again on the same machine — never on the other machine, which could take it.
@@ -517,6 +531,7 @@ async fn a_short_outage_restarts_fenced_units_where_they_were() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_that_stops_on_its_own_is_reported() {
+    logs();
     // fleet's unit-state publisher: what systemd says about a unit reaches the registry
     // without any change in the cluster.
     let store = MemoryStore::new();
@@ -554,6 +569,7 @@ async fn a_unit_that_stops_on_its_own_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_metadata_and_address_in_place() {
+    logs();
     // fleetd's SIGHUP: the machine's new address and metadata are published under the
     // same lease; its units keep running and a global unit follows the new metadata.
     let store = MemoryStore::new();
@@ -596,6 +612,7 @@ async fn a_reload_changes_metadata_and_address_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_machine_id_waits_unregistered_until_the_id_is_free() {
+    logs();
     // fleet's TestDetectMachineId: a second fleetd with the same machine ID keeps running
     // without registering (its API would answer 503), and gets in once the ID is free.
     let store = MemoryStore::new();
@@ -643,6 +660,7 @@ async fn a_duplicate_machine_id_waits_unregistered_until_the_id_is_free() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_unit_that_conflicts_with_a_unit_here_is_skipped() {
+    logs();
     // fleet 1.0's TestScheduleGlobalConflicts on one machine.
     let store = MemoryStore::new();
     let reg = Registry::new(store.clone(), "/p/");
@@ -675,6 +693,7 @@ async fn a_global_unit_that_conflicts_with_a_unit_here_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_the_machine_refuses_never_stops_the_others() {
+    logs();
     // One unit systemd refuses to load, one it refuses to start, and one it cannot stop:
     // each fails on its own, is reported and retried, and every other unit goes on.
     let store = MemoryStore::new();
@@ -798,6 +817,7 @@ fn spawn_agent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_unit_keeps_running_through_a_fleetd_restart() {
+    logs();
     // fleetd killed (no purge) long enough for its lease to lapse and the engine to
     // unschedule its pinned unit; the restarted fleetd finds the unit running and keeps it
     // while the engine places it back: never stopped, never started again.
@@ -838,6 +858,7 @@ async fn a_pinned_unit_keeps_running_through_a_fleetd_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_never_clears_another_machines_job_state() {
+    logs();
     // m1 is killed; its unit moves to m2, which launches it. m1 comes back, finds the unit
     // left in its unit directory, and unloads it: the job-state m2 set must stay.
     let store = MemoryStore::new();
@@ -885,6 +906,7 @@ async fn a_restarted_agent_never_clears_another_machines_job_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_watches_again_after_short_cuts() {
+    logs();
     // Short cuts (under the TTL) end the registry's watches; renewals fail and recover.
     // Through all of them the agent must set its watches up again: a unit created
     // afterwards still starts (an agent once went deaf when a pass ran in between).
@@ -914,6 +936,7 @@ async fn an_agent_watches_again_after_short_cuts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_unit_that_is_destroyed_goes_at_once() {
+    logs();
     // Its start fails again and again, so its retries are far apart; destroying it is a
     // new task for the unit and does not wait for the next retry.
     let store = MemoryStore::new();
@@ -941,6 +964,7 @@ async fn a_failing_unit_that_is_destroyed_goes_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_removes_unit_blobs_no_unit_names() {
+    logs();
     // `--replace` churn leaves a blob per content; the leading engine's resync removes
     // those no unit names, so etcd does not grow without bound.
     let store = MemoryStore::new();
