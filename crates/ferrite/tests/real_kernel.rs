@@ -31,7 +31,7 @@ After=multi-user.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo \"PROBE kernel=$(uname -r) usr=$(findmnt -no SOURCE /usr) root=$(findmnt -no SOURCE /) ro=$(findmnt -no OPTIONS /usr | cut -d, -f1) multi_user=$(systemctl is-active multi-user.target)\" > /dev/console; systemctl poweroff --no-block'
+ExecStart=/bin/sh -c 'if [ -e /dev/disk/by-label/config-2 ]; then for i in $$(seq 120); do [ -e /etc/ferrite-configdrive ] && break; sleep 1; done; fi; echo \"PROBE kernel=$(uname -r) usr=$(findmnt -no SOURCE /usr) root=$(findmnt -no SOURCE /) ro=$(findmnt -no OPTIONS /usr | cut -d, -f1) configdrive=$(cat /etc/ferrite-configdrive 2>/dev/null || echo -) multi_user=$(systemctl is-active multi-user.target)\" > /dev/console; systemctl poweroff --no-block'
 
 [Install]
 WantedBy=multi-user.target
@@ -310,6 +310,11 @@ fn qemu(disk: &Path, console: &Path) -> Command {
 
 /// QEMU booting `disk` with UEFI firmware only (no `-kernel`): OVMF finds EFI-SYSTEM.
 fn uefi_vm(work: &Path, disk: &Path, console: &Path) -> Vm {
+    uefi_vm_with(work, disk, console, None)
+}
+
+/// [`uefi_vm`], with a second disk (a config drive) when given.
+fn uefi_vm_with(work: &Path, disk: &Path, console: &Path, extra: Option<&Path>) -> Vm {
     let vars = work.join("OVMF_VARS.fd");
     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
         .expect("OVMF (scripts/install-deps.sh installs it)");
@@ -321,6 +326,17 @@ fn uefi_vm(work: &Path, disk: &Path, console: &Path) -> Vm {
         ])
         .arg("-drive")
         .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+        .args(
+            extra
+                .map(|d| {
+                    [
+                        "-drive".to_string(),
+                        format!("file={},if=virtio,format=raw,readonly=on", d.display()),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .spawn()
         .expect("starting qemu-system-x86_64"))
 }
@@ -344,12 +360,42 @@ fn wait_console(vm: &mut Vm, console: &Path, want: &str, secs: u64) -> Option<St
     }
 }
 
+/// A config drive as OpenStack made them (and CoreOS read them): a FAT filesystem labelled
+/// `config-2` with `openstack/latest/user_data`.
+fn config_drive(path: &Path, user_data: &str) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(8 << 20).unwrap();
+    let mut f = f;
+    fatfs::format_volume(
+        &mut f,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"config-2   "),
+    )
+    .unwrap();
+    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+    let dir = fs.root_dir().create_dir("openstack").unwrap();
+    let dir = dir.create_dir("latest").unwrap();
+    let mut ud = dir.create_file("user_data").unwrap();
+    std::io::Write::write_all(&mut ud, user_data.as_bytes()).unwrap();
+}
+
 /// The whole firmware path once: OVMF, systemd-boot, the selector (USR-A by the bits), its
-/// kexec into USR-A's kernel, and the same probe as the direct boot.
+/// kexec into USR-A's kernel, and the same probe as the direct boot — with a config drive,
+/// whose user-data the machine applies (CoreOS's `user-configdrive.service`).
 fn firmware_boot(work: &Path, disk: &Path, kernel: &str) {
     let console = work.join("uefi-console.log");
+    let drive = work.join("configdrive.img");
+    config_drive(
+        &drive,
+        "#cloud-config\nwrite_files:\n  - path: /etc/ferrite-configdrive\n    content: from-the-config-drive\n",
+    );
     let start = Instant::now();
-    let mut vm = uefi_vm(work, disk, &console);
+    let mut vm = uefi_vm_with(work, disk, &console, Some(&drive));
     let chose = wait_console(&mut vm, &console, "ferrite-boot-select: booting", 300);
     let chose_at = start.elapsed();
     let probe = wait_console(&mut vm, &console, "PROBE kernel=", 300);
@@ -368,6 +414,10 @@ fn firmware_boot(work: &Path, disk: &Path, kernel: &str) {
     );
     assert!(probe.contains("usr=/dev/vda3 "), "{probe}");
     assert!(probe.contains("ro=ro "), "{probe}");
+    assert!(
+        probe.contains("configdrive=from-the-config-drive "),
+        "the config drive's user-data was not applied: {probe}"
+    );
 }
 
 /// New attribute bits for a partition: (number, priority, tries, successful).

@@ -190,6 +190,13 @@ pub fn dist_files() -> Vec<DistFile> {
         unit!("user-cloudinit@.service"),
         unit!("user-cloudinit@.path"),
         unit!("user-cloudinit-proc-cmdline.service"),
+        unit!("media-configdrive.mount"),
+        unit!("user-configdrive.service"),
+        (
+            "usr/lib/udev/rules.d/90-configdrive.rules",
+            include_bytes!("../../../dist/udev/90-configdrive.rules"),
+            0o644,
+        ),
         unit!("ferrite-cgroup-rw.service"),
         unit!("sshd.socket"),
         unit!("sshd@.service"),
@@ -881,7 +888,10 @@ mod tests {
             .iter()
             .any(|(p, d, _)| *p == "usr/lib/systemd/system/etcd2.service" && !d.is_empty()));
         for (p, d, _) in &files {
-            if p.ends_with(".service") || p.ends_with(".target") || p.ends_with(".path") {
+            if [".service", ".target", ".path", ".mount"]
+                .iter()
+                .any(|s| p.ends_with(s))
+            {
                 systemd_unit::UnitFile::parse(std::str::from_utf8(d).unwrap())
                     .unwrap_or_else(|e| panic!("{p}: {e}"));
             }

@@ -24,8 +24,8 @@
 //! two agree on each step of the update lifecycle.
 //!
 //! Next (the real-boot issue): first-boot duties in the machine itself (the factory `/etc`
-//! and `/var`, machine ID, disk GUID, growing ROOT — done on the host today) and user-data
-//! from a config drive, so a standalone image is a whole Ferrite machine; `status` reading
+//! and `/var`, machine ID, disk GUID, growing ROOT — done on the host today), so a
+//! standalone image is a whole Ferrite machine (user-data from a config drive works); `status` reading
 //! the USR from the machine (`rootdev -s /usr`); the corrupted-GPT test on a QEMU machine
 //! (the rollback and good-update ones are in `tests/qemu_machines.rs`); QEMU numbers in the
 //! benchmark; GCE's metadata service.
