@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks that print numbers: machine image build, boot to etcd2 healthy, memory;
-# fleet on real machines (start to active, fleetd memory and CPU, etcd traffic, failover).
+# fleet on real machines (start to active, fleetd memory and CPU, etcd traffic, failover);
+# QEMU machines (boot to etcd2 healthy against a bare boot of the same kernel, the firmware
+# path, the image written out as raw and qcow2).
 # Needs root. Takes a few minutes (the cold image build runs debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,3 +10,4 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --workspace
 cargo bench --locked -p ferrite --bench machines
 cargo bench --locked -p ferrite --bench fleet
+cargo bench --locked -p ferrite --bench qemu
