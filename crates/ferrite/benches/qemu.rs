@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use common::{repo, secs, Env};
 use coreos_disk::Disk;
+use machine_launcher::{Host as _, RealHost};
 
 /// A unit on ROOT that says when the machine reached multi-user.target, then powers off.
 const PROBE: &str = "[Unit]\nDescription=Ferrite bench probe\nAfter=multi-user.target\n\n\
@@ -39,26 +40,16 @@ fn allocated_mib(p: &Path) -> u64 {
     (std::os::unix::fs::MetadataExt::blocks(&m) * 512) >> 20
 }
 
-/// Runs `mount -o OPTS,loop,offset,sizelimit` of partition `label` of `disk` on `dir`.
-fn mount(disk: &Path, label: &str, dir: &Path, opts: &str) {
+/// Mounts partition `label` of `disk` on `dir` (the launcher's own way).
+fn mount(disk: &Path, label: &str, dir: &Path, read_only: bool) {
     let p = Disk::open(disk).partition(label).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let st = Command::new("mount")
-        .arg("-o")
-        .arg(format!(
-            "{opts},loop,offset={},sizelimit={}",
-            p.offset(),
-            p.bytes()
-        ))
-        .arg(disk)
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting {label}");
+    RealHost
+        .mount_partition(disk, p.offset(), p.bytes(), dir, read_only)
+        .unwrap_or_else(|e| panic!("mounting {label}: {e}"));
 }
 
 fn umount(dir: &Path) {
-    let _ = Command::new("umount").arg(dir).status();
+    let _ = RealHost.unmount(dir);
 }
 
 /// Boots QEMU with `args` added, until the console shows `BENCH-UP` (or 600 s pass);
@@ -187,7 +178,7 @@ fn main() {
 
     // The baseline's kernel and initramfs (USR-A's), and the probe on ROOT.
     let usr = work.path().join("usr");
-    mount(&disk, "USR-A", &usr, "ro");
+    mount(&disk, "USR-A", &usr, true);
     let version = std::fs::read_dir(usr.join("lib/modules"))
         .unwrap()
         .flatten()
@@ -202,7 +193,7 @@ fn main() {
     std::fs::copy(version.join("initramfs.img"), &initrd).unwrap();
     umount(&usr);
     let root = work.path().join("root");
-    mount(&disk, "ROOT", &root, "rw");
+    mount(&disk, "ROOT", &root, false);
     let units = root.join("etc/systemd/system");
     std::fs::write(units.join("ferrite-bench-probe.service"), PROBE).unwrap();
     let wants = units.join("multi-user.target.wants");
