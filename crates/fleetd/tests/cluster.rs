@@ -19,6 +19,14 @@ use fleetd::engine::{run_engine, EngineConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Kills a role as a SIGKILL would, and waits until it is gone: `abort` only asks, and a
+/// task running on another worker thread goes on until its next await (an aborted engine
+/// once scheduled a unit after the test thought it dead).
+async fn kill(task: &mut JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
+}
+
 /// The roles' logs (debug and up), captured with the test's output: printed when it fails.
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -144,7 +152,7 @@ async fn units_are_placed_and_move_when_a_machine_dies() {
     logs();
     let store = MemoryStore::new();
     let reg = Arc::new(Registry::new(store.clone(), "/_coreos.com/fleet/"));
-    let nodes: Vec<Node> = ["m1", "m2", "m3"]
+    let mut nodes: Vec<Node> = ["m1", "m2", "m3"]
         .iter()
         .map(|id| start_node(&reg, id, 1))
         .collect();
@@ -181,9 +189,9 @@ async fn units_are_placed_and_move_when_a_machine_dies() {
         .target
         .clone()
         .unwrap();
-    let node = nodes.iter().find(|n| n.id == victim).unwrap();
-    node.agent.abort();
-    node.engine.abort();
+    let node = nodes.iter_mut().find(|n| n.id == victim).unwrap();
+    kill(&mut node.agent).await;
+    kill(&mut node.engine).await;
     let t = eventually(&reg, "hello.0 relaunched elsewhere", |jobs| {
         jobs.iter().any(|j| {
             j.name == "hello.0.service"
@@ -235,7 +243,7 @@ async fn a_new_leader_takes_over_when_the_engine_leader_dies() {
     logs();
     let store = MemoryStore::new();
     let reg = Arc::new(Registry::new(store.clone(), "/p/"));
-    let nodes: Vec<Node> = ["a", "b"]
+    let mut nodes: Vec<Node> = ["a", "b"]
         .iter()
         .map(|id| start_node(&reg, id, 1))
         .collect();
@@ -244,8 +252,8 @@ async fn a_new_leader_takes_over_when_the_engine_leader_dies() {
         .unwrap();
     eventually(&reg, "one launched", |j| launched_everywhere(j, 1)).await;
     let leader = reg.leader().await.unwrap().unwrap();
-    let node = nodes.iter().find(|n| n.id == leader).unwrap();
-    node.engine.abort();
+    let node = nodes.iter_mut().find(|n| n.id == leader).unwrap();
+    kill(&mut node.engine).await;
     // The dead engine's lease lapses; the other engine schedules new work.
     reg.create_unit("two.service", UNIT, JobState::Launched)
         .await
@@ -825,13 +833,13 @@ async fn a_pinned_unit_keeps_running_through_a_fleetd_restart() {
     let reg = Registry::new(store.clone(), "/p/");
     let other = start_member(&store, "other", 1, false);
     let units = SimManager::default();
-    let first = spawn_agent(&store, "pinnedhost", "", 1, units.clone());
+    let mut first = spawn_agent(&store, "pinnedhost", "", 1, units.clone());
     let pinned = format!("{UNIT}\n[X-Fleet]\nMachineID=pinnedhost\n");
     reg.create_unit("pinned.service", &pinned, JobState::Launched)
         .await
         .unwrap();
     eventually(&reg, "launched", |j| launched_everywhere(j, 1)).await;
-    first.abort();
+    kill(&mut first).await;
     eventually(&reg, "unscheduled after the lapse", |j| {
         j[0].target.is_none()
     })
@@ -865,7 +873,7 @@ async fn a_restarted_agent_never_clears_another_machines_job_state() {
     let reg = Registry::new(store.clone(), "/p/");
     let m2 = start_member(&store, "m2", 1, false);
     let units = SimManager::default();
-    let m1 = spawn_agent(&store, "m1", "role=web", 1, units.clone());
+    let mut m1 = spawn_agent(&store, "m1", "role=web", 1, units.clone());
     let on_web = format!("{UNIT}\n[X-Fleet]\nMachineMetadata=role=web\n");
     reg.create_unit("moving.service", &on_web, JobState::Launched)
         .await
@@ -882,7 +890,7 @@ async fn a_restarted_agent_never_clears_another_machines_job_state() {
             fencing: false,
         })
         .unwrap();
-    m1.abort();
+    kill(&mut m1).await;
     eventually(&reg, "moved to m2 and launched", |j| {
         launched_everywhere(j, 1) && j[0].target.as_deref() == Some("m2")
     })
