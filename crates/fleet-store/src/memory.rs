@@ -88,6 +88,8 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     requests: Arc<AtomicU64>,
     reachable: Arc<std::sync::atomic::AtomicBool>,
+    /// Prefix reads through this handle still to fail (see [`MemoryStore::fail_prefix_reads`]).
+    failing_reads: Arc<AtomicU64>,
 }
 
 impl Default for MemoryStore {
@@ -116,6 +118,7 @@ impl MemoryStore {
             inner,
             requests: Arc::new(AtomicU64::new(0)),
             reachable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            failing_reads: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -125,6 +128,7 @@ impl MemoryStore {
             inner: self.inner.clone(),
             requests: self.requests.clone(),
             reachable: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            failing_reads: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -132,6 +136,12 @@ impl MemoryStore {
     /// fails and every watch opened through it ends.
     pub fn set_reachable(&self, reachable: bool) {
         self.reachable.store(reachable, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` prefix reads through this handle (and its clones) fail as a cut
+    /// would, everything else going through: a failure at one exact step.
+    pub fn fail_prefix_reads(&self, n: u64) {
+        self.failing_reads.store(n, Ordering::SeqCst);
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> R<T> {
@@ -151,6 +161,12 @@ impl KvStore for MemoryStore {
     }
 
     async fn get_prefix(&self, prefix: &str) -> R<(Vec<KeyValue>, i64)> {
+        let fail = self
+            .failing_reads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if fail.is_ok() {
+            return Err(StoreError::CutOff);
+        }
         self.with(|i| {
             let kvs = i
                 .data

@@ -146,27 +146,71 @@ async fn register<S: KvStore>(
     me: &Machine,
     ttl: i64,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Option<(i64, tokio::time::Instant)>, Error> {
+) -> Option<(i64, tokio::time::Instant)> {
     let store = reg.store();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(ttl.max(1) as u64 + 2);
-    let mut warned = false;
+    let (mut warned, mut failing) = (false, false);
     loop {
         let sent = tokio::time::Instant::now();
-        let lease = store.grant_lease(ttl).await?;
-        if reg.register_machine(me, lease).await? {
-            return Ok(Some((lease, sent)));
-        }
-        store.revoke(lease).await?;
-        let late = tokio::time::Instant::now() >= deadline;
-        if late && !warned {
-            tracing::error!("{}; retrying", Error::DuplicateMachine(me.id.clone()));
-            warned = true;
-        }
-        let wait = Duration::from_millis(if late { 2000 } else { 200 });
+        let attempt = async {
+            let lease = store.grant_lease(ttl).await?;
+            if reg.register_machine(me, lease).await? {
+                return Ok::<_, Error>(Some(lease));
+            }
+            store.revoke(lease).await?;
+            Ok(None)
+        };
+        let wait = match attempt.await {
+            Ok(Some(lease)) => return Some((lease, sent)),
+            Ok(None) => {
+                let late = tokio::time::Instant::now() >= deadline;
+                if late && !warned {
+                    tracing::error!("{}; retrying", Error::DuplicateMachine(me.id.clone()));
+                    warned = true;
+                }
+                Duration::from_millis(if late { 2000 } else { 200 })
+            }
+            // etcd cannot be reached yet: keep trying, as after registering.
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(machine = %me.id, "registering: {e}; retrying");
+                }
+                MAX_BACKOFF
+            }
+        };
         tokio::select! {
-            _ = stop.changed() => return Ok(None),
+            _ = stop.changed() => return None,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// The first copy of the registry, once registered: tried again (the lease renewed
+/// meanwhile, as far as etcd answers) until it comes, or `None` when told to stop. An
+/// agent that could register but not yet read must not end: its machine would look alive
+/// with nobody tending its units.
+async fn first_cache<S: KvStore>(
+    reg: &Arc<Registry<S>>,
+    lease: i64,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<ClusterCache<S>> {
+    let mut wait = SETTLE;
+    loop {
+        match tokio::time::timeout(RESTART_LIMIT, ClusterCache::start(reg.clone())).await {
+            Ok(Ok(c)) => return Some(c),
+            Ok(Err(e)) => tracing::warn!("reading the registry: {e}; retrying in {wait:?}"),
+            Err(_) => tracing::warn!("reading the registry: no answer in {RESTART_LIMIT:?}"),
+        }
+        let _ = reg.store().keep_alive(lease).await;
+        tokio::select! {
+            _ = stop.changed() => {
+                // Never tended: leave no presence behind.
+                let _ = reg.store().revoke(lease).await;
+                return None;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 4).min(MAX_BACKOFF);
     }
 }
 
@@ -179,13 +223,15 @@ pub async fn run_reconfigurable_agent<S: KvStore, M: UnitManager>(
     ready: Option<watch::Sender<bool>>,
     mut reconfig: Option<watch::Receiver<Reconfig>>,
 ) -> Result<(), Error> {
-    let Some((lease, sent)) = register(&reg, &cfg.machine, cfg.ttl, &mut stop).await? else {
+    let Some((lease, sent)) = register(&reg, &cfg.machine, cfg.ttl, &mut stop).await else {
         return Ok(());
     };
     if let Some(r) = &ready {
         let _ = r.send(true);
     }
-    let cache = ClusterCache::start(reg.clone()).await?;
+    let Some(cache) = first_cache(&reg, lease, &mut stop).await else {
+        return Ok(());
+    };
     let agent = Agent::adopt(reg.clone(), &cfg, manager, &cache, lease, sent).await;
     let interval = |period| {
         let mut i = tokio::time::interval(period);
@@ -505,6 +551,85 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         None
+    }
+
+    /// An agent for machine `m1` on `view` (its store handle), with its simulated units.
+    fn spawn_agent(
+        view: &MemoryStore,
+        ttl: i64,
+    ) -> (
+        SimManager,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        let reg = Arc::new(Registry::new(view.clone(), "/p/"));
+        let units = SimManager::default();
+        let (stop_tx, stop) = watch::channel(false);
+        let cfg = AgentConfig {
+            machine: Machine {
+                id: "m1".into(),
+                public_ip: String::new(),
+                metadata: Default::default(),
+                version: "test".into(),
+            },
+            ttl,
+            resync: Duration::from_secs(60),
+            fencing: false,
+        };
+        let task = tokio::spawn(super::run_agent(reg, cfg, units.clone(), stop, None));
+        (units, stop_tx, task)
+    }
+
+    /// Schedules a plain unit on m1 by hand (there is no engine).
+    async fn schedule(store: &MemoryStore, name: &str) {
+        let admin = Registry::new(store.clone(), "/p/");
+        admin
+            .create_unit(name, PLAIN, JobState::Launched)
+            .await
+            .unwrap();
+        assert!(admin.schedule(name, "m1").await.unwrap());
+    }
+
+    /// An agent started while etcd cannot be reached waits for it and registers then (it
+    /// used to end at once with the error).
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_started_while_etcd_is_away_registers_when_it_comes() {
+        let store = MemoryStore::new();
+        let view = store.view();
+        view.set_reachable(false);
+        let (units, stop, task) = spawn_agent(&view, 4);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!task.is_finished(), "the agent gave up");
+        view.set_reachable(true);
+        schedule(&store, "late.service").await;
+        let start = Instant::now();
+        let runs = |r: &[String]| r == ["late.service"];
+        assert!(when(&units, start, Duration::from_secs(10), runs)
+            .await
+            .is_some());
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+
+    /// Registered, but the first read of the registry fails (a cut at that very moment):
+    /// the agent keeps trying, and its machine's units start once it reads (it used to end,
+    /// leaving its machine registered with nobody tending it).
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_whose_first_read_fails_keeps_trying() {
+        let store = MemoryStore::new();
+        let view = store.view();
+        view.fail_prefix_reads(3);
+        let (units, stop, task) = spawn_agent(&view, 4);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!task.is_finished(), "the agent gave up");
+        schedule(&store, "after.service").await;
+        let start = Instant::now();
+        let runs = |r: &[String]| r == ["after.service"];
+        assert!(when(&units, start, Duration::from_secs(10), runs)
+            .await
+            .is_some());
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     /// One agent (no engine: its units are scheduled by hand) on a store view it can be
