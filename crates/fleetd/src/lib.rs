@@ -40,9 +40,9 @@
 //! reached through zbus on fleetd's own runtime (no second executor); unit files are
 //! written on the blocking pool.
 //!
-//! Next: two rare failures of the cluster tests under load (45 runs, 2 failures: all units
-//! placed on one machine at TTL 1 s; an agent that never started a unit created after six
-//! short cuts) — the tests now capture the roles' debug logs, so the next failure says where
+//! Next: one rare failure of the cluster tests under heavy load, unexplained (all units
+//! placed on one machine at TTL 1 s, once in ~100 runs); the tests capture the roles'
+//! debug logs, so the next occurrence says where
 //! the agent and the engine stood; then the cost of a thousand units, about twice what
 //! systemd alone needs on a 2-core machine (`crates/ferrite/benches/fleet.rs`).
 
