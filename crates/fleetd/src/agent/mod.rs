@@ -1,7 +1,7 @@
 //! The agent role: keep this machine registered, and make its units match the schedule —
 //! the non-global units targeted here and the global units its metadata matches — through a
-//! [`UnitManager`] (systemd over D-Bus in a machine; [`SimManager`] in tests and
-//! benchmarks).
+//! [`UnitManager`] (systemd over D-Bus in a machine; `SimManager`, with the `test-support`
+//! feature, in tests and benchmarks).
 //!
 //! The parts, in reading order:
 //! - `run`: [`run_agent`]'s loop. Everything that can happen arrives as one closed `Event`
