@@ -3,8 +3,8 @@
 //! The pipeline, and where each step lives:
 //!
 //! 1. [`userdata`]: decompress gzip, classify (`#cloud-config`, `#!` script, Ignition, empty).
-//! 2. [`validate`]: the `-validate` rules with the original's messages (on the raw text).
-//! 3. [`substitute`]: `$public_ipv4` and friends on the raw text, quirks included.
+//! 2. [`validate`](mod@validate): the `-validate` rules with the original's messages (on the raw text).
+//! 3. [`substitute`](mod@substitute): `$public_ipv4` and friends on the raw text, quirks included.
 //! 4. [`yaml`] then [`config`]: parse with positions and YAML 1.1 scalars, decode into the
 //!    typed [`CloudConfig`] with the original's silent-drop semantics, following [`schema`].
 //! 5. [`apply`]: a [`apply::Plan`] in the original's order, then an all-or-nothing execution

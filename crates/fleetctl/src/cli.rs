@@ -64,7 +64,7 @@ pub struct GlobalFlags {
     /// `api` or `etcd`.
     #[arg(long, env = "FLEETCTL_DRIVER", allow_hyphen_values = true)]
     pub driver: Option<String>,
-    /// host[:port] of an SSH bastion to reach fleet through.
+    /// `host[:port]` of an SSH bastion to reach fleet through.
     #[arg(long, env = "FLEETCTL_TUNNEL", allow_hyphen_values = true)]
     pub tunnel: Option<String>,
     /// The user fleetctl connects to machines as.

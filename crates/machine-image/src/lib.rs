@@ -29,7 +29,7 @@
 //! dracut's systemd initramfs honours `mount.usr=`/`mount.usrflags=` as CoreOS's bootengine
 //! did: `root=LABEL=ROOT mount.usr=PARTUUID=<USR-A's GUID> mount.usrflags=ro` boots the disk.
 //!
-//! EFI-SYSTEM holds the disk's own boot path ([`esp`]): systemd-boot starts a selector
+//! EFI-SYSTEM holds the disk's own boot path (`esp.rs`): systemd-boot starts a selector
 //! (the image's kernel and a small initramfs) that chooses the USR by the GPT attributes and
 //! kexecs the kernel that USR carries — so the disk boots with UEFI firmware alone.
 //!
@@ -70,7 +70,7 @@ pub const PACKAGES: &[&str] = &[
 
 /// The kernel each USR carries, the initramfs builder (used at build time only: its
 /// files are removed from the image), and the UEFI loader EFI-SYSTEM starts
-/// (systemd-boot, see [`esp`]). Installed with apt after debootstrap, whose resolver
+/// (systemd-boot, see `esp.rs`). Installed with apt after debootstrap, whose resolver
 /// would pick initramfs-tools for the kernel and then fail on dracut.
 pub const KERNEL_PACKAGES: &[&str] = &["linux-image-cloud-amd64", "dracut", "systemd-boot-efi"];
 

@@ -1,5 +1,5 @@
 //! `ferrite up`: the cluster's state and switch, then every machine that does not run —
-//! its disk prepared ([`prepare`]), then started ([`start`]): network, cgroups (recorded,
+//! its disk prepared (`prepare`), then started (`start`): network, cgroups (recorded,
 //! then made), `ferrite __boot` → `systemd-nspawn --boot` — and waited for.
 
 use std::path::{Path, PathBuf};
