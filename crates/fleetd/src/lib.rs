@@ -41,7 +41,7 @@
 //! written on the blocking pool.
 //!
 //! Next: one rare failure of the cluster tests under heavy load, unexplained (all units
-//! placed on one machine at TTL 1 s, once in about a hundred runs); the tests capture the
+//! placed on one machine at TTL 1 s, once, not seen in the 104 runs since); the tests capture the
 //! roles' debug logs, so the next occurrence says where the agent and the engine stood.
 //! Then the cost of a thousand units, about twice what systemd alone needs on a 2-core
 //! machine (`crates/ferrite/benches/fleet.rs`).
