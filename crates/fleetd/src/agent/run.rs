@@ -580,14 +580,32 @@ mod tests {
         (units, stop_tx, task)
     }
 
-    /// Schedules a plain unit on m1 by hand (there is no engine).
-    async fn schedule(store: &MemoryStore, name: &str) {
+    /// Schedules a unit on m1 by hand (there is no engine).
+    async fn schedule(store: &MemoryStore, name: &str, text: &str) {
         let admin = Registry::new(store.clone(), "/p/");
         admin
-            .create_unit(name, PLAIN, JobState::Launched)
+            .create_unit(name, text, JobState::Launched)
             .await
             .unwrap();
         assert!(admin.schedule(name, "m1").await.unwrap());
+    }
+
+    /// Schedules a plain unit `name`, waits (at most 10 s) until the agent runs it, then
+    /// stops the agent, which must end cleanly.
+    async fn runs_then_stops(
+        store: &MemoryStore,
+        name: &str,
+        units: &SimManager,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        schedule(store, name, PLAIN).await;
+        let runs = |r: &[String]| r == [name];
+        assert!(when(units, Instant::now(), Duration::from_secs(10), runs)
+            .await
+            .is_some());
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     /// An agent started while etcd cannot be reached waits for it and registers then (it
@@ -601,14 +619,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(!task.is_finished(), "the agent gave up");
         view.set_reachable(true);
-        schedule(&store, "late.service").await;
-        let start = Instant::now();
-        let runs = |r: &[String]| r == ["late.service"];
-        assert!(when(&units, start, Duration::from_secs(10), runs)
-            .await
-            .is_some());
-        stop.send(true).unwrap();
-        task.await.unwrap().unwrap();
+        runs_then_stops(&store, "late.service", &units, stop, task).await;
     }
 
     /// Registered, but the first read of the registry fails (a cut at that very moment):
@@ -622,14 +633,7 @@ mod tests {
         let (units, stop, task) = spawn_agent(&view, 4);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!task.is_finished(), "the agent gave up");
-        schedule(&store, "after.service").await;
-        let start = Instant::now();
-        let runs = |r: &[String]| r == ["after.service"];
-        assert!(when(&units, start, Duration::from_secs(10), runs)
-            .await
-            .is_some());
-        stop.send(true).unwrap();
-        task.await.unwrap().unwrap();
+        runs_then_stops(&store, "after.service", &units, stop, task).await;
     }
 
     /// One agent (no engine: its units are scheduled by hand) on a store view it can be
@@ -640,35 +644,9 @@ mod tests {
     async fn fenced_units_stop_at_half_the_ttl_and_start_again_on_recovery() {
         let store = MemoryStore::new();
         let view = store.view();
-        let reg = Arc::new(Registry::new(view.clone(), "/p/"));
-        let units = SimManager::default();
-        let (stop_tx, stop) = watch::channel(false);
-        let cfg = AgentConfig {
-            machine: Machine {
-                id: "m1".into(),
-                public_ip: String::new(),
-                metadata: Default::default(),
-                version: "test".into(),
-            },
-            ttl: 4,
-            resync: Duration::from_secs(60),
-            fencing: false,
-        };
-        let agent = tokio::spawn(super::run_agent(
-            reg.clone(),
-            cfg,
-            units.clone(),
-            stop,
-            None,
-        ));
-        let admin = Registry::new(store.clone(), "/p/");
-        for (name, text) in [("plain.service", PLAIN), ("fenced.service", FENCED)] {
-            admin
-                .create_unit(name, text, JobState::Launched)
-                .await
-                .unwrap();
-            assert!(admin.schedule(name, "m1").await.unwrap());
-        }
+        let (units, stop_tx, agent) = spawn_agent(&view, 4);
+        schedule(&store, "plain.service", PLAIN).await;
+        schedule(&store, "fenced.service", FENCED).await;
         let start = Instant::now();
         let both = |r: &[String]| r == ["fenced.service", "plain.service"];
         assert!(when(&units, start, Duration::from_secs(5), both)
