@@ -353,6 +353,23 @@ impl EtcdStore {
         }
     }
 
+    /// One transaction: `ops` if `guard` holds; whether it did. A failure names `op` and
+    /// `key`.
+    async fn guarded(
+        &self,
+        op: &'static str,
+        key: &str,
+        guard: Compare,
+        ops: Vec<TxnOp>,
+    ) -> R<bool> {
+        let (at, mut client) = self.pick();
+        let r = client
+            .txn(Txn::new().when([guard]).and_then(ops))
+            .await
+            .map_err(self.err_at(at, op, key))?;
+        Ok(r.succeeded())
+    }
+
     /// A request to member `at` without an answer in time: that member is failed over
     /// from too.
     fn timed_out_at(&self, at: usize, op: &'static str, key: &str) -> StoreError {
@@ -419,16 +436,10 @@ impl KvStore for EtcdStore {
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, lease: Option<i64>) -> R<bool> {
-        let (at, mut client) = self.pick();
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, opts)]);
-        let r = client
-            .txn(txn)
+        let guard = Compare::create_revision(key, CompareOp::Equal, 0);
+        self.guarded("create", key, guard, vec![TxnOp::put(key, value, opts)])
             .await
-            .map_err(self.err_at(at, "create", key))?;
-        Ok(r.succeeded())
     }
 
     async fn create_many(&self, kvs: Vec<(String, Vec<u8>)>) -> R<Vec<bool>> {
@@ -466,54 +477,26 @@ impl KvStore for EtcdStore {
         value: Vec<u8>,
         also: Vec<(String, Vec<u8>)>,
     ) -> R<bool> {
-        let (at, mut client) = self.pick();
         let mut ops = vec![TxnOp::put(key, value, None)];
         ops.extend(also.into_iter().map(|(k, v)| TxnOp::put(k, v, None)));
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then(ops);
-        let r = client
-            .txn(txn)
-            .await
-            .map_err(self.err_at(at, "create", key))?;
-        Ok(r.succeeded())
+        let guard = Compare::create_revision(key, CompareOp::Equal, 0);
+        self.guarded("create", key, guard, ops).await
     }
 
     async fn put_many_if_exists(&self, guard: &str, kvs: Vec<(String, Vec<u8>)>) -> R<bool> {
-        let (at, mut client) = self.pick();
-        let ops: Vec<TxnOp> = kvs
+        let key = kvs.first().map_or(guard, |(k, _)| k.as_str()).to_string();
+        let ops = kvs
             .into_iter()
             .map(|(k, v)| TxnOp::put(k, v, None))
             .collect();
-        let txn = Txn::new()
-            .when([Compare::create_revision(guard, CompareOp::Greater, 0)])
-            .and_then(ops);
-        let r = client
-            .txn(txn)
-            .await
-            .map_err(self.err_at(at, "put", guard))?;
-        Ok(r.succeeded())
+        let exists = Compare::create_revision(guard, CompareOp::Greater, 0);
+        self.guarded("put", &key, exists, ops).await
     }
 
     async fn delete_if_revision(&self, key: &str, mod_revision: i64) -> R<bool> {
-        let (at, mut client) = self.pick();
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
-            .and_then([TxnOp::delete(key, None)]);
-        let r = client
-            .txn(txn)
+        let guard = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
+        self.guarded("delete", key, guard, vec![TxnOp::delete(key, None)])
             .await
-            .map_err(self.err_at(at, "delete", key))?;
-        Ok(r.succeeded())
-    }
-
-    async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
-        let (at, mut client) = self.pick();
-        let txn = Txn::new()
-            .when([Compare::create_revision(guard, CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(key, value, None)]);
-        let r = client.txn(txn).await.map_err(self.err_at(at, "put", key))?;
-        Ok(r.succeeded())
     }
 
     async fn delete(&self, key: &str) -> R<()> {
@@ -526,15 +509,9 @@ impl KvStore for EtcdStore {
     }
 
     async fn delete_if_value(&self, key: &str, expected: &[u8]) -> R<bool> {
-        let (at, mut client) = self.pick();
-        let txn = Txn::new()
-            .when([Compare::value(key, CompareOp::Equal, expected.to_vec())])
-            .and_then([TxnOp::delete(key, None)]);
-        let r = client
-            .txn(txn)
+        let guard = Compare::value(key, CompareOp::Equal, expected.to_vec());
+        self.guarded("delete", key, guard, vec![TxnOp::delete(key, None)])
             .await
-            .map_err(self.err_at(at, "delete", key))?;
-        Ok(r.succeeded())
     }
 
     async fn delete_prefix(&self, prefix: &str) -> R<()> {

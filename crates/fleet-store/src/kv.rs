@@ -192,7 +192,9 @@ pub trait KvStore: Clone + Send + Sync + 'static {
         guard: &str,
         key: &str,
         value: Vec<u8>,
-    ) -> impl Future<Output = R<bool>> + Send;
+    ) -> impl Future<Output = R<bool>> + Send {
+        self.put_many_if_exists(guard, vec![(key.to_string(), value)])
+    }
     /// Deletes a key.
     fn delete(&self, key: &str) -> impl Future<Output = R<()>> + Send;
     /// Deletes a key only if its value is `expected`; returns whether it did so.

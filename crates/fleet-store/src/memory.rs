@@ -247,16 +247,6 @@ impl KvStore for MemoryStore {
         })
     }
 
-    async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
-        self.with(|i| {
-            if !i.data.contains_key(guard) {
-                return false;
-            }
-            i.set(key, value, 0);
-            true
-        })
-    }
-
     async fn delete(&self, key: &str) -> R<()> {
         self.with(|i| i.remove(key))
     }

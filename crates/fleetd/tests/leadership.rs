@@ -70,9 +70,6 @@ impl KvStore for Faulty {
     async fn create_many(&self, kvs: Vec<(String, Vec<u8>)>) -> R<Vec<bool>> {
         self.inner.create_many(kvs).await
     }
-    async fn put_if_exists(&self, guard: &str, key: &str, value: Vec<u8>) -> R<bool> {
-        self.inner.put_if_exists(guard, key, value).await
-    }
     async fn create_with(
         &self,
         key: &str,
