@@ -140,8 +140,12 @@ pub fn find_disk(sys_block: &Path, dev: &Path) -> Option<PathBuf> {
         .collect();
     names.sort();
     names.into_iter().map(|n| dev.join(n)).find(|path| {
-        let disk = Disk::open(path);
-        disk.partition("USR-A").is_ok() && disk.partition("USR-B").is_ok()
+        // One read of the GPT per disk.
+        Disk::open(path).partitions().is_ok_and(|parts| {
+            ["USR-A", "USR-B"]
+                .iter()
+                .all(|l| parts.iter().any(|p| p.label == *l))
+        })
     })
 }
 

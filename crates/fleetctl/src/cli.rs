@@ -347,10 +347,8 @@ fn go_args(cmd: &clap::Command, args: &[String]) -> Vec<String> {
 /// did.
 pub fn parse<T: clap::Parser>(args: &[String]) -> Result<T, Failure> {
     let cmd = T::command();
-    let matches = cmd
-        .clone()
-        .try_get_matches_from(go_args(&cmd, args))
-        .map_err(go_error)?;
+    let args = go_args(&cmd, args);
+    let matches = cmd.try_get_matches_from(args).map_err(go_error)?;
     T::from_arg_matches(&matches).map_err(go_error)
 }
 
