@@ -136,6 +136,9 @@ pub struct AgentConfig {
     pub fencing: bool,
 }
 
+/// The units meant to run on this machine: name → (state, hash, text).
+type Desired = BTreeMap<String, (JobState, UnitHash, String)>;
+
 /// One unit as this agent has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Local {
@@ -311,12 +314,7 @@ impl<S: KvStore, M: UnitManager> Agent<S, M> {
     /// (re)registering, a unit that is merely unscheduled (not moved elsewhere, not
     /// destroyed, not meant to be inactive) stays; the engine is about to place it, likely
     /// here again (a pinned unit always).
-    fn held(
-        &self,
-        cache: &ClusterCache<S>,
-        desired: &BTreeMap<String, (JobState, UnitHash, String)>,
-        name: &str,
-    ) -> bool {
+    fn held(&self, cache: &ClusterCache<S>, desired: &Desired, name: &str) -> bool {
         let holding = self.presence.holding();
         holding
             && !desired.contains_key(name)

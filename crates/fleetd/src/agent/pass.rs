@@ -7,7 +7,7 @@ use fleet_model::{JobState, Machine};
 use fleet_store::{ClusterCache, KvStore, UnitState};
 use systemd_unit::fleet::UnitHash;
 
-use super::{requirements, Agent, Local, UnitManager, START_CHUNK};
+use super::{requirements, Agent, Desired, Local, UnitManager, START_CHUNK};
 use crate::Error;
 
 /// The tasks of one pass, in fleet's order: unload, load, reload, stop, start.
@@ -22,9 +22,6 @@ pub struct Tasks {
     /// Units to start.
     pub start: Vec<String>,
 }
-
-/// The units meant to run on this machine: name → (state, hash, text).
-type Desired = BTreeMap<String, (JobState, UnitHash, String)>;
 
 /// How `desired` wants `name` now (a failure stands only while this is unchanged).
 fn wanted(desired: &Desired, name: &str) -> Option<(JobState, UnitHash)> {
@@ -62,10 +59,7 @@ impl Took {
 }
 
 /// fleet's `calculateTasksForUnit`, for every unit at once.
-fn tasks(
-    desired: &BTreeMap<String, (JobState, UnitHash, String)>,
-    current: &BTreeMap<String, Local>,
-) -> Tasks {
+fn tasks(desired: &Desired, current: &BTreeMap<String, Local>) -> Tasks {
     let mut t = Tasks::default();
     for (name, cur) in current {
         match desired.get(name) {
