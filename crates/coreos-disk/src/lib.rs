@@ -496,23 +496,194 @@ impl Disk {
         self.write_gpt(&mut f, &mut gpt)
     }
 
+    /// CoreOS's `cgpt resize` (what `extend-filesystems` runs on ROOT): moves the backup GPT
+    /// to the end of a disk that has grown, then grows partition `number` to the last usable
+    /// sector if at least 2 MiB would be gained. Returns the partition's new size in
+    /// sectors when it grew; `None` when it was left as it was (the backup header may still
+    /// have moved).
+    pub fn grow_to_end(&self, number: u32) -> Result<Option<u64>, Error> {
+        const MIN_GAIN: u64 = (2 << 20) / SECTOR;
+        let (mut f, mut gpt) = self.read_gpt(true)?;
+        let moved = {
+            let before = (gpt.header.backup_lba, gpt.header.last_usable_lba);
+            gpt.header
+                .update_from(&mut f, SECTOR)
+                .map_err(self.gpt_err())?;
+            before != (gpt.header.backup_lba, gpt.header.last_usable_lba)
+        };
+        let last = gpt.header.last_usable_lba;
+        let used_after = |start: u64| {
+            gpt.iter()
+                .filter(|(_, e)| e.is_used() && e.starting_lba > start)
+                .map(|(_, e)| e.starting_lba)
+                .min()
+        };
+        let entry = gpt
+            .iter()
+            .find(|(n, e)| *n == number && e.is_used())
+            .map(|(_, e)| (e.starting_lba, e.ending_lba))
+            .ok_or_else(|| Error::NoPartition {
+                path: self.path.clone(),
+                what: number.to_string(),
+            })?;
+        // A partition followed by another cannot grow over it.
+        let end = used_after(entry.0).map_or(last, |next| next - 1).min(last);
+        let grown = if end >= entry.1 + MIN_GAIN {
+            if let Some(e) = entry_mut(&mut gpt, number) {
+                e.ending_lba = end;
+            }
+            Some(end + 1 - entry.0)
+        } else {
+            None
+        };
+        if moved || grown.is_some() {
+            self.write_gpt(&mut f, &mut gpt)?;
+            GPT::write_protective_mbr_into(&mut f, SECTOR).map_err(self.gpt_err())?;
+            f.sync_all().map_err(self.io())?;
+        }
+        Ok(grown)
+    }
+
+    /// The size in bytes of the ext2/3/4 filesystem in partition `p` (its superblock's
+    /// block count times its block size).
+    pub fn ext_bytes(&self, p: &Partition) -> Result<u64, Error> {
+        ext_bytes_at(&self.path, p.offset()).map_err(|e| match e {
+            Error::NotExt { path, .. } => Error::NotExt {
+                path,
+                number: p.number,
+            },
+            e => e,
+        })
+    }
+
+    fn ext_superblock(&self, p: &Partition) -> Result<[u8; 0x158], Error> {
+        ext_superblock_at(&self.path, p.offset()).map_err(|e| match e {
+            Error::NotExt { path, .. } => Error::NotExt {
+                path,
+                number: p.number,
+            },
+            e => e,
+        })
+    }
+
     /// The UUID of the ext2/3/4 filesystem in partition `p` (identifies a `/usr` build).
     pub fn ext_uuid(&self, p: &Partition) -> Result<Uuid, Error> {
-        let mut f = File::open(&self.path).map_err(self.io())?;
-        let mut sb = [0u8; 0x78];
-        f.seek(SeekFrom::Start(p.offset() + 1024))
-            .map_err(self.io())?;
-        f.read_exact(&mut sb).map_err(self.io())?;
-        if sb[0x38..0x3a] != [0x53, 0xef] {
-            return Err(Error::NotExt {
-                path: self.path.clone(),
-                number: p.number,
-            });
-        }
+        let sb = self.ext_superblock(p)?;
         let mut id = [0u8; 16];
         id.copy_from_slice(&sb[0x68..0x78]);
         Ok(Uuid::from_bytes(id))
     }
+}
+
+/// Copies the image `src` to `dst` (created or truncated), keeping its holes: only the
+/// data extents (`SEEK_DATA`/`SEEK_HOLE`) are copied, with `copy_file_range` where the
+/// filesystem allows it. It runs in the calling process, so a caller that is killed takes
+/// the copy with it. Returns the bytes of data copied.
+pub fn copy_sparse(src: &Path, dst: &Path) -> Result<u64, Error> {
+    use rustix::fs::SeekFrom as Seek;
+    let src_err = |source: std::io::Error| Error::Io {
+        path: src.to_path_buf(),
+        source,
+    };
+    let dst_err = |source: std::io::Error| Error::Io {
+        path: dst.to_path_buf(),
+        source,
+    };
+    let from = File::open(src).map_err(src_err)?;
+    let len = from.metadata().map_err(src_err)?.len();
+    let to = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)
+        .map_err(dst_err)?;
+    to.set_len(len).map_err(dst_err)?;
+    let mut copied = 0;
+    let mut at = 0;
+    while at < len {
+        let start = match rustix::fs::seek(&from, Seek::Data(at)) {
+            Ok(p) => p,
+            // No data after `at`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(src_err(e.into())),
+        };
+        let end = rustix::fs::seek(&from, Seek::Hole(start)).map_err(|e| src_err(e.into()))?;
+        copy_range(&from, &to, start, end).map_err(|e| match e {
+            (true, e) => src_err(e),
+            (false, e) => dst_err(e),
+        })?;
+        copied += end - start;
+        at = end;
+    }
+    to.sync_all().map_err(dst_err)?;
+    Ok(copied)
+}
+
+/// Copies bytes `start..end` of `from` to the same offsets of `to`; an error says whether
+/// it was the source's (`true`) or the destination's.
+fn copy_range(from: &File, to: &File, start: u64, end: u64) -> Result<(), (bool, std::io::Error)> {
+    use std::os::unix::fs::FileExt;
+    let (mut pos_in, mut pos_out) = (start, start);
+    while pos_in < end {
+        let want = usize::try_from((end - pos_in).min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::copy_file_range(from, Some(&mut pos_in), to, Some(&mut pos_out), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            // Across filesystems on old kernels, or where the filesystem will not: by hand.
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL,
+            ) => {
+                let mut buf = vec![0u8; 1 << 20];
+                while pos_in < end {
+                    let n =
+                        usize::try_from((end - pos_in).min(buf.len() as u64)).unwrap_or(buf.len());
+                    from.read_exact_at(&mut buf[..n], pos_in)
+                        .map_err(|e| (true, e))?;
+                    to.write_all_at(&buf[..n], pos_in).map_err(|e| (false, e))?;
+                    pos_in += n as u64;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err((false, e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// The size in bytes of the ext2/3/4 filesystem at byte `offset` of `path` (a disk, or 0 on
+/// a partition's own device): its superblock's block count times its block size.
+pub fn ext_bytes_at(path: &Path, offset: u64) -> Result<u64, Error> {
+    let sb = ext_superblock_at(path, offset)?;
+    let u32_at = |o: usize| u64::from(u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]));
+    // INCOMPAT_64BIT: the block count has a high half.
+    let blocks_hi = if u32_at(0x60) & 0x80 != 0 {
+        u32_at(0x150)
+    } else {
+        0
+    };
+    let blocks = (blocks_hi << 32) | u32_at(0x04);
+    Ok(blocks << (10 + u32_at(0x18).min(6)))
+}
+
+fn ext_superblock_at(path: &Path, offset: u64) -> Result<[u8; 0x158], Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let mut sb = [0u8; 0x158];
+    f.seek(SeekFrom::Start(offset + 1024)).map_err(io)?;
+    f.read_exact(&mut sb).map_err(io)?;
+    if sb[0x38..0x3a] != [0x53, 0xef] {
+        return Err(Error::NotExt {
+            path: path.to_path_buf(),
+            number: 0,
+        });
+    }
+    Ok(sb)
 }
 
 fn entry_mut(gpt: &mut GPT, number: u32) -> Option<&mut GPTPartitionEntry> {
@@ -538,6 +709,7 @@ fn partitions_of(gpt: &GPT) -> Vec<Partition> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -604,6 +776,111 @@ mod tests {
         disk.set_disk_guid(g).unwrap();
         assert_eq!(disk.disk_guid().unwrap(), g);
         assert!(parts.iter().all(|p| p.start % ALIGN == 0));
+    }
+
+    /// A disk that grew (a bigger cloud volume, `qemu-img resize`): the backup GPT moves to
+    /// the new end and ROOT, the last partition, grows to it; a second call changes nothing;
+    /// a partition with another after it never grows.
+    #[test]
+    fn grow_to_end_moves_the_backup_and_grows_the_last_partition() {
+        let (_d, disk) = disk();
+        let n = disk.partition("ROOT").unwrap().number;
+        // The image is rounded up to a whole number of cylinders: ROOT takes the slack.
+        assert!(disk.grow_to_end(n).unwrap().is_some());
+        let root = disk.partition("ROOT").unwrap();
+        assert_eq!(disk.grow_to_end(n).unwrap(), None, "nothing to gain");
+        let before = disk.sectors().unwrap();
+        let f = OpenOptions::new().write(true).open(disk.path()).unwrap();
+        f.set_len((before + 65_536) * SECTOR).unwrap();
+        drop(f);
+        // A few sectors more than the GPT needs is not worth a resize (CoreOS: 2 MiB).
+        let usr = disk.partition("USR-A").unwrap();
+        assert_eq!(
+            disk.grow_to_end(usr.number).unwrap(),
+            None,
+            "USR-A has ROOT after it"
+        );
+        let grown = disk.grow_to_end(root.number).unwrap().unwrap();
+        assert_eq!(grown, root.sectors + 65_536);
+        let after = disk.partition("ROOT").unwrap();
+        assert_eq!(after.start, root.start);
+        assert_eq!(
+            after.start + after.sectors,
+            before + 65_536 - 33,
+            "to the last usable sector"
+        );
+        assert_eq!(disk.grow_to_end(root.number).unwrap(), None);
+        // The backup header is at the new last sector, and the table reads from it alone.
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(disk.path())
+            .unwrap();
+        let mut sig = [0u8; 8];
+        f.seek(SeekFrom::Start((before + 65_536 - 1) * SECTOR))
+            .unwrap();
+        f.read_exact(&mut sig).unwrap();
+        assert_eq!(&sig, b"EFI PART");
+        f.seek(SeekFrom::Start(SECTOR)).unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
+        drop(f);
+        assert_eq!(disk.partition("ROOT").unwrap().sectors, grown);
+        assert!(disk.grow_to_end(99).is_err());
+    }
+
+    /// The copy has the image's bytes and its holes: a disk of a few MiB of data in a much
+    /// bigger file stays small.
+    #[test]
+    fn sparse_copies_keep_data_and_holes() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let (d, disk) = disk();
+        let f = OpenOptions::new().write(true).open(disk.path()).unwrap();
+        f.set_len(1 << 30).unwrap();
+        f.write_all_at(b"middle", 300 << 20).unwrap();
+        f.write_all_at(b"end", (1 << 30) - 3).unwrap();
+        drop(f);
+        let copy = d.path().join("copy.img");
+        std::fs::write(&copy, vec![7u8; 1 << 20]).unwrap();
+        let copied = copy_sparse(disk.path(), &copy).unwrap();
+        assert!(copied < 8 << 20, "{copied} bytes copied");
+        assert_eq!(
+            std::fs::read(&copy).unwrap(),
+            std::fs::read(disk.path()).unwrap()
+        );
+        let m = std::fs::metadata(&copy).unwrap();
+        assert_eq!(m.len(), 1 << 30);
+        assert!(
+            m.blocks() * 512 < 16 << 20,
+            "holes kept: {} blocks",
+            m.blocks()
+        );
+        assert!(matches!(
+            copy_sparse(&d.path().join("nope"), &copy),
+            Err(Error::Io { path, .. }) if path.ends_with("nope")
+        ));
+    }
+
+    /// The filesystem's size and UUID as `mkfs.ext4` made them, read from its superblock.
+    #[test]
+    fn ext_superblock_reads_size_and_uuid() {
+        let (_d, disk) = disk();
+        let root = disk.partition("ROOT").unwrap();
+        assert!(matches!(
+            disk.ext_bytes(&root),
+            Err(Error::NotExt { number, .. }) if number == root.number
+        ));
+        let id = Uuid::new_v4();
+        let kib = root.bytes() / 1024 / 2;
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-F", "-q", "-b", "4096", "-U", &id.to_string(), "-E"])
+            .arg(format!("offset={}", root.offset()))
+            .arg(disk.path())
+            .arg(format!("{kib}k"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(disk.ext_bytes(&root).unwrap(), kib * 1024);
+        assert_eq!(disk.ext_uuid(&root).unwrap(), id);
     }
 
     /// coreos/grub's gptprio test, vector 1 (partitions 3 and 4 here).

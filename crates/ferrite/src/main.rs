@@ -209,6 +209,7 @@ fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
             "cgpt",
             "rootdev",
             "ferrite-boot-select",
+            "ferrite-first-boot",
         ]
         .iter()
         .map(|b| (b.to_string(), dir.join(b)))

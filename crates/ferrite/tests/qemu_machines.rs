@@ -58,6 +58,32 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
     );
     assert_eq!(lines[1], "core-01");
     assert!(lines[2].starts_with("/dev/vda3 ro"), "{out}");
+    // First boot was the machine's own (its initramfs): the launcher only provisioned
+    // ROOT, yet `/etc` has the factory defaults, the machine ID is the one the launcher
+    // gave as the system UUID, core owns its home, and the disk has a GUID of its own.
+    let (code, out) = c.sh(
+        "core-01",
+        "cat /etc/machine-id; stat -c %U /home/core; test -s /etc/passwd && echo passwd; \
+         readlink /var/lib/dbus/machine-id; journalctl -b -o cat -t ferrite-first-boot | head -3",
+    );
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        json["machines"][0]["machine_id"].as_str().unwrap(),
+        "{out}"
+    );
+    assert_eq!(&lines[1..4], ["core", "passwd", "/etc/machine-id"], "{out}");
+    assert!(
+        out.contains("ROOT set up from /usr/share/factory") && out.contains("own disk GUID"),
+        "the initramfs's first boot is not in the journal: {out}"
+    );
+    assert_ne!(
+        coreos_disk::Disk::open(&c.machine_dir("core-01").join("disk.img"))
+            .disk_guid()
+            .unwrap(),
+        coreos_disk::PLACEHOLDER_DISK_GUID
+    );
     // The chapter: etcd2, fleet, docker with its TCP socket.
     c.sh_until(
         "core-01",

@@ -4,11 +4,13 @@
 //! machine. A probe unit added to ROOT prints what the machine sees on the serial console,
 //! then powers it off. Needs root, QEMU and the packages `scripts/install-deps.sh` installs.
 //!
-//! The disk is one a `ferrite up` machine was made and booted from (first boot done on the
-//! host, as the launcher does today). The same disk then boots through its own firmware
-//! path — OVMF (UEFI), systemd-boot on EFI-SYSTEM, the selector choosing the USR by the GPT
-//! bits and kexecing its kernel — and the selector's choices are checked, step by step of
-//! the update lifecycle, against `gptprio_next` (what the QEMU driver's supervisor runs).
+//! The disk is one a `ferrite up` machine was made and booted from (an nspawn machine: first
+//! boot done from the host). The same disk then boots through its own firmware path — OVMF
+//! (UEFI), systemd-boot on EFI-SYSTEM, the selector choosing the USR by the GPT bits and
+//! kexecing its kernel — and the selector's choices are checked, step by step of the update
+//! lifecycle, against `gptprio_next` (what the QEMU driver's supervisor runs). Before that,
+//! the raw image `ferrite image build` writes boots standalone through the same path, on a
+//! bigger disk, its first boot entirely its own.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -69,6 +71,20 @@ impl Drop for Mounted {
 /// QEMU, killed by PID when the test ends however it ends.
 struct Vm(std::process::Child);
 
+impl Vm {
+    /// Waits up to `secs` for QEMU to end; whether it did.
+    fn wait_timeout_secs(&mut self, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.0.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -89,7 +105,7 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
     let kernel = meta["kernel"].as_str().unwrap().to_string();
 
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
-    images_for_real_machines(&c, work.path(), &meta);
+    let raw = images_for_real_machines(&c, work.path(), &meta);
     let disk = work.path().join("disk.img");
     let st = Command::new("cp")
         .arg("--sparse=always")
@@ -185,7 +201,8 @@ fn the_disk_boots_its_own_kernel_with_usr_from_usr_a() {
     // itself is up.
     assert!(probe.ends_with("multi_user=active"), "{probe}");
 
-    firmware_boot(work.path(), &disk, &kernel);
+    firmware_boot(work.path(), &raw, &kernel);
+    std::fs::remove_file(&raw).unwrap();
     lifecycle_by_firmware(work.path(), &disk);
     corrupted_gpt_by_firmware(work.path(), &disk);
 }
@@ -238,7 +255,8 @@ fn corrupted_gpt_by_firmware(work: &Path, disk: &Path) {
 }
 
 /// `ferrite image build --format raw|qcow2`: the cached image written out, whole.
-fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) {
+/// Returns the raw image, for the standalone boot.
+fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) -> PathBuf {
     let bytes = meta["disk_bytes"].as_u64().unwrap();
     let raw = work.join("ferrite.bin");
     // `image` is no cluster command: run without `--cluster`.
@@ -269,7 +287,6 @@ fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) 
     std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(esp.offset())).unwrap();
     std::io::Read::read_exact(&mut f, &mut boot).unwrap();
     assert_eq!(&boot[82..90], b"FAT32   ", "EFI-SYSTEM is FAT32");
-    std::fs::remove_file(&raw).unwrap();
     let qcow = work.join("ferrite.qcow2");
     image("qcow2", &qcow);
     let info = Command::new("qemu-img")
@@ -281,6 +298,7 @@ fn images_for_real_machines(c: &Cluster, work: &Path, meta: &serde_json::Value) 
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"].as_u64(), Some(bytes));
     std::fs::remove_file(&qcow).unwrap();
+    raw
 }
 
 /// QEMU (TCG) with `disk` on virtio, the serial console to `console`, no network; a reset
@@ -384,15 +402,42 @@ fn config_drive(path: &Path, user_data: &str) {
     std::io::Write::write_all(&mut ud, user_data.as_bytes()).unwrap();
 }
 
-/// The whole firmware path once: OVMF, systemd-boot, the selector (USR-A by the bits), its
-/// kexec into USR-A's kernel, and the same probe as the direct boot — with a config drive,
-/// whose user-data the machine applies (CoreOS's `user-configdrive.service`).
+/// What the standalone machine's probe prints (from the config drive's user-data).
+const STANDALONE_PROBE: &str = r#"#!/bin/sh
+root=$(findmnt -no SOURCE /)
+echo "PROBE kernel=$(uname -r) usr=$(findmnt -no SOURCE /usr) root=$root ro=$(findmnt -no OPTIONS /usr | cut -d, -f1) configdrive=$(cat /etc/ferrite-configdrive) machine_id=$(cat /etc/machine-id) home=$(stat -c %U /home/core) part_bytes=$(lsblk -bdno SIZE $root) fs_bytes=$(df -B1 --output=size / | tail -1 | tr -d ' ') end" > /dev/console
+systemctl poweroff --no-block
+"#;
+
+/// The raw image of `ferrite image build` booted as a machine of one's own would boot it:
+/// grown by 1 GiB (a bigger volume), OVMF, systemd-boot, the selector (USR-A by the bits),
+/// its kexec into USR-A's kernel, and a first boot with nothing done from outside — the
+/// initramfs sets ROOT up, gives the disk its own GUID, and ROOT grows to the disk's end.
+/// The user-data comes from a config drive (CoreOS's `user-configdrive.service`); it writes
+/// a file and starts the probe.
 fn firmware_boot(work: &Path, disk: &Path, kernel: &str) {
+    const GROWTH: u64 = 1 << 30;
+    let d = Disk::open(disk);
+    assert_eq!(d.disk_guid().unwrap(), coreos_disk::PLACEHOLDER_DISK_GUID);
+    let root_before = d.partition("ROOT").unwrap();
+    let len = std::fs::metadata(disk).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(disk)
+        .unwrap()
+        .set_len(len + GROWTH)
+        .unwrap();
     let console = work.join("uefi-console.log");
     let drive = work.join("configdrive.img");
+    let indented: String = STANDALONE_PROBE
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
     config_drive(
         &drive,
-        "#cloud-config\nwrite_files:\n  - path: /etc/ferrite-configdrive\n    content: from-the-config-drive\n",
+        &format!(
+            "#cloud-config\nwrite_files:\n  - path: /etc/ferrite-configdrive\n    content: from-the-config-drive\n  - path: /opt/probe\n    permissions: '0755'\n    content: |\n{indented}coreos:\n  units:\n    - name: ferrite-probe.service\n      command: start\n      content: |\n        [Service]\n        Type=oneshot\n        ExecStart=/opt/probe\n"
+        ),
     );
     let start = Instant::now();
     let mut vm = uefi_vm_with(work, disk, &console, Some(&drive));
@@ -400,23 +445,67 @@ fn firmware_boot(work: &Path, disk: &Path, kernel: &str) {
     let chose_at = start.elapsed();
     let probe = wait_console(&mut vm, &console, "PROBE kernel=", 300);
     eprintln!(
-        "firmware boot: selector chose after {:.1} s, probe after {:.1} s",
+        "standalone firmware boot: selector chose after {:.1} s, probe after {:.1} s",
         chose_at.as_secs_f64(),
         start.elapsed().as_secs_f64()
     );
+    // The probe powers the machine off; the disk is read once QEMU is gone.
+    let off = vm.wait_timeout_secs(60);
     let log = console_text(&console);
     let chose = chose.unwrap_or_else(|| panic!("the selector never chose; console:\n{log}"));
     assert!(chose.contains("booting USR-A"), "{chose}");
     let probe = probe.unwrap_or_else(|| panic!("no probe line; console:\n{log}"));
-    assert!(
-        probe.contains(&format!("kernel={kernel} ")),
-        "not the image's kernel: {probe}"
+    eprintln!("{probe}");
+    let field = |name: &str| -> String {
+        probe
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {probe}"))
+            .to_string()
+    };
+    assert_eq!(field("kernel"), kernel, "not the image's kernel");
+    assert_eq!(field("usr"), "/dev/vda3");
+    assert_eq!(field("root"), "/dev/vda9");
+    assert_eq!(field("ro"), "ro");
+    assert_eq!(
+        field("configdrive"),
+        "from-the-config-drive",
+        "the config drive's user-data was not applied"
     );
-    assert!(probe.contains("usr=/dev/vda3 "), "{probe}");
-    assert!(probe.contains("ro=ro "), "{probe}");
+    let id = field("machine_id");
     assert!(
-        probe.contains("configdrive=from-the-config-drive "),
-        "the config drive's user-data was not applied: {probe}"
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{probe}"
+    );
+    assert_eq!(
+        field("home"),
+        "core",
+        "core's home from /etc/skel, owned by core"
+    );
+    let part: u64 = field("part_bytes").parse().unwrap();
+    let fs: u64 = field("fs_bytes").parse().unwrap();
+    assert!(
+        part >= root_before.bytes() + GROWTH - (4 << 20),
+        "ROOT did not grow to the disk's end: {part} bytes, was {}",
+        root_before.bytes()
+    );
+    assert!(
+        fs > part / 10 * 9,
+        "the filesystem did not grow with ROOT: {probe}"
+    );
+    assert!(off, "the probe's poweroff did not end QEMU");
+    assert!(
+        log.contains("ROOT set up from /usr/share/factory"),
+        "the initramfs did not set ROOT up; console:\n{log}"
+    );
+    let d = Disk::open(disk);
+    assert_ne!(d.disk_guid().unwrap(), coreos_disk::PLACEHOLDER_DISK_GUID);
+    let root = d.partition("ROOT").unwrap();
+    assert_eq!(root.bytes(), part);
+    assert_eq!(
+        root.start + root.sectors,
+        (len + GROWTH) / 512 - 33,
+        "ROOT ends at the last usable sector"
     );
 }
 

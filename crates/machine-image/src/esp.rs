@@ -8,9 +8,10 @@
 //! library it needs and the disk drivers' modules in load order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Cursor, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::initramfs::{newc, read_in_tree, Item};
 use crate::{io_err, Error};
 
 /// Where systemd-boot-efi puts the loader in the tree.
@@ -37,31 +38,6 @@ const LIBS: &[&str] = &["libc.so.6", "libgcc_s.so.1", "libm.so.6"];
 /// The selector kernel's command line (its own: the kernel it starts gets
 /// `boot_select::kernel_cmdline`).
 const SELECTOR_CMDLINE: &str = "console=ttyS0 panic=10 quiet";
-
-/// Reads `rel` inside `tree`, following symbolic links within the tree (an absolute link
-/// target is the tree's, not the host's).
-fn read_in_tree(tree: &Path, rel: &str) -> Result<Vec<u8>, Error> {
-    let mut path = PathBuf::from(rel.trim_start_matches('/'));
-    for _ in 0..16 {
-        let full = tree.join(&path);
-        match std::fs::read_link(&full) {
-            Ok(target) => {
-                path = if target.is_absolute() {
-                    target.strip_prefix("/").unwrap_or(&target).to_path_buf()
-                } else {
-                    path.parent().unwrap_or(Path::new("")).join(target)
-                };
-            }
-            Err(_) => return std::fs::read(&full).map_err(io_err("reading", &full)),
-        }
-    }
-    let full = tree.join(rel);
-    Err(Error::Io {
-        op: "following links of",
-        path: full,
-        source: std::io::Error::other("too many levels of symbolic links"),
-    })
-}
 
 /// The module files (relative to the tree's `usr/`) to load for [`DRIVERS`], dependencies
 /// first, from `modules.dep`.
@@ -116,37 +92,20 @@ fn modules_in_order(tree: &Path, version: &str) -> Result<Vec<String>, Error> {
     Ok(out)
 }
 
-/// One entry of the selector's initramfs.
-enum Item {
-    Dir(&'static str),
-    File(String, Vec<u8>, u32),
-    /// A character device: path, major, minor.
-    Char(&'static str, u32, u32),
-}
-
 /// The selector's initramfs: an uncompressed newc cpio archive.
 pub(crate) fn selector_initramfs(tree: &Path, version: &str) -> Result<Vec<u8>, Error> {
     let mut items = vec![
-        Item::Dir("dev"),
-        Item::Char("dev/console", 5, 1),
-        Item::Dir("proc"),
-        Item::Dir("sys"),
-        Item::Dir("lib"),
-        Item::Dir("lib64"),
-        Item::Dir("lib/x86_64-linux-gnu"),
-        Item::Dir("lib/modules"),
-        Item::Dir("usr-slot"),
+        Item::Char("dev/console".into(), 5, 1),
+        Item::Dir("proc".into()),
+        Item::Dir("sys".into()),
+        Item::Dir("usr-slot".into()),
+        Item::File("init".into(), read_in_tree(tree, SELECTOR)?, 0o755),
+        Item::File(
+            "lib64/ld-linux-x86-64.so.2".into(),
+            read_in_tree(tree, "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")?,
+            0o755,
+        ),
     ];
-    items.push(Item::File(
-        "init".into(),
-        read_in_tree(tree, SELECTOR)?,
-        0o755,
-    ));
-    items.push(Item::File(
-        "lib64/ld-linux-x86-64.so.2".into(),
-        read_in_tree(tree, "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")?,
-        0o755,
-    ));
     for lib in LIBS {
         items.push(Item::File(
             format!("lib/x86_64-linux-gnu/{lib}"),
@@ -154,59 +113,20 @@ pub(crate) fn selector_initramfs(tree: &Path, version: &str) -> Result<Vec<u8>, 
             0o755,
         ));
     }
-    let modules = modules_in_order(tree, version)?;
-    let mut dirs = BTreeSet::new();
     let mut list = String::new();
-    for m in &modules {
+    for m in modules_in_order(tree, version)? {
         let rel = format!("lib/modules/{version}/{m}");
-        let mut dir = Path::new(&rel).parent();
-        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
-            dirs.insert(d.display().to_string());
-            dir = d.parent();
-        }
         let data = read_in_tree(tree, &format!("usr/{rel}"))?;
-        items.push(Item::File(rel.clone(), data, 0o644));
         list.push_str(&rel);
         list.push('\n');
+        items.push(Item::File(rel, data, 0o644));
     }
     items.push(Item::File(
         "lib/modules/modules.list".into(),
         list.into_bytes(),
         0o644,
     ));
-    let mut out = Cursor::new(Vec::new());
-    let mut ino = 1u32;
-    let mut put = |name: &str, mode: u32, rdev: (u32, u32), data: &[u8]| -> std::io::Result<()> {
-        let mut w = cpio::newc::Builder::new(name)
-            .ino(ino)
-            .mode(mode)
-            .nlink(1)
-            .rdev_major(rdev.0)
-            .rdev_minor(rdev.1)
-            .write(&mut out, u32::try_from(data.len()).unwrap_or(u32::MAX));
-        ino += 1;
-        w.write_all(data)?;
-        w.finish().map(drop)
-    };
-    let cpio_err = |source| Error::Io {
-        op: "writing the selector initramfs",
-        path: PathBuf::from("select.img"),
-        source,
-    };
-    for d in &dirs {
-        put(d, 0o40755, (0, 0), &[]).map_err(cpio_err)?;
-    }
-    for item in &items {
-        match item {
-            Item::Dir(d) if !dirs.contains(*d) => put(d, 0o40755, (0, 0), &[]),
-            Item::Dir(_) => Ok(()),
-            Item::Char(p, major, minor) => put(p, 0o20600, (*major, *minor), &[]),
-            Item::File(p, data, mode) => put(p, 0o100000 | mode, (0, 0), data),
-        }
-        .map_err(cpio_err)?;
-    }
-    let out = cpio::newc::trailer(out).map_err(cpio_err)?;
-    Ok(out.into_inner())
+    newc(&items, "select.img")
 }
 
 /// systemd-boot's settings and entries: (path on the ESP, text).
@@ -395,16 +315,10 @@ mod tests {
         let entry = String::from_utf8(read("loader/entries/coreos-b.conf")).unwrap();
         assert!(entry.contains("options console=ttyS0 panic=10 quiet ferrite.slot=USR-B"));
         let cpio = read("ferrite/select.img");
-        let mut names = Vec::new();
-        let mut rest = Cursor::new(cpio);
-        loop {
-            let r = cpio::newc::Reader::new(rest).unwrap();
-            if r.entry().is_trailer() {
-                break;
-            }
-            names.push(r.entry().name().to_string());
-            rest = r.finish().unwrap();
-        }
+        let names: Vec<String> = crate::initramfs::tests::entries(&cpio)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         for want in [
             "init",
             "dev/console",

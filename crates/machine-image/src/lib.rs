@@ -33,11 +33,14 @@
 //! (the image's kernel and a small initramfs) that chooses the USR by the GPT attributes and
 //! kexecs the kernel that USR carries — so the disk boots with UEFI firmware alone.
 //!
-//! Current limitations: BIOS-BOOT is left empty (no legacy BIOS boot); the initramfs does
-//! not yet randomize the disk GUID, grow ROOT or make a machine ID (the launcher does these
-//! on the host); no dm-verity.
+//! The slot's initramfs is dracut's with Ferrite's archive appended (`initramfs.rs`):
+//! `ferrite-first-boot` and its unit, which set up a fresh ROOT and give the disk its own
+//! GUID on the first boot (the `first_boot` crate).
+//!
+//! Current limitations: BIOS-BOOT is left empty (no legacy BIOS boot); no dm-verity.
 
 mod esp;
+mod initramfs;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -88,7 +91,7 @@ pub const SUITE: &str = "bookworm";
 /// Bumped whenever the rootfs recipe changes in a way its inputs do not show.
 const ROOTFS_RECIPE: &str = "ferrite-rootfs-2";
 /// Bumped whenever the image recipe changes in a way its inputs do not show.
-const RECIPE: &str = "ferrite-image-recipe-8";
+const RECIPE: &str = "ferrite-image-recipe-9";
 
 /// USR partition size: CoreOS's 1 GiB.
 pub const USR_SECTORS: u64 = 2_097_152;
@@ -198,6 +201,7 @@ pub fn dist_files() -> Vec<DistFile> {
             0o644,
         ),
         unit!("ferrite-cgroup-rw.service"),
+        unit!("extend-filesystems.service"),
         unit!("sshd.socket"),
         unit!("sshd@.service"),
         unit!("sshd-keygen.service"),
@@ -244,6 +248,7 @@ const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target", "system-config.target"),
     ("multi-user.target", "user-config.target"),
     ("sysinit.target", "ferrite-cgroup-rw.service"),
+    ("sysinit.target", "extend-filesystems.service"),
     ("sockets.target", "sshd.socket"),
 ];
 
@@ -612,6 +617,8 @@ const STRIPPED: &[&str] = &[
     "var/log/apt",
     "etc/hostname",
     "etc/machine-id",
+    // Debian's D-Bus keeps a copy; each machine links it to its own (first boot).
+    "var/lib/dbus/machine-id",
     "home/core",
     // Every machine makes its own host keys at first boot (sshd-keygen.service).
     "etc/ssh/ssh_host_rsa_key",
@@ -757,6 +764,8 @@ fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result
     customize(spec, &tree, key)?;
     let image = tmp.join("ferrite.img");
     let disk = Disk::create(&image, &Layout::coreos(USR_SECTORS, ROOT_SECTORS))?;
+    let version = kernel_version(&tree)?;
+    initramfs::add_first_boot(&tree, &version)?;
     let usr = disk.partition("USR-A")?;
     let usr_uuid = mkfs(
         "USR-A",
@@ -767,7 +776,6 @@ fn build_image(spec: &BuildSpec, rootfs: &Path, tmp: &Path, key: &str) -> Result
         &["-O", "^has_journal,^metadata_csum", "-m", "0"],
     )?;
     make_read_only(&image, usr.offset())?;
-    let version = kernel_version(&tree)?;
     let efi = disk.partition("EFI-SYSTEM")?;
     esp::write(&image, efi.offset(), efi.bytes(), &tree, &version)?;
     let oem = disk.partition("OEM")?;

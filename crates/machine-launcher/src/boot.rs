@@ -11,7 +11,9 @@ use coreos_disk::{Disk, PLACEHOLDER_DISK_GUID};
 use crate::cgroup;
 use crate::discovery::{ensure_discovery, replace_discovery};
 use crate::host::{process_matches, wait_until, Host, MachineLink};
-use crate::provision::{ensure_cluster_key, ensure_disk, first_boot, install_cluster_key};
+use crate::provision::{
+    ensure_cluster_key, ensure_disk, install_cluster_key, provision, setup_root,
+};
 use crate::qemu;
 use crate::state::{
     free_subnet, lock, random_hex, run_lock, valid_name, ClusterState, MachineState, Recorder,
@@ -295,10 +297,8 @@ fn mount_root(
     Ok(root)
 }
 
-/// The machine's directory and disk (a copy of the image, made once), its placeholder disk
-/// GUID replaced by a random one as CoreOS's first boot did.
+/// The machine's directory and disk (a copy of the image, made once).
 fn machine_disk(
-    host: &dyn Host,
     cluster: &ClusterState,
     paths: &Paths,
     m: &MachineState,
@@ -306,11 +306,8 @@ fn machine_disk(
     let dir = cluster.machine_dir(paths, &m.name);
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let disk_path = dir.join("disk.img");
-    ensure_disk(host, &cluster.image, &disk_path)?;
+    ensure_disk(&cluster.image, &disk_path)?;
     let disk = Disk::open(&disk_path);
-    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
-        disk.set_disk_guid(uuid::Uuid::new_v4())?;
-    }
     Ok((dir, disk_path, disk))
 }
 
@@ -324,7 +321,11 @@ pub(crate) fn prepare(
     user_data: &Path,
 ) -> Result<PathBuf, Error> {
     let paths = record.paths;
-    let (dir, disk_path, disk) = machine_disk(host, cluster, paths, m)?;
+    let (dir, disk_path, disk) = machine_disk(cluster, paths, m)?;
+    // What a QEMU machine's initramfs does on its first boot: a disk GUID of its own.
+    if disk.disk_guid()? == PLACEHOLDER_DISK_GUID {
+        disk.set_disk_guid(uuid::Uuid::new_v4())?;
+    }
     // GRUB's choice of /usr, on this machine's own disk.
     let usr = disk.gptprio_next()?;
     let usr_uuid = disk.ext_uuid(&usr)?;
@@ -341,16 +342,16 @@ pub(crate) fn prepare(
         }
     }
     let root = mount_root(host, &dir, &disk_path, &disk)?;
-    first_boot(host, &root, &usr_mount, m, user_data)?;
+    setup_root(&root, &usr_mount, m)?;
+    provision(&root, m, user_data)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     host.bind_ro(&usr_mount, &root.join("usr"))?;
     Ok(root)
 }
 
-/// The disk of a virtual machine: ROOT mounted for first boot and provisioning, then
-/// unmounted (the machine mounts it itself). Only a first boot reads a USR (the factory
-/// `/etc` and `/var` of the slot that would boot, looked at without spending its try): the
-/// machine's own boots choose their slot (`qemu::supervise`).
+/// The disk of a virtual machine: ROOT mounted for coreos-vagrant's provisioning, then
+/// unmounted. The machine's initramfs sets ROOT up on its first boot (`first_boot`), and
+/// its boots choose their slot (`qemu::supervise`): no USR is read here.
 fn prepare_qemu(
     host: &dyn Host,
     cluster: &ClusterState,
@@ -359,16 +360,9 @@ fn prepare_qemu(
     user_data: &Path,
 ) -> Result<(), Error> {
     let paths = record.paths;
-    let (dir, disk_path, disk) = machine_disk(host, cluster, paths, m)?;
+    let (dir, disk_path, disk) = machine_disk(cluster, paths, m)?;
     let root = mount_root(host, &dir, &disk_path, &disk)?;
-    let setup = dir.join("usr-setup");
-    if !root.join("etc").is_dir() {
-        let slot = disk.gptprio_peek()?;
-        host.mount_partition(&disk_path, slot.offset(), slot.bytes(), &setup, true)?;
-    }
-    first_boot(host, &root, &setup, m, user_data)?;
-    host.unmount(&setup)?;
-    let _ = std::fs::remove_dir(&setup);
+    provision(&root, m, user_data)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     qemu::provision(&root, cluster, m)?;
     host.unmount(&root)

@@ -102,6 +102,14 @@ pub enum Error {
     /// The disk image could not be read or written.
     #[error(transparent)]
     Disk(#[from] coreos_disk::Error),
+    /// An nspawn machine's ROOT could not be set up for its first boot.
+    #[error("setting up {root} for its first boot")]
+    FirstBoot {
+        /// The mounted ROOT.
+        root: PathBuf,
+        /// What failed.
+        source: first_boot::Error,
+    },
     /// No such cluster.
     #[error("no cluster {0:?} (run ferrite up first)")]
     NoCluster(String),

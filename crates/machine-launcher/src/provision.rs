@@ -1,7 +1,7 @@
 //! What a machine's disk gets before its first boot: the disk itself (a sparse copy of the
-//! image), what CoreOS's initramfs and tmpfiles did on a fresh ROOT (skeleton, `/etc` and
-//! `/var` from `/usr/share/factory`, machine ID), coreos-vagrant's provisioning (the
-//! addresses in `/etc/environment`, the user-data), and the cluster's SSH key.
+//! image), for nspawn machines what a QEMU machine's initramfs does itself on a fresh ROOT
+//! (`first_boot::setup_root`), coreos-vagrant's provisioning (the addresses in
+//! `/etc/environment`, the user-data), and the cluster's SSH key.
 
 use std::path::Path;
 
@@ -9,18 +9,15 @@ use crate::host::Host;
 use crate::state::MachineState;
 use crate::{io_err, Error, CLUSTER_KEY, CORE_ID};
 
-/// Copies the image to a machine's disk (sparse) if it has none.
-pub(crate) fn ensure_disk(host: &dyn Host, image: &Path, disk: &Path) -> Result<(), Error> {
+/// Copies the image to a machine's disk (sparse) if it has none, in this process (a copy
+/// by a child process would outlive a launcher killed part-way and write on after
+/// `destroy`).
+pub(crate) fn ensure_disk(image: &Path, disk: &Path) -> Result<(), Error> {
     if disk.is_file() {
         return Ok(());
     }
     let tmp = disk.with_extension("img.tmp");
-    host.run(
-        host_command::command("cp")
-            .arg("--sparse=always")
-            .arg(image)
-            .arg(&tmp),
-    )?;
+    coreos_disk::copy_sparse(image, &tmp)?;
     std::fs::rename(&tmp, disk).map_err(io_err("renaming", disk))
 }
 
@@ -101,63 +98,23 @@ pub(crate) fn install_cluster_key(root: &Path, cluster_dir: &Path) -> Result<(),
     Ok(())
 }
 
-/// The initramfs's and tmpfiles' work on a fresh ROOT, and the Vagrant provisioning.
-pub(crate) fn first_boot(
-    host: &dyn Host,
-    root: &Path,
-    usr: &Path,
-    m: &MachineState,
-    user_data: &Path,
-) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    if !root.join("etc").is_dir() {
-        for d in [
-            "usr", "var", "home", "root", "tmp", "run", "srv", "opt", "mnt", "media", "proc",
-            "sys", "dev", "boot",
-        ] {
-            std::fs::create_dir_all(root.join(d)).map_err(io_err("creating", &root.join(d)))?;
-        }
-        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
-            .map_err(io_err("setting mode of", &root.join("tmp")))?;
-        std::fs::set_permissions(root.join("root"), std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err("setting mode of", &root.join("root")))?;
-        for (link, target) in [
-            ("bin", "usr/bin"),
-            ("sbin", "usr/sbin"),
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-        ] {
-            let l = root.join(link);
-            if l.symlink_metadata().is_err() {
-                std::os::unix::fs::symlink(target, &l).map_err(io_err("linking", &l))?;
-            }
-        }
-        for d in ["etc", "var"] {
-            host.run(
-                host_command::command("cp")
-                    .arg("-a")
-                    .arg(usr.join("share/factory").join(d))
-                    .arg(root),
-            )?;
-        }
-        atomic_file::write(
-            &root.join("etc/machine-id"),
-            format!("{}\n", m.machine_id).as_bytes(),
-            &atomic_file::Options::mode(0o444),
-        )?;
-        let home = root.join("home/core");
-        host.run(
-            host_command::command("cp")
-                .arg("-a")
-                .arg(root.join("etc/skel"))
-                .arg(&home),
-        )?;
-        host.run(
-            host_command::command("chown")
-                .args(["-R", "500:500"])
-                .arg(&home),
-        )?;
+/// What a QEMU machine's initramfs does on its first boot (`first_boot::setup_root`), done
+/// from the host for an nspawn machine, which boots without one: the skeleton, `/etc` and
+/// `/var` from the USR's factory defaults, `core`'s home, the launcher's machine ID.
+pub(crate) fn setup_root(root: &Path, usr: &Path, m: &MachineState) -> Result<(), Error> {
+    if first_boot::is_first_boot(root) {
+        first_boot::setup_root(root, usr, &m.machine_id).map_err(|e| Error::FirstBoot {
+            root: root.to_path_buf(),
+            source: e,
+        })?;
     }
+    Ok(())
+}
+
+/// coreos-vagrant's provisioning, before the machine boots: its addresses in
+/// `/etc/environment` and the user-data where `user-cloudinit@.path` looks for it. On a
+/// ROOT that has not booted yet these are the first files; the first boot keeps them.
+pub(crate) fn provision(root: &Path, m: &MachineState, user_data: &Path) -> Result<(), Error> {
     // coreos-vagrant's provisioning: the addresses, then the user-data.
     let env_path = root.join("etc/environment");
     let old = std::fs::read(&env_path).unwrap_or_default();
@@ -166,6 +123,8 @@ pub(crate) fn first_boot(
         ("COREOS_PRIVATE_IPV4", m.ip.as_str()),
     ];
     if let Some(new) = cloud_config::files::merge_environment(&old, &vars) {
+        // A QEMU machine's ROOT has no `/etc` before its first boot.
+        atomic_file::create_dirs(&root.join("etc"))?;
         atomic_file::write(&env_path, &new, &atomic_file::Options::mode(0o644))?;
     }
     let dst = root.join("var/lib/coreos-vagrant/vagrantfile-user-data");
@@ -176,4 +135,44 @@ pub(crate) fn first_boot(
         &data,
         &atomic_file::Options::mode(0o600),
     )?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+
+    /// A QEMU machine's ROOT is empty when the launcher provisions it: the provisioning
+    /// makes the directories it writes into.
+    #[test]
+    fn provisioning_an_empty_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let user_data = t.path().join("user-data");
+        std::fs::write(&user_data, "#cloud-config\n").unwrap();
+        let m = MachineState {
+            name: "core-01".into(),
+            index: 1,
+            ip: "172.20.7.101".into(),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            pid: None,
+            usr_mount: None,
+            usr_label: None,
+            cgroups: Vec::new(),
+            driver: crate::Driver::Qemu,
+        };
+        provision(&root, &m, &user_data).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/environment")).unwrap(),
+            "COREOS_PUBLIC_IPV4=172.20.7.101\nCOREOS_PRIVATE_IPV4=172.20.7.101\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("var/lib/coreos-vagrant/vagrantfile-user-data"))
+                .unwrap(),
+            "#cloud-config\n"
+        );
+        // Again (`up` after `halt`): the same files.
+        provision(&root, &m, &user_data).unwrap();
+    }
 }

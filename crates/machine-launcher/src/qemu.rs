@@ -115,6 +115,11 @@ pub struct Spec {
     pub tap: String,
     /// Its MAC address.
     pub mac: String,
+    /// Its machine ID, given as the SMBIOS system UUID (`-uuid`), which the machine's first
+    /// boot takes as its `/etc/machine-id` (as systemd does in a VM). Absent in specs
+    /// written before it was: the machine then makes up its own.
+    #[serde(default)]
+    pub machine_id: Option<String>,
 }
 
 impl Spec {
@@ -126,6 +131,7 @@ impl Spec {
             memory_mb: cluster.settings.memory_mb.max(512),
             tap: tap(m),
             mac: format!("52:54:00:14:{:02x}:{:02x}", cluster.subnet, m.index),
+            machine_id: Some(m.machine_id.clone()),
         }
     }
 }
@@ -140,6 +146,14 @@ pub(crate) fn command(spec: &Spec, vmlinuz: &Path, initrd: &Path, slot: uuid::Uu
         .args(["-machine", "q35", "-accel", &accel, "-smp", "2"])
         .args(["-m", &spec.memory_mb.to_string()])
         .args(["-nodefaults", "-no-reboot", "-display", "none"])
+        .args(
+            spec.machine_id
+                .as_deref()
+                .and_then(|id| uuid::Uuid::try_parse(id).ok())
+                .map(|id| ["-uuid".to_string(), id.hyphenated().to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
@@ -390,7 +404,7 @@ mod tests {
             name: "core-02".into(),
             index: 2,
             ip: "172.20.7.102".into(),
-            machine_id: "0".repeat(32),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
             pid: None,
             usr_mount: None,
             usr_label: None,
@@ -442,6 +456,10 @@ mod tests {
         assert!(line.contains("mac=52:54:00:14:07:02"), "{line}");
         assert!(line.contains("file=/m/disk.img,if=virtio"), "{line}");
         assert!(line.contains("-qmp unix:/m/qmp.sock"), "{line}");
+        assert!(
+            line.contains("-uuid 01234567-89ab-cdef-0123-456789abcdef"),
+            "the machine ID as the system UUID: {line}"
+        );
     }
 
     #[test]
