@@ -270,10 +270,39 @@ fn check_operations(
     Ok((new_size, new_hash))
 }
 
+/// Where a payload is written: a partition's device (offset 0, its whole length), or a
+/// partition inside a disk image (its byte range).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The device or image file.
+    pub path: &'a Path,
+    /// Where the partition starts in it, bytes.
+    pub offset: u64,
+    /// The partition's length, bytes (`None`: to the end of the file).
+    pub len: Option<u64>,
+}
+
+impl<'a> Target<'a> {
+    /// A whole device or file.
+    pub fn whole(path: &'a Path) -> Self {
+        Target {
+            path,
+            offset: 0,
+            len: None,
+        }
+    }
+}
+
 /// Writes a [`verify`]-ed payload onto `target` (the passive partition, or a file as large),
 /// each operation's data checked against its hash before it is written, then reads the
 /// partition back against the manifest's hash.
 pub fn apply(v: &Verified, target: &Path) -> Result<Applied, Error> {
+    apply_to(v, Target::whole(target))
+}
+
+/// [`apply`] onto a partition given by its byte range.
+pub fn apply_to(v: &Verified, t: Target<'_>) -> Result<Applied, Error> {
+    let target = t.path;
     let mut out = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -282,9 +311,10 @@ pub fn apply(v: &Verified, target: &Path) -> Result<Applied, Error> {
             path: target.to_path_buf(),
             reason: format!("opening: {e}"),
         })?;
-    let room = out
+    let end = out
         .seek(SeekFrom::End(0))
         .map_err(io_err("reading", target))?;
+    let room = t.len.unwrap_or(u64::MAX).min(end.saturating_sub(t.offset));
     if room < v.new_size {
         return Err(Error::Target {
             path: target.to_path_buf(),
@@ -304,7 +334,7 @@ pub fn apply(v: &Verified, target: &Path) -> Result<Applied, Error> {
                 index,
                 reason: "its data is shorter than its blocks".into(),
             })?;
-            out.write_all_at(piece, e.start_block.unwrap_or(0) * BLOCK_SIZE)
+            out.write_all_at(piece, t.offset + e.start_block.unwrap_or(0) * BLOCK_SIZE)
                 .map_err(io_err("writing", target))?;
             at += n;
             written += n as u64;
@@ -324,7 +354,7 @@ pub fn apply(v: &Verified, target: &Path) -> Result<Applied, Error> {
     let mut at = 0u64;
     while at < v.new_size {
         let n = usize::try_from((v.new_size - at).min(buf.len() as u64)).unwrap_or(buf.len());
-        out.read_exact_at(&mut buf[..n], at)
+        out.read_exact_at(&mut buf[..n], t.offset + at)
             .map_err(io_err("reading back", target))?;
         hasher.update(&buf[..n]);
         at += n as u64;

@@ -29,7 +29,7 @@ pub mod manifest;
 
 use std::path::PathBuf;
 
-pub use apply::{apply, verify, Applied, Expected, Verified};
+pub use apply::{apply, apply_to, verify, Applied, Expected, Target, Verified};
 pub use generate::{generate, Generated};
 
 use omaha::codes::ErrorCode;
