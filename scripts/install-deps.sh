@@ -19,6 +19,7 @@ PACKAGES=(
   openssh-client        # ssh-keygen: each cluster's SSH key pair
   protobuf-compiler libprotobuf-dev   # etcd-client's build (etcd v3 protocol)
   ovmf                  # UEFI firmware: the disk boots through its own EFI-SYSTEM in tests
+  dbus-daemon           # a private system bus for update_engine's tests
 )
 
 missing=()

@@ -15,12 +15,16 @@
 //! [`Disk::prioritize`] and [`Disk::gptprio_next`], and every write rewrites both GPT copies
 //! with fresh CRCs.
 
+mod device;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use gptman::{GPTPartitionEntry, GPT};
 use uuid::Uuid;
+
+pub use device::{block_device, block_device_of, partition_device, BlockDevice};
 
 /// Bytes per sector.
 pub const SECTOR: u64 = 512;

@@ -26,12 +26,11 @@
 //! Invariant: nothing here overwrites a file that exists on ROOT, and nothing writes the USR
 //! partitions or their GPT attributes.
 
-mod device;
 mod root;
 
 use std::path::{Path, PathBuf};
 
-pub use device::{block_device, block_device_of, BlockDevice};
+pub use coreos_disk::BlockDevice;
 pub use root::{
     copy_merge, is_first_boot, machine_id_from_product_uuid, setup_root, Setup, CORE_ID,
 };
@@ -56,12 +55,10 @@ pub enum Error {
     #[error(transparent)]
     Command(#[from] host_command::CommandError),
     /// A mount point whose filesystem is not on a partition of a disk.
-    #[error("{path} is not on a disk partition (device {device})")]
+    #[error("{path} is not on a disk partition")]
     NotAPartition {
         /// The mount point.
         path: PathBuf,
-        /// Its device, `major:minor`.
-        device: String,
     },
     /// A machine ID that is not 32 lowercase hexadecimal digits.
     #[error("machine ID {0:?} is not 32 lowercase hexadecimal digits")]
@@ -100,6 +97,15 @@ pub enum Extended {
         /// The filesystem's size before and after, bytes.
         filesystem: (u64, u64),
     },
+}
+
+/// The partition the filesystem mounted on `mount` lives on.
+pub fn block_device_of(mount: &Path) -> Result<BlockDevice, Error> {
+    coreos_disk::block_device_of(mount)
+        .map_err(io_err("reading", mount))?
+        .ok_or_else(|| Error::NotAPartition {
+            path: mount.to_path_buf(),
+        })
 }
 
 /// A filesystem at least this much smaller than its partition is grown.

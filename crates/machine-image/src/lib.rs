@@ -211,6 +211,11 @@ pub fn dist_files() -> Vec<DistFile> {
             0o644,
         ),
         (
+            "usr/postinst",
+            include_bytes!("../../../dist/usr/postinst"),
+            0o755,
+        ),
+        (
             "usr/lib/ferrite/cgroup-rw",
             include_bytes!("../../../dist/lib/cgroup-rw"),
             0o755,

@@ -19,15 +19,29 @@
 //! byte reaches the passive slot before the payload verified whole; a failure reports and
 //! returns to idle, leaving the GPT bits as they were.
 //!
-//! Next (issue 12 goes on): the HTTP implementations of `Omaha` and `Download` (resume,
-//! bounded retries), the machine's `Slots` (running the new image's postinst), the daemon
-//! on the system bus (`com.coreos.update1`) with its event loop and schedule, and
-//! `update_engine_client`.
+//! - [`http`]: the update service and downloads over HTTP(S) — resumed with `Range` after a
+//!   cut, bounded retries, never more bytes than offered.
+//! - [`slots`]: the machine's slots — the active one from the `/usr` mount through sysfs,
+//!   the passive one's own partition device, and the new image's `postinst` run from a
+//!   read-only mount of it.
+//! - `update_engine` (binary): the daemon on the system bus (`com.coreos.update1`), one
+//!   event loop (bus commands, attempt reports, the check timer, SIGTERM), attempts on the
+//!   blocking pool, `StatusUpdate` on every change and at most every 1 % or 10 s of
+//!   progress; a ping instead of a check while a reboot is pending.
+//! - `update_engine_client` (binary): `-status`, `-check_for_update`, `-update`,
+//!   `-reset_status`, `-watch_for_updates` with CoreOS's outputs.
+//!
+//! Next (issue 12 goes on): the image carries the daemon, its unit and bus policy and a
+//! payload key; `ferrite release build/publish` and the update server; the health gate
+//! that marks a slot good; locksmith. `slots` is exercised only on a real machine (this
+//! host's loop devices get no partitions), which the QEMU test of the update will do.
 
 pub mod attempt;
 pub mod conf;
+pub mod http;
 pub mod prefs;
 pub mod schedule;
+pub mod slots;
 pub mod status;
 
 use std::path::PathBuf;

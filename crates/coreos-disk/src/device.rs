@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::Error;
-
 /// A partition of a whole disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockDevice {
@@ -16,19 +14,35 @@ pub struct BlockDevice {
     pub number: u32,
 }
 
-/// The partition the filesystem mounted on `mount` lives on.
-pub fn block_device_of(mount: &Path) -> Result<BlockDevice, Error> {
-    let st = rustix::fs::stat(mount).map_err(|e| Error::Io {
-        op: "reading",
-        path: mount.to_path_buf(),
-        source: e.into(),
-    })?;
+/// The partition the filesystem mounted on `mount` lives on: `Ok(None)` when it is on no
+/// partition of a disk (a loop file, an overlay, a container's root).
+pub fn block_device_of(mount: &Path) -> std::io::Result<Option<BlockDevice>> {
+    let st = rustix::fs::stat(mount)?;
     let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
-    block_device(Path::new("/sys"), Path::new("/dev"), major, minor).ok_or_else(|| {
-        Error::NotAPartition {
-            path: mount.to_path_buf(),
-            device: format!("{major}:{minor}"),
+    Ok(block_device(
+        Path::new("/sys"),
+        Path::new("/dev"),
+        major,
+        minor,
+    ))
+}
+
+/// The device node of partition `number` of the whole disk `disk` (`/dev/vda`), looked
+/// up under `sys` (`/sys`): `/dev/vda4`, `/dev/nvme0n1p4`, `/dev/loop0p4`.
+pub fn partition_device(sys: &Path, disk: &Path, number: u32) -> Option<PathBuf> {
+    let name = disk.file_name()?.to_str()?;
+    let dir = sys.join("class/block").join(name);
+    let real = std::fs::canonicalize(&dir).ok()?;
+    std::fs::read_dir(&real).ok()?.flatten().find_map(|e| {
+        let n: u32 = std::fs::read_to_string(e.path().join("partition"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if n != number {
+            return None;
         }
+        Some(disk.with_file_name(devname(&e.path())?))
     })
 }
 
@@ -100,5 +114,13 @@ mod tests {
         );
         assert_eq!(block_device(&sys, dev, 254, 0), None, "a whole disk");
         assert_eq!(block_device(&sys, dev, 7, 0), None, "no such device");
+        let class = sys.join("class/block");
+        std::fs::create_dir_all(&class).unwrap();
+        std::os::unix::fs::symlink(&vda, class.join("vda")).unwrap();
+        assert_eq!(
+            partition_device(&sys, Path::new("/dev/vda"), 9),
+            Some(PathBuf::from("/dev/vda9"))
+        );
+        assert_eq!(partition_device(&sys, Path::new("/dev/vda"), 4), None);
     }
 }
