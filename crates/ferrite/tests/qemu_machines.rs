@@ -4,8 +4,9 @@
 //! `cgpt` and `rootdev` inside, a rollback (a broken USR-B marked as CoreOS's postinst marks
 //! a new slot boots once, fails, and the machine comes back on USR-A by itself with B's try
 //! spent), a good update (USR-B boots, is marked good from inside and stays the boot slot),
-//! `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root, QEMU and
-//! the packages `scripts/install-deps.sh` installs. One machine serves every step (a boot
+//! an nspawn machine added to the same cluster (one bridge; each reaches the other's
+//! etcd), `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root,
+//! QEMU and the packages `scripts/install-deps.sh` installs. One machine serves every step (a boot
 //! under emulation takes a minute or two).
 #![allow(
     clippy::unwrap_used,
@@ -129,6 +130,7 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
 
     rollback(&c, kernel);
     good_update(&c);
+    both_drivers(&c);
 
     // halt --force: the power cut.
     c.ok(&["halt", "--force", "core-01"]);
@@ -281,4 +283,49 @@ fn good_update(c: &Cluster) {
     std::fs::write(c.machine_dir("core-01").join("booted"), "USR-A").unwrap();
     let status = c.ok(&["status"]);
     assert!(status.contains("USR-B"), "{status}");
+}
+
+/// An nspawn machine joins the virtual machine's cluster: the same bridge, and each
+/// reaches the other's services (the chapter's user-data makes each machine an etcd of its
+/// own, so core-01 asks core-02's).
+fn both_drivers(c: &Cluster) {
+    let t = Instant::now();
+    c.ok(&["up", "--driver", "nspawn", "--instances", "2"]);
+    eprintln!(
+        "an nspawn machine added: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let json = c.cluster_json();
+    assert_eq!(json["machines"][0]["driver"], "qemu");
+    assert_eq!(json["machines"][1]["driver"], "nspawn");
+    let ip = |i: usize| json["machines"][i]["ip"].as_str().unwrap().to_string();
+    c.sh_until(
+        "core-02",
+        &format!("ping -c1 -W2 {}", ip(0)),
+        " 0% packet loss",
+        30,
+    );
+    c.sh_until(
+        "core-01",
+        &format!("ping -c1 -W2 {}", ip(1)),
+        " 0% packet loss",
+        30,
+    );
+    c.sh_until(
+        "core-01",
+        &format!("curl -s http://{}:2379/version", ip(1)),
+        "etcdserver",
+        60,
+    );
+    c.sh_until(
+        "core-02",
+        &format!("curl -s http://{}:2379/version", ip(0)),
+        "etcdserver",
+        60,
+    );
+    let status = c.ok(&["status"]);
+    assert!(
+        status.contains("core-01      running") && status.contains("core-02      running"),
+        "{status}"
+    );
 }

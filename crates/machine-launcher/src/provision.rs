@@ -151,17 +151,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         let user_data = t.path().join("user-data");
         std::fs::write(&user_data, "#cloud-config\n").unwrap();
-        let m = MachineState {
-            name: "core-01".into(),
-            index: 1,
-            ip: "172.20.7.101".into(),
-            machine_id: "0123456789abcdef0123456789abcdef".into(),
-            pid: None,
-            usr_mount: None,
-            usr_label: None,
-            cgroups: Vec::new(),
-            driver: crate::Driver::Qemu,
-        };
+        let m = MachineState::example(1, crate::Driver::Qemu);
         provision(&root, &m, &user_data).unwrap();
         assert_eq!(
             std::fs::read_to_string(root.join("etc/environment")).unwrap(),

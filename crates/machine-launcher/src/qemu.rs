@@ -400,17 +400,7 @@ mod tests {
     use crate::{Driver, Settings};
 
     fn cluster() -> (ClusterState, MachineState) {
-        let m = MachineState {
-            name: "core-02".into(),
-            index: 2,
-            ip: "172.20.7.102".into(),
-            machine_id: "0123456789abcdef0123456789abcdef".into(),
-            pid: None,
-            usr_mount: None,
-            usr_label: None,
-            cgroups: Vec::new(),
-            driver: Driver::Qemu,
-        };
+        let m = MachineState::example(2, Driver::Qemu);
         let c = ClusterState {
             name: "demo".into(),
             id: "abcd1234".into(),

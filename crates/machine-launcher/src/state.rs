@@ -64,6 +64,24 @@ pub struct MachineState {
     pub driver: crate::Driver,
 }
 
+#[cfg(test)]
+impl MachineState {
+    /// Machine `index` of a test cluster on subnet 7, not running.
+    pub(crate) fn example(index: u32, driver: crate::Driver) -> Self {
+        Self {
+            name: format!("core-{index:02}"),
+            index,
+            ip: format!("172.20.7.{}", 100 + index),
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            pid: None,
+            usr_mount: None,
+            usr_label: None,
+            cgroups: Vec::new(),
+            driver,
+        }
+    }
+}
+
 impl ClusterState {
     fn path(paths: &Paths, name: &str) -> PathBuf {
         paths.cluster_dir(name).join("cluster.json")

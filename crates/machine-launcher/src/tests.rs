@@ -17,17 +17,7 @@ fn cluster(paths: &Paths) -> ClusterState {
         settings: Settings::default(),
         image: PathBuf::from("/nonexistent.img"),
         discovery: None,
-        machines: vec![MachineState {
-            name: "core-01".into(),
-            index: 1,
-            ip: "172.20.7.101".into(),
-            machine_id: "0123456789abcdef0123456789abcdef".into(),
-            pid: None,
-            usr_mount: None,
-            usr_label: None,
-            cgroups: Vec::new(),
-            driver: crate::Driver::Nspawn,
-        }],
+        machines: vec![MachineState::example(1, crate::Driver::Nspawn)],
     };
     std::fs::create_dir_all(paths.cluster_dir("demo")).unwrap();
     c.save(paths).unwrap();
