@@ -8,6 +8,9 @@
 //! ferrite halt [--cluster NAME] [--force] MACHINE
 //! ferrite reload [--cluster NAME] MACHINE
 //! ferrite destroy [--cluster NAME]
+//! ferrite release build --version X.Y.Z [--channel C]
+//! ferrite release publish X.Y.Z --channel C [--cluster NAME]
+//! ferrite update-server [--cluster NAME] [--listen ADDR] [--base-url URL]
 //! ```
 //!
 //! Settings come from flags, else from a config file (`--config FILE`, `$FERRITE_CONFIG`, or
@@ -15,6 +18,8 @@
 //! `update_channel`, `vm_memory`, `user_data`, and Ferrite's `driver`), else
 //! coreos-vagrant's defaults. The default user-data is `./user-data` if there is one, else
 //! the chapter's.
+
+mod release;
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
@@ -120,6 +125,23 @@ enum Cmd {
         #[command(flatten)]
         cluster: ClusterArg,
     },
+    /// Build a new Ferrite version, or offer one on a channel.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCmd,
+    },
+    /// Run a cluster's update service (Omaha) in the foreground.
+    UpdateServer {
+        #[command(flatten)]
+        cluster: ClusterArg,
+        /// The address to listen on (default: the cluster's gateway, port 8098, in the
+        /// cluster's network, where its machines reach it).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The URL machines download payloads from (default: http://<listen>).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
     /// Internal: a QEMU machine's power and firmware (boots it as often as it reboots).
     #[command(name = "__qemu", hide = true)]
     Qemu {
@@ -154,6 +176,29 @@ enum ImageCmd {
         /// ferrite_production_qemu_image.img for qcow2, as CoreOS named them).
         #[arg(long, short, requires = "format")]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCmd {
+    /// Build version X.Y.Z: its image and the signed payload of its /usr.
+    Build {
+        /// The version, X.Y.Z.
+        #[arg(long)]
+        version: String,
+        /// Update channel: alpha, beta or stable.
+        #[arg(long, default_value = "alpha")]
+        channel: String,
+    },
+    /// Offer a built release on a channel in a cluster's update service.
+    Publish {
+        /// The version.
+        version: String,
+        /// The channel: alpha, beta or stable.
+        #[arg(long)]
+        channel: String,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
 }
 
@@ -193,7 +238,20 @@ fn cache_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from("/var/cache/ferrite"), PathBuf::from)
 }
 
+/// The key release payloads are signed with, kept beside the image cache it belongs to (the
+/// images built there carry its public half): made the first time.
+fn payload_key() -> Result<update_payload::SigningKey> {
+    let path = cache_dir().join("keys/update-payload-key.pem");
+    update_payload::load_or_create_key(&path)
+        .with_context(|| format!("the release signing key {}", path.display()))
+}
+
 fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
+    build_image_version(channel, env!("CARGO_PKG_VERSION"))
+}
+
+/// The image of release `version` (cached like any other).
+fn build_image_version(channel: Channel, version: &str) -> Result<machine_image::BuiltImage> {
     let exe = std::env::current_exe().context("finding the ferrite executable")?;
     let dir = exe
         .parent()
@@ -201,7 +259,7 @@ fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
     let spec = BuildSpec {
         cache_dir: cache_dir(),
         channel,
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: version.to_string(),
         binaries: [
             "coreos-cloudinit",
             "fleetd",
@@ -210,12 +268,15 @@ fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
             "rootdev",
             "ferrite-boot-select",
             "ferrite-first-boot",
+            "update_engine",
+            "update_engine_client",
         ]
         .iter()
         .map(|b| (b.to_string(), dir.join(b)))
         .collect(),
         mirror: std::env::var("FERRITE_DEBIAN_MIRROR")
             .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
+        payload_key: update_payload::public_pem(&payload_key()?)?,
     };
     Ok(machine_image::build(&spec)?)
 }
@@ -461,6 +522,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Destroy { cluster } => {
             machine_launcher::destroy(&RealHost, &Paths::from_env(), &cluster.cluster)?;
             out(format!("cluster {:?} destroyed", cluster.cluster))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Release {
+            command: ReleaseCmd::Build { version, channel },
+        } => {
+            out(release::build(&version, parse_channel(&channel)?)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Release {
+            command:
+                ReleaseCmd::Publish {
+                    version,
+                    channel,
+                    cluster,
+                },
+        } => {
+            parse_channel(&channel)?;
+            out(release::publish(&version, &channel, &cluster.cluster)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::UpdateServer {
+            cluster,
+            listen,
+            base_url,
+        } => {
+            release::serve(&cluster.cluster, listen.as_deref(), base_url.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Qemu { name: _, spec } => {

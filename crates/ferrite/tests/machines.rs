@@ -85,6 +85,15 @@ fn chapter_user_data_on_one_machine() {
     let (_, sock) = c.sh("core-01", "systemctl is-active docker-tcp.socket; ss -ltnH");
     assert!(sock.starts_with("active"), "{sock}");
     assert!(sock.contains(":2375"), "{sock}");
+    // update_engine runs on the system bus, and core may ask it (its bus policy).
+    let (code, ue) = c.sh("core-01", "update_engine_client -status");
+    assert_eq!(code, 0, "{ue}");
+    assert!(ue.contains("CURRENT_OP=UPDATE_STATUS_IDLE\n"), "{ue}");
+    let (_, key) = c.sh(
+        "core-01",
+        "head -1 /usr/share/update_engine/update-payload-key.pub.pem",
+    );
+    assert_eq!(key.trim(), "-----BEGIN PUBLIC KEY-----");
 
     // The user-data was applied by coreos-cloudinit at boot.
     let (_, dropin) = c.sh(

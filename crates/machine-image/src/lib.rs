@@ -202,6 +202,12 @@ pub fn dist_files() -> Vec<DistFile> {
         ),
         unit!("ferrite-cgroup-rw.service"),
         unit!("extend-filesystems.service"),
+        unit!("update-engine.service"),
+        (
+            "usr/share/dbus-1/system.d/com.coreos.update1.conf",
+            include_bytes!("../../../dist/dbus/com.coreos.update1.conf"),
+            0o644,
+        ),
         unit!("sshd.socket"),
         unit!("sshd@.service"),
         unit!("sshd-keygen.service"),
@@ -254,6 +260,7 @@ const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target", "user-config.target"),
     ("sysinit.target", "ferrite-cgroup-rw.service"),
     ("sysinit.target", "extend-filesystems.service"),
+    ("multi-user.target", "update-engine.service"),
     ("sockets.target", "sshd.socket"),
 ];
 
@@ -288,6 +295,9 @@ pub struct BuildSpec {
     pub binaries: Vec<(String, PathBuf)>,
     /// The Debian mirror.
     pub mirror: String,
+    /// The public key update payloads must be signed with (PEM), baked into `/usr` where
+    /// update_engine reads it.
+    pub payload_key: String,
 }
 
 /// A built (or cached) image.
@@ -333,6 +343,7 @@ fn image_key(spec: &BuildSpec, rootfs: &str) -> Result<String, Error> {
         let data = std::fs::read(path).map_err(|_| Error::MissingBinary(path.clone()))?;
         h.update(&data);
     }
+    h.update(&spec.payload_key);
     for (path, data, mode) in dist_files() {
         h.update(path);
         h.update(data);
@@ -691,6 +702,12 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
     for (rel, data, mode) in dist_files() {
         write_file(tree, rel, data, mode)?;
     }
+    write_file(
+        tree,
+        "usr/share/update_engine/update-payload-key.pub.pem",
+        spec.payload_key.as_bytes(),
+        0o644,
+    )?;
     for (name, src) in &spec.binaries {
         let dst = tree.join("usr/bin").join(name);
         std::fs::copy(src, &dst).map_err(io_err("copying", src))?;
@@ -873,6 +890,7 @@ mod tests {
             version: "1".into(),
             binaries: vec![("b".into(), bin.clone())],
             mirror: "http://deb.debian.org/debian".into(),
+            payload_key: "key one".into(),
         };
         let r = rootfs_key(&spec);
         let a = image_key(&spec, &r).unwrap();
@@ -884,6 +902,14 @@ mod tests {
             ..spec.clone()
         };
         assert_ne!(image_key(&beta, &r).unwrap(), image_key(&spec, &r).unwrap());
+        let other_key = BuildSpec {
+            payload_key: "key two".into(),
+            ..spec.clone()
+        };
+        assert_ne!(
+            image_key(&other_key, &r).unwrap(),
+            image_key(&spec, &r).unwrap()
+        );
         let missing = BuildSpec {
             binaries: vec![("x".into(), d.path().join("nope"))],
             ..spec

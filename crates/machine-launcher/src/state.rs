@@ -133,11 +133,13 @@ impl ClusterState {
         format!("ferrite-{}", self.id)
     }
 
-    pub(crate) fn switch_ns(&self) -> String {
+    /// The network namespace of the cluster's bridge (its gateway address lives there).
+    pub fn switch_ns(&self) -> String {
         format!("{}-sw", self.object_prefix())
     }
 
-    pub(crate) fn gateway(&self) -> String {
+    /// The address machines reach the host side at: the bridge's, in [`Self::switch_ns`].
+    pub fn gateway(&self) -> String {
         format!("172.20.{}.1", self.subnet)
     }
 

@@ -31,17 +31,39 @@ pub struct Generated {
 /// A payload signed by `key` that writes `image` onto a partition, at `out` (written under
 /// a temporary name and renamed into place).
 pub fn generate(image: &Path, out: &Path, key: &SigningKey) -> Result<Generated, Error> {
+    let len = std::fs::metadata(image)
+        .map_err(io_err("reading", image))?
+        .len();
+    generate_range(image, 0, len, out, key)
+}
+
+/// [`generate`] from `len` bytes at `offset` of `image` (a USR partition inside a disk
+/// image).
+pub fn generate_range(
+    image: &Path,
+    offset: u64,
+    len: u64,
+    out: &Path,
+    key: &SigningKey,
+) -> Result<Generated, Error> {
     let mut src = File::open(image).map_err(io_err("opening", image))?;
-    let new_size = src.metadata().map_err(io_err("reading", image))?.len();
-    if new_size == 0 || new_size % BLOCK_SIZE != 0 {
+    let end = src.metadata().map_err(io_err("reading", image))?.len();
+    if len == 0
+        || !len.is_multiple_of(BLOCK_SIZE)
+        || offset.checked_add(len).is_none_or(|e| e > end)
+    {
         return Err(Error::Target {
             path: image.to_path_buf(),
-            reason: format!("{new_size} bytes is not a whole number of 4096-byte blocks"),
+            reason: format!(
+                "{len} bytes at {offset} is not a whole number of 4096-byte blocks inside the file"
+            ),
         });
     }
+    src.seek(SeekFrom::Start(offset))
+        .map_err(io_err("reading", image))?;
     let blobs_path = out.with_extension("blobs.tmp");
     let tmp = out.with_extension("tmp");
-    let result = write_payload(&mut src, image, new_size, &blobs_path, &tmp, key).and_then(|g| {
+    let result = write_payload(&mut src, image, len, &blobs_path, &tmp, key).and_then(|g| {
         std::fs::rename(&tmp, out)
             .map_err(io_err("renaming", &tmp))
             .map(|()| g)
@@ -149,8 +171,6 @@ fn write_payload(
     tmp: &Path,
     key: &SigningKey,
 ) -> Result<Generated, Error> {
-    src.seek(SeekFrom::Start(0))
-        .map_err(io_err("reading", image))?;
     let (ops, blob_len, image_hash) = operations(src, image, new_size, blobs_path)?;
     let sig_len = signatures([0; 64]).len() as u64;
     let manifest = DeltaArchiveManifest {

@@ -30,7 +30,7 @@ pub mod manifest;
 use std::path::PathBuf;
 
 pub use apply::{apply, apply_to, verify, Applied, Expected, Target, Verified};
-pub use generate::{generate, Generated};
+pub use generate::{generate, generate_range, Generated};
 
 use omaha::codes::ErrorCode;
 
@@ -86,6 +86,69 @@ pub fn new_signing_key() -> Result<SigningKey, Error> {
         reason: e.to_string(),
     })?;
     Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The signing key kept at `path` (PKCS#8 PEM), made there (mode 0600) the first time.
+/// Callers racing to make it all get the one key that landed: it is written under a name of
+/// its own and linked into place, which fails if another was there first.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<SigningKey, Error> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    let key_err = |reason: String| Error::Key {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let load = || -> Result<SigningKey, Error> {
+        let text = std::fs::read_to_string(path).map_err(io_err("reading", path))?;
+        SigningKey::from_pkcs8_pem(&text).map_err(|e| key_err(e.to_string()))
+    };
+    if path.exists() {
+        return load();
+    }
+    let key = new_signing_key()?;
+    let pem = key
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| key_err(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    }
+    let mut nonce = [0u8; 8];
+    let _ = getrandom::fill(&mut nonce);
+    let tmp = path.with_extension(format!(
+        "{}-{:x}.tmp",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("creating", &tmp))?;
+        f.write_all(pem.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io_err("writing", &tmp))?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load(),
+        Err(e) => Err(io_err("linking", path)(e)),
+    }
+}
+
+/// The public half of `key` as PEM (`-----BEGIN PUBLIC KEY-----`), as `/usr` carries it.
+pub fn public_pem(key: &SigningKey) -> Result<String, Error> {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    key.verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(|e| Error::Key {
+            path: PathBuf::from("(public key)"),
+            reason: e.to_string(),
+        })
 }
 
 /// A payload that cannot be made, verified or applied; each names the file, and

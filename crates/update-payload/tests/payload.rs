@@ -435,3 +435,50 @@ fn coreos_operations_apply_and_the_partition_is_read_back() {
     );
     untouched(&small);
 }
+
+/// The release key is made once and read back the same; its public half verifies what it
+/// signs.
+#[test]
+fn the_signing_key_is_kept_and_its_public_half_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys/update-payload-key.pem");
+    let a = update_payload::load_or_create_key(&path).unwrap();
+    let b = update_payload::load_or_create_key(&path).unwrap();
+    assert_eq!(a.to_bytes(), b.to_bytes());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pem = dir.path().join("pub.pem");
+    std::fs::write(&pem, update_payload::public_pem(&a).unwrap()).unwrap();
+    let m = made();
+    let key = PublicKey::from_pem(&pem).unwrap();
+    let g = generate(&m.image, &m.payload, &a).unwrap();
+    let e = Expected {
+        size: g.size,
+        sha256: g.sha256,
+    };
+    verify(&m.payload, &e, &key).unwrap();
+    std::fs::write(&path, "not a key").unwrap();
+    assert!(update_payload::load_or_create_key(&path).is_err());
+    // Eight racing to make it: one key for all, and no temporary file left.
+    let race = dir.path().join("race/key.pem");
+    let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    update_payload::load_or_create_key(&race)
+                        .unwrap()
+                        .to_bytes()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(keys.iter().all(|k| *k == keys[0]));
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("race")).unwrap().count(),
+        1
+    );
+}
