@@ -4,6 +4,7 @@
 //! `cgpt` and `rootdev` inside, a rollback (a broken USR-B marked as CoreOS's postinst marks
 //! a new slot boots once, fails, and the machine comes back on USR-A by itself with B's try
 //! spent), a good update (USR-B boots, is marked good from inside and stays the boot slot),
+//! a real update (a release built, published, taken by update_engine, rebooted into),
 //! an nspawn machine added to the same cluster (one bridge; each reaches the other's
 //! etcd), `halt --force` (the power cut), `destroy` leaving nothing behind. Needs root,
 //! QEMU and the packages `scripts/install-deps.sh` installs. One machine serves every step (a boot
@@ -130,6 +131,7 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
 
     rollback(&c, kernel);
     good_update(&c);
+    real_update(&c);
     both_drivers(&c);
 
     // halt --force: the power cut.
@@ -283,6 +285,119 @@ fn good_update(c: &Cluster) {
     std::fs::write(c.machine_dir("core-01").join("booted"), "USR-A").unwrap();
     let status = c.ok(&["status"]);
     assert!(status.contains("USR-B"), "{status}");
+}
+
+/// A real update: a new release built and published in the cluster's update service; the
+/// machine's update_engine downloads it, verifies it, writes its passive slot (USR-A, as the
+/// machine runs USR-B now) and runs the new image's postinst; a real reboot boots it; the
+/// service records the instance as complete.
+fn real_update(c: &Cluster) {
+    let json = c.cluster_json();
+    let channel = json["settings"]["channel"].as_str().unwrap().to_string();
+    let machine_id = json["machines"][0]["machine_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = Instant::now();
+    for args in [
+        vec![
+            "release",
+            "build",
+            "--version",
+            "99.0.0",
+            "--channel",
+            &channel,
+        ],
+        vec![
+            "release",
+            "publish",
+            "99.0.0",
+            "--channel",
+            &channel,
+            "--cluster",
+            &c.name,
+        ],
+    ] {
+        let o = c
+            .cmd(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ferrite {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    eprintln!(
+        "release 99.0.0 built and published: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    // As core: the bus policy lets core ask for an update and read the status.
+    let (code, out) = c.sh("core-01", "update_engine_client -update 2>/dev/null");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Update succeeded -- reboot needed.\n"),
+        "the machine did not take the update"
+    );
+    eprintln!(
+        "update installed by the machine: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (_, show) = c.sh("core-01", "sudo cgpt show /dev/vda | grep -A3 USR-A");
+    assert!(
+        show.contains("Attr: priority=2 tries=1 successful=0"),
+        "the new image's postinst marks USR-A:\n{show}"
+    );
+    // A real reboot into it.
+    let t = Instant::now();
+    c.ok(&["reload", "core-01"]);
+    c.sh_until("core-01", "rootdev -s /usr", "/dev/vda3", 60);
+    eprintln!(
+        "rebooted into the update: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    c.sh_until(
+        "core-01",
+        "grep VERSION= /usr/share/coreos/release",
+        "COREOS_RELEASE_VERSION=99.0.0",
+        10,
+    );
+    assert!(c.ok(&["status"]).contains("USR-A"));
+    // The first check after the reboot tells the service it is complete.
+    let db = c
+        .state
+        .path()
+        .join("clusters")
+        .join(&c.name)
+        .join("updates.db");
+    let deadline = Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let store = update_server::Store::open(&db).unwrap();
+        let i = store.instance(&machine_id).unwrap().unwrap();
+        if i.status == "Complete" && i.version == "99.0.0" {
+            let kinds: Vec<(u32, u32)> = store
+                .events(&machine_id)
+                .unwrap()
+                .iter()
+                .map(|e| (e.kind, e.result))
+                .filter(|k| *k != (3, 2))
+                .collect();
+            assert_eq!(
+                kinds,
+                [(13, 1), (14, 1), (3, 1)],
+                "the events of the update"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service never saw it complete: {i:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 /// An nspawn machine joins the virtual machine's cluster: the same bridge, and each

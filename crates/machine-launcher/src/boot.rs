@@ -84,6 +84,7 @@ fn open_cluster(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> 
             settings: opts.settings.clone(),
             image: opts.image.clone(),
             discovery: None,
+            updates: None,
             machines: Vec::new(),
         },
         Err(e) => return Err(e),
@@ -161,6 +162,9 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
         "br0",
         &format!("{}/24", cluster.gateway()),
     )?;
+
+    // The cluster's update service, where its machines ask for updates.
+    crate::updates::ensure_update_service(host, paths, &mut cluster, &opts.ferrite_exe)?;
 
     // Discovery: a fresh token on the cluster's own service.
     let mut effective = user_data.clone();
@@ -344,6 +348,7 @@ pub(crate) fn prepare(
     let root = mount_root(host, &dir, &disk_path, &disk)?;
     setup_root(&root, &usr_mount, m)?;
     provision(&root, m, user_data)?;
+    crate::updates::point_at_service(&root, cluster)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     host.bind_ro(&usr_mount, &root.join("usr"))?;
     Ok(root)
@@ -363,6 +368,7 @@ fn prepare_qemu(
     let (dir, disk_path, disk) = machine_disk(cluster, paths, m)?;
     let root = mount_root(host, &dir, &disk_path, &disk)?;
     provision(&root, m, user_data)?;
+    crate::updates::point_at_service(&root, cluster)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     qemu::provision(&root, cluster, m)?;
     host.unmount(&root)

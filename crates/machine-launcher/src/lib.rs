@@ -47,6 +47,7 @@ pub mod qemu;
 pub mod report;
 pub mod state;
 pub mod teardown;
+pub mod updates;
 
 use std::path::{Path, PathBuf};
 

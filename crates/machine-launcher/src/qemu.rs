@@ -411,6 +411,7 @@ mod tests {
             },
             image: PathBuf::from("/x.img"),
             discovery: None,
+            updates: None,
             machines: vec![m.clone()],
         };
         (c, m)

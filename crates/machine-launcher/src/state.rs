@@ -24,6 +24,9 @@ pub struct ClusterState {
     pub image: PathBuf,
     /// The discovery service, if the user-data uses one.
     pub discovery: Option<Discovery>,
+    /// The update service (absent in state from before it was started).
+    #[serde(default)]
+    pub updates: Option<Service>,
     /// The machines.
     pub machines: Vec<MachineState>,
 }
@@ -37,6 +40,15 @@ pub struct Discovery {
     pub url: String,
     /// The cgroups it runs in (recorded before it starts; empty in state older than them).
     #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// A service process the cluster runs on the host side (the update service).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Service {
+    /// Its process.
+    pub pid: Option<u32>,
+    /// The cgroups it runs in (recorded before it starts).
     pub cgroups: Vec<PathBuf>,
 }
 

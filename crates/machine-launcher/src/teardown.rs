@@ -101,7 +101,8 @@ fn all_machines(paths: &Paths) -> Vec<(String, MachineState)> {
         .collect()
 }
 
-/// Removes a cluster entirely: machines stopped at once, discovery stopped, mounts,
+/// Removes a cluster entirely: machines stopped at once, the update and discovery services
+/// stopped, mounts,
 /// namespaces, cgroups and files removed.
 pub fn destroy(host: &dyn Host, paths: &Paths, name: &str) -> Result<(), Error> {
     let _lock = lock_existing(paths, name)?;
@@ -111,6 +112,7 @@ pub fn destroy(host: &dyn Host, paths: &Paths, name: &str) -> Result<(), Error> 
     for n in &names {
         halt(host, paths, &mut cluster, n, true)?;
     }
+    crate::updates::stop_update_service(host, &mut cluster);
     if let Some(d) = cluster.discovery.take() {
         if let Some(pid) = d.pid.filter(|p| process_matches(host, *p, "discovery")) {
             let _ = host.signal(pid, "KILL");

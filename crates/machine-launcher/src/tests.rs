@@ -17,6 +17,7 @@ fn cluster(paths: &Paths) -> ClusterState {
         settings: Settings::default(),
         image: PathBuf::from("/nonexistent.img"),
         discovery: None,
+        updates: None,
         machines: vec![MachineState::example(1, crate::Driver::Nspawn)],
     };
     std::fs::create_dir_all(paths.cluster_dir("demo")).unwrap();

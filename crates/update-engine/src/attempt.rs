@@ -344,6 +344,11 @@ impl Updater<'_> {
                 )
             })?,
         };
+        // Where it will go, before a byte is downloaded (CoreOS's install plan).
+        let slot = self
+            .slots
+            .passive()
+            .map_err(|e| Failure(ErrorCode::InstallDeviceOpenError, e))?;
         let payload = self.paths.state.join("payload");
         atomic_file::create_dirs(&self.paths.state)
             .map_err(|e| Failure(ErrorCode::DownloadWriteError, e.to_string()))?;
@@ -383,10 +388,6 @@ impl Updater<'_> {
             prefs,
             Event::new(EventType::DownloadFinished, EventResult::Success),
         );
-        let slot = self
-            .slots
-            .passive()
-            .map_err(|e| Failure(ErrorCode::InstallDeviceOpenError, e))?;
         update_payload::apply_to(
             &verified,
             update_payload::Target {

@@ -31,10 +31,16 @@
 //! - `update_engine_client` (binary): `-status`, `-check_for_update`, `-update`,
 //!   `-reset_status`, `-watch_for_updates` with CoreOS's outputs.
 //!
-//! Next (issue 12 goes on): the image carries the daemon, its unit and bus policy and a
-//! payload key; `ferrite release build/publish` and the update server; the health gate
-//! that marks a slot good; locksmith. `slots` is exercised only on a real machine (this
-//! host's loop devices get no partitions), which the QEMU test of the update will do.
+//! Tested end to end on a QEMU machine (`crates/ferrite/tests/qemu_machines.rs`): a
+//! release published in the cluster's update service is downloaded, verified, written to
+//! the passive slot through its block device, marked by the new image's postinst, and
+//! booted. nspawn machines skip the unit (as CoreOS's skipped containers); `slots::ImageSlots`
+//! (a disk image named in `/run/ferrite/slots`) is their way in, not yet wired by the
+//! launcher.
+//!
+//! Next (issue 12 goes on): nspawn machines (the launcher naming their disk image in
+//! `/run/ferrite/slots`, and booting again after a reboot), the health gate that marks a
+//! slot good, locksmith, the dashboard, the benchmarks.
 
 pub mod attempt;
 pub mod conf;
@@ -45,6 +51,36 @@ pub mod slots;
 pub mod status;
 
 use std::path::PathBuf;
+
+/// Command-line arguments with gflags' single-dash long flags (`-status`) written as
+/// `--status`, for clap; `--status` and single letters are left as they are.
+pub fn gflags_args(args: impl Iterator<Item = String>) -> impl Iterator<Item = String> {
+    args.map(|a| match a.strip_prefix('-') {
+        Some(rest) if !rest.starts_with('-') && rest.len() > 1 => format!("--{rest}"),
+        _ => a,
+    })
+}
+
+/// Runs `main` on a current-thread runtime; its error (or the runtime's) is printed as
+/// `<program>: <error chain>` and exits 1.
+pub fn run_main<T>(
+    program: &str,
+    main: impl std::future::Future<Output = anyhow::Result<T>>,
+    code: impl FnOnce(T) -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(main));
+    match result {
+        Ok(v) => code(v),
+        Err(e) => {
+            eprintln!("{program}: {}", host_command::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// An update_engine failure, naming the file or step.
 #[derive(Debug, thiserror::Error)]

@@ -107,3 +107,65 @@ fn run_postinst(device: &Path, mnt: &Path) -> Result<(), String> {
     let _ = rustix::mount::unmount(mnt, UnmountFlags::DETACH);
     ran.map(drop).map_err(|e| e.to_string())
 }
+
+/// Slots inside a disk image file rather than on block devices: an nspawn machine's (the
+/// launcher says which file and which slot it booted, in `/run/ferrite/slots`). The
+/// passive slot is written at its byte range; its postinst cannot be mounted from a file
+/// without a loop device, so the same bits are set directly: highest priority, one try,
+/// not successful.
+#[derive(Debug, Clone)]
+pub struct ImageSlots {
+    /// The disk image.
+    pub disk: PathBuf,
+    /// The slot the machine booted.
+    pub active: String,
+}
+
+impl ImageSlots {
+    /// The slots a `KEY=value` file names (`DISK=`, `ACTIVE=`), if it is there.
+    pub fn from_file(path: &Path) -> Option<ImageSlots> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let kv = crate::conf::parse(&text);
+        Some(ImageSlots {
+            disk: PathBuf::from(kv.get("DISK")?),
+            active: kv.get("ACTIVE")?.clone(),
+        })
+    }
+}
+
+impl Slots for ImageSlots {
+    fn active_label(&self) -> Result<String, String> {
+        Ok(self.active.clone())
+    }
+
+    fn passive(&self) -> Result<Slot, String> {
+        let label = other(&self.active)
+            .ok_or_else(|| format!("the booted slot {:?} is not USR-A or USR-B", self.active))?;
+        let p = Disk::open(&self.disk)
+            .partition(label)
+            .map_err(|e| e.to_string())?;
+        Ok(Slot {
+            label: label.to_string(),
+            path: self.disk.clone(),
+            offset: p.offset(),
+            len: p.bytes(),
+        })
+    }
+
+    fn postinst(&self, slot: &Slot) -> Result<(), String> {
+        let d = Disk::open(&self.disk);
+        let p = d.partition(&slot.label).map_err(|e| e.to_string())?;
+        d.set_gptprio(p.number, p.prio.with_tries(1).with_successful(false))
+            .map_err(|e| e.to_string())?;
+        d.prioritize(p.number, None).map_err(|e| e.to_string())
+    }
+}
+
+/// The machine's slots: those `/run/ferrite/slots` names under `root` (an nspawn machine),
+/// else the block devices `/usr` is on.
+pub fn machine_slots(root: &Path) -> Box<dyn Slots + Send + Sync> {
+    match ImageSlots::from_file(&root.join("run/ferrite/slots")) {
+        Some(s) => Box::new(s),
+        None => Box::new(MachineSlots::default()),
+    }
+}

@@ -207,16 +207,7 @@ impl Store {
             .prepare("SELECT version, channel, size, sha256, sha1, file FROM releases WHERE channel = ?1")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![channel], |row| {
-                Ok(Release {
-                    version: row.get(0)?,
-                    channel: row.get(1)?,
-                    size: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                    sha256: row.get(3)?,
-                    sha1: row.get(4)?,
-                    file: PathBuf::from(row.get::<_, String>(5)?),
-                })
-            })
+            .query_map(params![channel], release_row)
             .map_err(|e| self.err(e))?;
         let mut best: Option<Release> = None;
         for r in rows {
@@ -234,16 +225,7 @@ impl Store {
             .query_row(
                 "SELECT version, channel, size, sha256, sha1, file FROM releases WHERE version = ?1 LIMIT 1",
                 params![version],
-                |row| {
-                    Ok(Release {
-                        version: row.get(0)?,
-                        channel: row.get(1)?,
-                        size: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
-                        sha256: row.get(3)?,
-                        sha1: row.get(4)?,
-                        file: PathBuf::from(row.get::<_, String>(5)?),
-                    })
-                },
+                release_row,
             )
             .optional()
             .map_err(|e| self.err(e))
@@ -419,6 +401,17 @@ impl Store {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
+}
+
+fn release_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
+    Ok(Release {
+        version: row.get(0)?,
+        channel: row.get(1)?,
+        size: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        sha256: row.get(3)?,
+        sha1: row.get(4)?,
+        file: PathBuf::from(row.get::<_, String>(5)?),
+    })
 }
 
 fn instance_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Instance> {

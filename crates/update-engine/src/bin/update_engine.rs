@@ -17,7 +17,7 @@ use update_engine::attempt::{after_boot, Boot, Identity, Outcome, Updater};
 use update_engine::conf::{Config, Paths};
 use update_engine::http::{HttpDownload, HttpOmaha};
 use update_engine::schedule::{self, LastCheck};
-use update_engine::slots::MachineSlots;
+use update_engine::slots::machine_slots;
 use update_engine::status::{Report, Status};
 use zbus::object_server::SignalEmitter;
 
@@ -151,7 +151,7 @@ fn spawn_attempt(
     tokio::task::spawn_blocking(move || {
         let mut omaha = HttpOmaha::default();
         let mut download = HttpDownload::default();
-        let slots = MachineSlots::default();
+        let slots = machine_slots(&paths.root);
         let mut on_report = |r: &Report| {
             let _ = reports.send(r.clone());
         };
@@ -160,7 +160,7 @@ fn spawn_attempt(
             identity: &identity,
             omaha: &mut omaha,
             download: &mut download,
-            slots: &slots,
+            slots: slots.as_ref(),
             on_report: &mut on_report,
         };
         let mut report = start;
@@ -225,14 +225,14 @@ impl Daemon {
             tokio::task::spawn_blocking(move || {
                 let mut omaha = HttpOmaha::default();
                 let mut download = HttpDownload::default();
-                let slots = MachineSlots::default();
+                let slots = machine_slots(&paths.root);
                 let mut quiet = |_: &Report| {};
                 Updater {
                     paths: &paths,
                     identity: &identity,
                     omaha: &mut omaha,
                     download: &mut download,
-                    slots: &slots,
+                    slots: slots.as_ref(),
                     on_report: &mut quiet,
                 }
                 .ping();
@@ -282,9 +282,9 @@ impl Daemon {
 async fn run(cli: Cli) -> Result<()> {
     let paths = Paths::under(&cli.root);
     let identity = Arc::new(identity(&cli.root)?);
-    let slots = MachineSlots::default();
+    let slots = machine_slots(&paths.root);
     let mut report = Report::default();
-    match after_boot(&paths, &slots)? {
+    match after_boot(&paths, slots.as_ref())? {
         Boot::RebootPending => report.status = Status::UpdatedNeedReboot,
         Boot::RolledBack { version } => {
             eprintln!("update_engine: {version} did not stay booted: rolled back; it will not be installed again");
@@ -354,28 +354,8 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse_from(std::env::args().map(|a| {
-        // gflags: `-foreground` is `--foreground`.
-        match a.strip_prefix('-') {
-            Some(rest) if !rest.starts_with('-') && rest.len() > 1 => format!("--{rest}"),
-            _ => a,
-        }
-    }));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("update_engine: starting the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("update_engine: {}", host_command::error_chain(e.as_ref()));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::parse_from(update_engine::gflags_args(std::env::args()));
+    update_engine::run_main("update_engine", run(cli), |()| {
+        std::process::ExitCode::SUCCESS
+    })
 }

@@ -139,29 +139,10 @@ async fn run(cli: Cli) -> Result<u8> {
 }
 
 fn main() -> std::process::ExitCode {
-    // gflags: `-status` is `--status`.
-    let cli = Cli::parse_from(std::env::args().map(|a| match a.strip_prefix('-') {
-        Some(rest) if !rest.starts_with('-') && rest.len() > 1 => format!("--{rest}"),
-        _ => a,
-    }));
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("update_engine_client: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(code) => std::process::ExitCode::from(code),
-        Err(e) => {
-            eprintln!(
-                "update_engine_client: {}",
-                host_command::error_chain(e.as_ref())
-            );
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let cli = Cli::parse_from(update_engine::gflags_args(std::env::args()));
+    update_engine::run_main(
+        "update_engine_client",
+        run(cli),
+        std::process::ExitCode::from,
+    )
 }
