@@ -99,3 +99,30 @@ pub enum Error {
     #[error(transparent)]
     Write(#[from] atomic_file::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gflags_single_dash_long_flags_become_clap_long_flags() {
+        let args = [
+            "update_engine_client",
+            "-status",
+            "--update",
+            "-x",
+            "-",
+            "--",
+        ];
+        let out: Vec<String> = super::gflags_args(args.iter().map(|s| s.to_string())).collect();
+        assert_eq!(
+            out,
+            [
+                "update_engine_client",
+                "--status",
+                "--update",
+                "-x",
+                "-",
+                "--"
+            ]
+        );
+    }
+}
