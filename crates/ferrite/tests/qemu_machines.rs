@@ -335,13 +335,7 @@ fn real_update(c: &Cluster) {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    // As core: the bus policy lets core ask for an update and read the status.
-    let (code, out) = c.sh("core-01", "update_engine_client -update 2>/dev/null");
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "Update succeeded -- reboot needed.\n"),
-        "the machine did not take the update"
-    );
+    common::take_update(c, "core-01");
     eprintln!(
         "update installed by the machine: {:.1} s",
         t.elapsed().as_secs_f64()
@@ -367,37 +361,12 @@ fn real_update(c: &Cluster) {
     );
     assert!(c.ok(&["status"]).contains("USR-A"));
     // The first check after the reboot tells the service it is complete.
-    let db = c
-        .state
-        .path()
-        .join("clusters")
-        .join(&c.name)
-        .join("updates.db");
-    let deadline = Instant::now() + std::time::Duration::from_secs(90);
-    loop {
-        let store = update_server::Store::open(&db).unwrap();
-        let i = store.instance(&machine_id).unwrap().unwrap();
-        if i.status == "Complete" && i.version == "99.0.0" {
-            let kinds: Vec<(u32, u32)> = store
-                .events(&machine_id)
-                .unwrap()
-                .iter()
-                .map(|e| (e.kind, e.result))
-                .filter(|k| *k != (3, 2))
-                .collect();
-            assert_eq!(
-                kinds,
-                [(13, 1), (14, 1), (3, 1)],
-                "the events of the update"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service never saw it complete: {i:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
+    let events = common::wait_complete(c, &machine_id, "99.0.0");
+    assert_eq!(
+        events,
+        [(13, 1), (14, 1), (3, 1)],
+        "the events of the update"
+    );
 }
 
 /// An nspawn machine joins the virtual machine's cluster: the same bridge, and each

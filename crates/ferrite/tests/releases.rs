@@ -1,6 +1,7 @@
 //! `ferrite release build`, `release publish` and `update-server`: a new version's image
 //! and payload, signed with the key whose public half the cache's images carry, offered on
-//! a channel and served over Omaha. Needs root (the image build) and the workspace built.
+//! a channel and served over Omaha; then taken by an nspawn machine of a running cluster and
+//! booted with `ferrite reload`. Needs root and the workspace built.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -38,7 +39,7 @@ fn check(base: &str, version: &str, track: &str) -> String {
 }
 
 #[test]
-fn a_release_is_built_published_and_offered() {
+fn a_release_is_built_published_offered_and_taken() {
     let c = Cluster::new("rel");
     let run = |args: &[&str]| {
         let o = c.cmd(args).stdin(Stdio::null()).output().unwrap();
@@ -126,6 +127,58 @@ fn a_release_is_built_published_and_offered() {
     ]);
     assert!(ok, "{text}");
     offered_over_omaha(&c, &payload);
+    an_nspawn_machine_takes_it(c);
+}
+
+/// The release, published in a running cluster of one nspawn machine: its update_engine
+/// writes USR-B inside the machine's disk image (handed to it by the launcher), marks it,
+/// and `ferrite reload` boots it.
+fn an_nspawn_machine_takes_it(mut c: Cluster) {
+    c.ok(&["up"]);
+    let json = c.cluster_json();
+    let channel = json["settings"]["channel"].as_str().unwrap().to_string();
+    let machine_id = json["machines"][0]["machine_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = c
+        .cmd(&[
+            "release",
+            "publish",
+            "9.8.7",
+            "--channel",
+            &channel,
+            "--cluster",
+            &c.name,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = Instant::now();
+    common::take_update(&c, "core-01");
+    eprintln!("nspawn machine updated: {:.1} s", t.elapsed().as_secs_f64());
+    let disk = coreos_disk::Disk::open(&c.machine_dir("core-01").join("disk.img"));
+    let b = disk.partition("USR-B").unwrap().prio;
+    assert_eq!((b.priority(), b.tries(), b.successful()), (2, 1, false));
+    c.ok(&["reload", "core-01"]);
+    c.sh_until(
+        "core-01",
+        "grep VERSION= /usr/share/coreos/release",
+        "COREOS_RELEASE_VERSION=9.8.7",
+        30,
+    );
+    assert!(c.ok(&["status"]).contains("USR-B"));
+    let b = disk.partition("USR-B").unwrap().prio;
+    assert_eq!(b.tries(), 0, "the boot spent B's try");
+    // The first check after the reboot tells the service it is complete.
+    let events = common::wait_complete(&c, &machine_id, "9.8.7");
+    assert_eq!(
+        events,
+        [(13, 1), (14, 1), (3, 1)],
+        "the events of the update"
+    );
+    c.destroy_and_check();
 }
 
 /// `ferrite update-server` offers the published release and serves its payload.

@@ -286,6 +286,10 @@ fn machine_cgroups(
     Ok(cgroups)
 }
 
+/// Where an nspawn machine sees its own disk image (for update_engine, which writes the
+/// passive USR slot in it; `/run/ferrite/slots` names it and the booted slot).
+const IN_MACHINE_DISK: &str = "/run/ferrite/disk.img";
+
 /// ROOT of the machine's disk, mounted on `<dir>/root` (once).
 fn mount_root(
     host: &dyn Host,
@@ -346,6 +350,13 @@ pub(crate) fn prepare(
         }
     }
     let root = mount_root(host, &dir, &disk_path, &disk)?;
+    // update_engine's way to the slots: the disk image (bound in by `start`) and the slot
+    // this boot mounted, as a bootloader would pass it.
+    atomic_file::write(
+        &dir.join("slots"),
+        format!("DISK={IN_MACHINE_DISK}\nACTIVE={}\n", usr.label).as_bytes(),
+        &atomic_file::Options::mode(0o644),
+    )?;
     setup_root(&root, &usr_mount, m)?;
     provision(&root, m, user_data)?;
     crate::updates::point_at_service(&root, cluster)?;
@@ -455,6 +466,14 @@ pub(crate) fn start(
         .arg(format!("--hostname={}", m.name))
         .arg(format!("--uuid={}", m.machine_id))
         .arg(format!("--network-namespace-path=/run/netns/{mns}"))
+        .arg(format!(
+            "--bind={}:{IN_MACHINE_DISK}",
+            dir.join("disk.img").display()
+        ))
+        .arg(format!(
+            "--bind-ro={}:/run/ferrite/slots",
+            dir.join("slots").display()
+        ))
         .args([
             "--capability=CAP_NET_ADMIN",
             "--system-call-filter=@keyring",

@@ -31,16 +31,13 @@
 //! - `update_engine_client` (binary): `-status`, `-check_for_update`, `-update`,
 //!   `-reset_status`, `-watch_for_updates` with CoreOS's outputs.
 //!
-//! Tested end to end on a QEMU machine (`crates/ferrite/tests/qemu_machines.rs`): a
-//! release published in the cluster's update service is downloaded, verified, written to
-//! the passive slot through its block device, marked by the new image's postinst, and
-//! booted. nspawn machines skip the unit (as CoreOS's skipped containers); `slots::ImageSlots`
-//! (a disk image named in `/run/ferrite/slots`) is their way in, not yet wired by the
-//! launcher.
+//! Tested end to end on a QEMU machine (`crates/ferrite/tests/qemu_machines.rs`: the
+//! passive slot written through its block device, marked by the new image's postinst,
+//! booted) and on an nspawn machine (`tests/releases.rs`: `slots::ImageSlots`, the machine's
+//! disk image that the launcher binds in and names in `/run/ferrite/slots`).
 //!
-//! Next (issue 12 goes on): nspawn machines (the launcher naming their disk image in
-//! `/run/ferrite/slots`, and booting again after a reboot), the health gate that marks a
-//! slot good, locksmith, the dashboard, the benchmarks.
+//! Next (issue 12 goes on): the health gate that marks a slot good, locksmith and
+//! FleetLock, the dashboard, the three-machine rollout test, the benchmarks.
 
 pub mod attempt;
 pub mod conf;

@@ -221,3 +221,46 @@ pub fn ip_of(status: &str, machine: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Updates: `update_engine_client -update` run as core on `machine` (the bus policy lets
+/// core ask); it must end with the update installed and a reboot needed.
+pub fn take_update(c: &Cluster, machine: &str) {
+    let (code, out) = c.sh(machine, "update_engine_client -update 2>/dev/null");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Update succeeded -- reboot needed.\n"),
+        "{machine} did not take the update"
+    );
+}
+
+/// Waits until the cluster's update service records `machine_id` complete on `version`
+/// (the first check after the reboot says so); returns its events other than check-ins.
+pub fn wait_complete(c: &Cluster, machine_id: &str, version: &str) -> Vec<(u32, u32)> {
+    let db = c
+        .state
+        .path()
+        .join("clusters")
+        .join(&c.name)
+        .join("updates.db");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let store = update_server::Store::open(&db).unwrap();
+        let i = store.instance(machine_id).unwrap();
+        if i.as_ref()
+            .is_some_and(|i| i.status == "Complete" && i.version == version)
+        {
+            return store
+                .events(machine_id)
+                .unwrap()
+                .iter()
+                .map(|e| (e.kind, e.result))
+                .filter(|k| *k != (3, 2))
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service never saw {machine_id} complete on {version}: {i:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
