@@ -14,10 +14,9 @@ use base64::Engine;
 use coreos_disk::{Disk, GptPrio, Layout};
 use omaha::codes::{EventResult, EventType, FLAG_TEST_OMAHA_URL};
 use omaha::{AppAnswer, InstallSource, Offer, Package, Request, Response, UpdateCheck};
-use update_engine::attempt::{
-    after_boot, Boot, Download, Identity, Omaha, Outcome, Slot, Slots, Updater,
-};
+use update_engine::attempt::{after_boot, Boot, Download, Identity, Omaha, Outcome, Updater};
 use update_engine::conf::Paths;
+use update_engine::slots::ImageSlots;
 use update_engine::status::{Report, Status};
 
 /// The update service: answers checks with `offer` (or no update), records every request.
@@ -57,6 +56,15 @@ impl Omaha for Service {
 }
 
 impl Service {
+    /// A service that answers checks with `offer` (or no update), HTTP 200.
+    fn new(offer: Option<Offer>) -> Self {
+        Service {
+            offer,
+            http_status: 200,
+            requests: Vec::new(),
+        }
+    }
+
     /// Every event sent, in order: (type, result, error code).
     fn events(&self) -> Vec<(u32, u32, Option<u32>)> {
         self.requests
@@ -87,44 +95,6 @@ impl Download for Files {
         std::fs::write(dest, &data).map_err(|e| e.to_string())?;
         progress(data.len() as u64);
         Ok(())
-    }
-}
-
-/// USR-A active, USR-B passive, on a disk image.
-struct ImageSlots {
-    disk: PathBuf,
-    active: &'static str,
-}
-
-impl Slots for ImageSlots {
-    fn passive(&self) -> Result<Slot, String> {
-        let label = if self.active == "USR-A" {
-            "USR-B"
-        } else {
-            "USR-A"
-        };
-        let p = Disk::open(&self.disk)
-            .partition(label)
-            .map_err(|e| e.to_string())?;
-        Ok(Slot {
-            label: label.into(),
-            path: self.disk.clone(),
-            offset: p.offset(),
-            len: p.bytes(),
-        })
-    }
-
-    fn active_label(&self) -> Result<String, String> {
-        Ok(self.active.into())
-    }
-
-    fn postinst(&self, slot: &Slot) -> Result<(), String> {
-        let d = Disk::open(&self.disk);
-        let n = d.partition(&slot.label).map_err(|e| e.to_string())?.number;
-        let prio = d.partition(&slot.label).unwrap().prio;
-        d.set_gptprio(n, prio.with_tries(1).with_successful(false))
-            .map_err(|e| e.to_string())?;
-        d.prioritize(n, None).map_err(|e| e.to_string())
     }
 }
 
@@ -207,7 +177,7 @@ fn attempt(
     };
     let slots = ImageSlots {
         disk: w.disk.clone(),
-        active,
+        active: active.into(),
     };
     let mut files = Files(payload.to_path_buf());
     let mut u = Updater {
@@ -237,11 +207,7 @@ fn bits(w: &World, label: &str) -> (u8, u8, bool) {
 #[test]
 fn no_update_is_a_check_and_nothing_more() {
     let w = world();
-    let mut s = Service {
-        offer: None,
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(None);
     let (out, seen) = attempt(&w, &mut s, &w.payload, "USR-A");
     assert_eq!(
         out,
@@ -274,11 +240,7 @@ fn no_update_is_a_check_and_nothing_more() {
 #[test]
 fn an_offer_is_downloaded_verified_written_and_marked() {
     let w = world();
-    let mut s = Service {
-        offer: Some(w.offer.clone()),
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(Some(w.offer.clone()));
     let (out, seen) = attempt(&w, &mut s, &w.payload, "USR-A");
     assert_eq!(
         out,
@@ -312,7 +274,7 @@ fn an_offer_is_downloaded_verified_written_and_marked() {
             &w.paths,
             &ImageSlots {
                 disk: w.disk.clone(),
-                active: "USR-A"
+                active: "USR-A".into()
             }
         )
         .unwrap(),
@@ -328,11 +290,7 @@ fn a_damaged_payload_touches_nothing_and_is_reported() {
     bad[n / 2] ^= 0x55;
     let damaged = w.dir.path().join("damaged.gz");
     std::fs::write(&damaged, &bad).unwrap();
-    let mut s = Service {
-        offer: Some(w.offer.clone()),
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(Some(w.offer.clone()));
     let (out, seen) = attempt(&w, &mut s, &damaged, "USR-A");
     let code = 10 | FLAG_TEST_OMAHA_URL;
     assert!(
@@ -351,9 +309,8 @@ fn a_damaged_payload_touches_nothing_and_is_reported() {
     );
     // A busy server: reported with HTTP's code, and said to be busy.
     let mut s = Service {
-        offer: None,
         http_status: 503,
-        requests: Vec::new(),
+        ..Service::new(None)
     };
     let (out, _) = attempt(&w, &mut s, &w.payload, "USR-A");
     assert!(
@@ -365,17 +322,13 @@ fn a_damaged_payload_touches_nothing_and_is_reported() {
 #[test]
 fn a_rollback_is_reported_once_and_that_version_never_installed_again() {
     let w = world();
-    let mut s = Service {
-        offer: Some(w.offer.clone()),
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(Some(w.offer.clone()));
     attempt(&w, &mut s, &w.payload, "USR-A");
     // The reboot: the marker is on tmpfs, gone. B failed, the machine came back on A.
     std::fs::remove_file(&w.paths.marker).unwrap();
     let on_a = ImageSlots {
         disk: w.disk.clone(),
-        active: "USR-A",
+        active: "USR-A".into(),
     };
     assert_eq!(
         after_boot(&w.paths, &on_a).unwrap(),
@@ -391,11 +344,7 @@ fn a_rollback_is_reported_once_and_that_version_never_installed_again() {
     // Mark B as spent, as the boot left it, and overwrite it to see it is not rewritten.
     let d = Disk::open(&w.disk);
     d.set_gptprio(4, GptPrio::new(2, 0, false)).unwrap();
-    let mut s = Service {
-        offer: Some(w.offer.clone()),
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(Some(w.offer.clone()));
     let (out, _) = attempt(&w, &mut s, &w.payload, "USR-A");
     assert_eq!(
         out,
@@ -417,11 +366,7 @@ fn a_rollback_is_reported_once_and_that_version_never_installed_again() {
     assert_eq!(check.apps[0].events[0].result, EventResult::SuccessReboot);
     assert_eq!(bits(&w, "USR-B"), (2, 0, false));
     // Reported once.
-    let mut s2 = Service {
-        offer: None,
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s2 = Service::new(None);
     attempt(&w, &mut s2, &w.payload, "USR-A");
     assert!(s2.events().is_empty());
 }
@@ -429,17 +374,13 @@ fn a_rollback_is_reported_once_and_that_version_never_installed_again() {
 #[test]
 fn an_update_that_booted_completes_on_the_next_check() {
     let w = world();
-    let mut s = Service {
-        offer: Some(w.offer.clone()),
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(Some(w.offer.clone()));
     attempt(&w, &mut s, &w.payload, "USR-A");
     std::fs::remove_file(&w.paths.marker).unwrap();
     // Booted B, now running 1.1.0.
     let on_b = ImageSlots {
         disk: w.disk.clone(),
-        active: "USR-B",
+        active: "USR-B".into(),
     };
     assert_eq!(
         after_boot(&w.paths, &on_b).unwrap(),
@@ -452,11 +393,7 @@ fn an_update_that_booted_completes_on_the_next_check() {
         "COREOS_RELEASE_VERSION=1.1.0\n",
     )
     .unwrap();
-    let mut s = Service {
-        offer: None,
-        http_status: 200,
-        requests: Vec::new(),
-    };
+    let mut s = Service::new(None);
     attempt(&w, &mut s, &w.payload, "USR-B");
     let ev = &s.requests[0].apps[0].events[0];
     assert_eq!(

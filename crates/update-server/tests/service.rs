@@ -241,34 +241,6 @@ fn events_move_the_instance_and_a_failure_pauses_a_safe_group() {
     assert!(store.group("stable").unwrap().unwrap().paused);
 }
 
-/// USR-A active, USR-B passive, on a disk image (as update_engine's attempt test).
-struct ImageSlots(PathBuf);
-
-impl update_engine::attempt::Slots for ImageSlots {
-    fn passive(&self) -> Result<update_engine::attempt::Slot, String> {
-        let p = Disk::open(&self.0)
-            .partition("USR-B")
-            .map_err(|e| e.to_string())?;
-        Ok(update_engine::attempt::Slot {
-            label: "USR-B".into(),
-            path: self.0.clone(),
-            offset: p.offset(),
-            len: p.bytes(),
-        })
-    }
-
-    fn active_label(&self) -> Result<String, String> {
-        Ok("USR-A".into())
-    }
-
-    fn postinst(&self, _: &update_engine::attempt::Slot) -> Result<(), String> {
-        let d = Disk::open(&self.0);
-        d.set_gptprio(4, coreos_disk::GptPrio::new(0, 1, false))
-            .map_err(|e| e.to_string())?;
-        d.prioritize(4, None).map_err(|e| e.to_string())
-    }
-}
-
 fn put(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -340,7 +312,11 @@ fn update_engine_takes_a_release_from_the_service_over_http() {
     let mut omaha = update_engine::http::HttpOmaha::default();
     let mut download =
         update_engine::http::HttpDownload::with_retries(2, std::time::Duration::from_millis(50));
-    let slots = ImageSlots(disk.clone());
+    // USR-A active, USR-B passive, on a disk image.
+    let slots = update_engine::slots::ImageSlots {
+        disk: disk.clone(),
+        active: "USR-A".into(),
+    };
     let mut quiet = |_: &update_engine::status::Report| {};
     let mut u = update_engine::attempt::Updater {
         paths: &paths,

@@ -138,33 +138,32 @@ fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Runs one attempt (or, with a reboot pending, a ping) on the blocking pool; reports go to
-/// `reports` as they happen.
-fn spawn_attempt(
+/// Runs `f` with an updater of the machine (HTTP, its slots) on the blocking pool; the
+/// updater's reports go to `reports` as they happen, when given.
+fn spawn_with_updater<T: Send + 'static>(
     paths: &Paths,
     identity: &Arc<Identity>,
-    source: InstallSource,
-    start: Report,
-    reports: mpsc::UnboundedSender<Report>,
-) -> tokio::task::JoinHandle<Outcome> {
+    reports: Option<mpsc::UnboundedSender<Report>>,
+    f: impl FnOnce(&mut Updater<'_>) -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
     let (paths, identity) = (paths.clone(), identity.clone());
     tokio::task::spawn_blocking(move || {
         let mut omaha = HttpOmaha::default();
         let mut download = HttpDownload::default();
         let slots = machine_slots(&paths.root);
         let mut on_report = |r: &Report| {
-            let _ = reports.send(r.clone());
+            if let Some(tx) = &reports {
+                let _ = tx.send(r.clone());
+            }
         };
-        let mut u = Updater {
+        f(&mut Updater {
             paths: &paths,
             identity: &identity,
             omaha: &mut omaha,
             download: &mut download,
             slots: slots.as_ref(),
             on_report: &mut on_report,
-        };
-        let mut report = start;
-        u.attempt(source, &mut report, now())
+        })
     })
 }
 
@@ -221,30 +220,17 @@ impl Daemon {
         let current = snapshot(&self.report);
         if current.status == Status::UpdatedNeedReboot {
             // A reboot is pending: a ping instead of a check.
-            let (paths, identity) = (self.paths.clone(), self.identity.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut omaha = HttpOmaha::default();
-                let mut download = HttpDownload::default();
-                let slots = machine_slots(&paths.root);
-                let mut quiet = |_: &Report| {};
-                Updater {
-                    paths: &paths,
-                    identity: &identity,
-                    omaha: &mut omaha,
-                    download: &mut download,
-                    slots: slots.as_ref(),
-                    on_report: &mut quiet,
-                }
-                .ping();
-            });
+            spawn_with_updater(&self.paths, &self.identity, None, |u| u.ping());
             return;
         }
-        self.running = Some(spawn_attempt(
+        self.running = Some(spawn_with_updater(
             &self.paths,
             &self.identity,
-            source,
-            current,
-            reports.clone(),
+            Some(reports.clone()),
+            move |u| {
+                let mut report = current;
+                u.attempt(source, &mut report, now())
+            },
         ));
     }
 
