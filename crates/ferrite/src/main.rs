@@ -151,6 +151,16 @@ enum Cmd {
         /// Its `qemu.json`.
         spec: PathBuf,
     },
+    /// Internal: a container machine's power and bootloader (boots it as often as it
+    /// reboots).
+    #[command(name = "__nspawn", hide = true)]
+    Nspawn {
+        /// The machine (also marks the process as its own).
+        #[arg(long)]
+        machine: String,
+        /// Its `nspawn.json`.
+        spec: PathBuf,
+    },
     /// Internal: join the machine's cgroups and exec systemd-nspawn.
     #[command(name = "__boot", hide = true)]
     Boot {
@@ -189,6 +199,10 @@ enum ReleaseCmd {
         /// Update channel: alpha, beta or stable.
         #[arg(long, default_value = "alpha")]
         channel: String,
+        /// Bake in a boot check that always fails: a release whose health gate fails, to
+        /// rehearse a rollback with.
+        #[arg(long)]
+        failing_health_check: bool,
     },
     /// Offer a built release on a channel in a cluster's update service.
     Publish {
@@ -247,11 +261,15 @@ fn payload_key() -> Result<update_payload::SigningKey> {
 }
 
 fn build_image(channel: Channel) -> Result<machine_image::BuiltImage> {
-    build_image_version(channel, env!("CARGO_PKG_VERSION"))
+    build_image_version(channel, env!("CARGO_PKG_VERSION"), false)
 }
 
 /// The image of release `version` (cached like any other).
-fn build_image_version(channel: Channel, version: &str) -> Result<machine_image::BuiltImage> {
+fn build_image_version(
+    channel: Channel,
+    version: &str,
+    failing_check: bool,
+) -> Result<machine_image::BuiltImage> {
     let exe = std::env::current_exe().context("finding the ferrite executable")?;
     let dir = exe
         .parent()
@@ -270,6 +288,7 @@ fn build_image_version(channel: Channel, version: &str) -> Result<machine_image:
             "ferrite-first-boot",
             "update_engine",
             "update_engine_client",
+            "ferrite-boot-health",
         ]
         .iter()
         .map(|b| (b.to_string(), dir.join(b)))
@@ -277,6 +296,7 @@ fn build_image_version(channel: Channel, version: &str) -> Result<machine_image:
         mirror: std::env::var("FERRITE_DEBIAN_MIRROR")
             .unwrap_or_else(|_| "http://deb.debian.org/debian".into()),
         payload_key: update_payload::public_pem(&payload_key()?)?,
+        failing_check,
     };
     Ok(machine_image::build(&spec)?)
 }
@@ -413,13 +433,13 @@ fn cmd_status(cluster: &str) -> Result<ExitCode> {
     let paths = Paths::from_env();
     let state = ClusterState::load(&paths, cluster)?;
     out(format!(
-        "{:<12} {:<9} {:<16} {}",
-        "NAME", "STATE", "ADDRESS", "USR"
+        "{:<12} {:<9} {:<16} {:<6} {}",
+        "NAME", "STATE", "ADDRESS", "USR", "VERSION"
     ))?;
     for s in machine_launcher::status(&RealHost, &paths, &state) {
         out(format!(
-            "{:<12} {:<9} {:<16} {}",
-            s.name, s.state, s.ip, s.usr
+            "{:<12} {:<9} {:<16} {:<6} {}",
+            s.name, s.state, s.ip, s.usr, s.version
         ))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -525,9 +545,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Release {
-            command: ReleaseCmd::Build { version, channel },
+            command:
+                ReleaseCmd::Build {
+                    version,
+                    channel,
+                    failing_health_check,
+                },
         } => {
-            out(release::build(&version, parse_channel(&channel)?)?)?;
+            out(release::build(
+                &version,
+                parse_channel(&channel)?,
+                failing_health_check,
+            )?)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Release {
@@ -552,6 +581,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Qemu { name: _, spec } => {
             machine_launcher::qemu::supervise(&spec)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Nspawn { machine: _, spec } => {
+            machine_launcher::nspawn::supervise(&spec)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Boot { cgroups, command } => {

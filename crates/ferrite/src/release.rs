@@ -36,12 +36,17 @@ pub fn updates_db(paths: &Paths, cluster: &str) -> PathBuf {
 }
 
 /// Builds version `version` for `channel`: its image (cached like any other) and the
-/// payload of its USR-A. Returns a line for the user.
-pub fn build(version: &str, channel: machine_image::Channel) -> Result<String> {
+/// payload of its USR-A (with a boot check that always fails when `failing_check`, to
+/// rehearse a rollback). Returns a line for the user.
+pub fn build(
+    version: &str,
+    channel: machine_image::Channel,
+    failing_check: bool,
+) -> Result<String> {
     if semver::Version::parse(version).is_err() {
         bail!("release version {version:?} is not X.Y.Z");
     }
-    let image = crate::build_image_version(channel, version)?;
+    let image = crate::build_image_version(channel, version, failing_check)?;
     let paths = Paths::from_env();
     let dir = releases_dir(&paths).join(version);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -131,8 +131,11 @@ fn a_release_is_built_published_offered_and_taken() {
 }
 
 /// The release, published in a running cluster of one nspawn machine: its update_engine
-/// writes USR-B inside the machine's disk image (handed to it by the launcher), marks it,
-/// and `ferrite reload` boots it.
+/// writes USR-B inside the machine's disk image (handed to it by the launcher) and marks
+/// it; a `reboot` in the machine boots it (the launcher's supervisor chooses the slot
+/// again), and the health gate marks it good. Then a release whose health gate fails is
+/// taken, booted, and rolled back: the machine is on the good release again, the service
+/// records the rollback, and the bad release is not installed again.
 fn an_nspawn_machine_takes_it(mut c: Cluster) {
     c.ok(&["up"]);
     let json = c.cluster_json();
@@ -141,36 +144,40 @@ fn an_nspawn_machine_takes_it(mut c: Cluster) {
         .as_str()
         .unwrap()
         .to_string();
-    let o = c
-        .cmd(&[
-            "release",
-            "publish",
-            "9.8.7",
-            "--channel",
-            &channel,
-            "--cluster",
-            &c.name,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    publish(&c, "9.8.7", &channel);
     let t = Instant::now();
     common::take_update(&c, "core-01");
     eprintln!("nspawn machine updated: {:.1} s", t.elapsed().as_secs_f64());
     let disk = coreos_disk::Disk::open(&c.machine_dir("core-01").join("disk.img"));
     let b = disk.partition("USR-B").unwrap().prio;
     assert_eq!((b.priority(), b.tries(), b.successful()), (2, 1, false));
-    c.ok(&["reload", "core-01"]);
+    let t = Instant::now();
+    reboot(&c, "core-01");
     c.sh_until(
         "core-01",
         "grep VERSION= /usr/share/coreos/release",
         "COREOS_RELEASE_VERSION=9.8.7",
-        30,
+        60,
     );
-    assert!(c.ok(&["status"]).contains("USR-B"));
+    // The health gate marks the new slot good once the machine is healthy.
+    c.sh_until(
+        "core-01",
+        "journalctl -u ferrite-boot-health --no-pager -o cat",
+        "USR-B is healthy",
+        60,
+    );
+    eprintln!(
+        "rebooted into 9.8.7 and marked good: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let b = disk.partition("USR-B").unwrap().prio;
-    assert_eq!(b.tries(), 0, "the boot spent B's try");
+    assert_eq!(
+        (b.priority(), b.tries(), b.successful()),
+        (2, 0, true),
+        "the boot spent B's try and the gate marked it good"
+    );
+    let status = c.ok(&["status"]);
+    assert!(status.contains("USR-B  9.8.7"), "{status}");
     // The first check after the reboot tells the service it is complete.
     let events = common::wait_complete(&c, &machine_id, "9.8.7");
     assert_eq!(
@@ -178,7 +185,159 @@ fn an_nspawn_machine_takes_it(mut c: Cluster) {
         [(13, 1), (14, 1), (3, 1)],
         "the events of the update"
     );
+    // 9.8.7 was built for beta: the machine now follows beta (its /usr's update.conf).
+    a_failing_release_rolls_back(&c, "beta", &machine_id, &disk);
     c.destroy_and_check();
+}
+
+/// `reboot` inside the machine (as a user, or locksmithd, would), and waits until the
+/// launcher booted it again and it is up.
+fn reboot(c: &Cluster, machine: &str) {
+    let boots = || {
+        let log = std::fs::read(c.machine_dir(machine).join("console.log")).unwrap();
+        String::from_utf8_lossy(&log)
+            .matches("ferrite: booting ")
+            .count()
+    };
+    let before = boots();
+    // The shell may be cut off by the reboot itself.
+    let _ = c.sh(machine, "sudo systemctl reboot");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while boots() == before
+        || !matches!(
+            c.sh(machine, "systemctl is-system-running").1.trim(),
+            "running" | "degraded"
+        )
+    {
+        assert!(Instant::now() < deadline, "{machine} did not come back");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn publish(c: &Cluster, version: &str, channel: &str) {
+    let o = c
+        .cmd(&[
+            "release",
+            "publish",
+            version,
+            "--channel",
+            channel,
+            "--cluster",
+            &c.name,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A release built with `--failing-health-check`: taken into USR-A, booted on trial, its
+/// gate fails, the machine reboots into USR-B (9.8.7) by the GPT bits alone, update_engine
+/// reports the rollback (event 3/0, error 44), and the release is not installed again.
+fn a_failing_release_rolls_back(
+    c: &Cluster,
+    channel: &str,
+    machine_id: &str,
+    disk: &coreos_disk::Disk,
+) {
+    let o = c
+        .cmd(&[
+            "release",
+            "build",
+            "--version",
+            "9.9.0",
+            "--channel",
+            channel,
+            "--failing-health-check",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    publish(c, "9.9.0", channel);
+    common::take_update(c, "core-01");
+    let a = disk.partition("USR-A").unwrap().prio;
+    assert_eq!((a.priority(), a.tries(), a.successful()), (2, 1, false));
+    let t = Instant::now();
+    let _ = c.sh("core-01", "sudo systemctl reboot");
+    // Booted 9.9.0 on trial, failed its gate, rebooted into 9.8.7.
+    let console = c.machine_dir("core-01").join("console.log");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let log = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
+        if log.matches("ferrite: booting ").count() >= 3 && log.ends_with("login: ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rollback; console:\n{}",
+            &log[log.len().saturating_sub(3000)..]
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    c.sh_until(
+        "core-01",
+        "grep VERSION= /usr/share/coreos/release",
+        "COREOS_RELEASE_VERSION=9.8.7",
+        60,
+    );
+    eprintln!(
+        "9.9.0 failed its gate and rolled back to 9.8.7: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let log = String::from_utf8_lossy(&std::fs::read(&console).unwrap()).into_owned();
+    let booted: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("ferrite: booting "))
+        .collect();
+    assert_eq!(booted, ["USR-B", "USR-A", "USR-B"], "{log}");
+    let a = disk.partition("USR-A").unwrap().prio;
+    assert_eq!(
+        (a.tries(), a.successful()),
+        (0, false),
+        "A's try was spent and it was never marked good"
+    );
+    let status = c.ok(&["status"]);
+    assert!(status.contains("USR-B  9.8.7"), "{status}");
+    // The rollback reaches the service (3/0 with error 44) …
+    let db = c
+        .state
+        .path()
+        .join("clusters")
+        .join(&c.name)
+        .join("updates.db");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let store = update_server::Store::open(&db).unwrap();
+        let i = store.instance(machine_id).unwrap().unwrap();
+        let events = store.events(machine_id).unwrap();
+        if i.rollbacks == 1 {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| (e.kind, e.result, e.code) == (3, 0, Some(44))),
+                "{events:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rollback reported: {i:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // … which pauses the group (safe mode) …
+    let store = update_server::Store::open(&db).unwrap();
+    assert!(store.group("beta").unwrap().unwrap().paused, "safe mode");
+    // … and once resumed, 9.9.0 is offered again but not installed again.
+    assert!(store.set_paused("beta", false).unwrap());
+    drop(store);
+    let _ = c.sh("core-01", "update_engine_client -check_for_update");
+    c.sh_until(
+        "core-01",
+        "journalctl -u update-engine --no-pager -o cat",
+        "9.9.0 rolled back here before; not installed",
+        60,
+    );
+    let (_, out) = c.sh("core-01", "update_engine_client -status 2>/dev/null");
+    assert!(out.contains("CURRENT_OP=UPDATE_STATUS_IDLE"), "{out}");
 }
 
 /// `ferrite update-server` offers the published release and serves its payload.

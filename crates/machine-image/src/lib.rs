@@ -203,6 +203,7 @@ pub fn dist_files() -> Vec<DistFile> {
         unit!("ferrite-cgroup-rw.service"),
         unit!("extend-filesystems.service"),
         unit!("update-engine.service"),
+        unit!("ferrite-boot-health.service"),
         (
             "usr/share/dbus-1/system.d/com.coreos.update1.conf",
             include_bytes!("../../../dist/dbus/com.coreos.update1.conf"),
@@ -261,6 +262,7 @@ const ENABLED: &[(&str, &str)] = &[
     ("sysinit.target", "ferrite-cgroup-rw.service"),
     ("sysinit.target", "extend-filesystems.service"),
     ("multi-user.target", "update-engine.service"),
+    ("multi-user.target", "ferrite-boot-health.service"),
     ("sockets.target", "sshd.socket"),
 ];
 
@@ -298,7 +300,27 @@ pub struct BuildSpec {
     /// The public key update payloads must be signed with (PEM), baked into `/usr` where
     /// update_engine reads it.
     pub payload_key: String,
+    /// Bake in a boot check that always fails (`ferrite-failing-check.service`, required
+    /// by `boot-complete.target`): a release to rehearse a rollback with.
+    pub failing_check: bool,
 }
+
+/// The boot check [`BuildSpec::failing_check`] bakes in.
+const FAILING_CHECK: &str = "\
+# A boot check that always fails: this release was built to rehearse a rollback
+# (`ferrite release build --failing-health-check`). The health gate sees
+# boot-complete.target fail, does not mark this /usr good and reboots into the previous one.
+[Unit]
+Description=A boot check that always fails (rollback rehearsal)
+Before=boot-complete.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo \"this release fails its health check on purpose\"; exit 1'
+
+[Install]
+RequiredBy=boot-complete.target
+";
 
 /// A built (or cached) image.
 #[derive(Debug, Clone)]
@@ -344,6 +366,9 @@ fn image_key(spec: &BuildSpec, rootfs: &str) -> Result<String, Error> {
         h.update(&data);
     }
     h.update(&spec.payload_key);
+    if spec.failing_check {
+        h.update(FAILING_CHECK);
+    }
     for (path, data, mode) in dist_files() {
         h.update(path);
         h.update(data);
@@ -724,6 +749,21 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
         std::os::unix::fs::symlink(format!("../{unit}"), &link)
             .map_err(io_err("linking", &link))?;
     }
+    if spec.failing_check {
+        let unit = "ferrite-failing-check.service";
+        write_file(
+            tree,
+            &format!("usr/lib/systemd/system/{unit}"),
+            FAILING_CHECK.as_bytes(),
+            0o644,
+        )?;
+        let dir = tree.join("usr/lib/systemd/system/boot-complete.target.requires");
+        std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let link = dir.join(unit);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(format!("../{unit}"), &link)
+            .map_err(io_err("linking", &link))?;
+    }
     for rel in DISABLED {
         remove(tree, &format!("etc/systemd/system/{rel}"));
     }
@@ -891,6 +931,7 @@ mod tests {
             binaries: vec![("b".into(), bin.clone())],
             mirror: "http://deb.debian.org/debian".into(),
             payload_key: "key one".into(),
+            failing_check: false,
         };
         let r = rootfs_key(&spec);
         let a = image_key(&spec, &r).unwrap();
@@ -908,6 +949,14 @@ mod tests {
         };
         assert_ne!(
             image_key(&other_key, &r).unwrap(),
+            image_key(&spec, &r).unwrap()
+        );
+        let failing = BuildSpec {
+            failing_check: true,
+            ..spec.clone()
+        };
+        assert_ne!(
+            image_key(&failing, &r).unwrap(),
             image_key(&spec, &r).unwrap()
         );
         let missing = BuildSpec {

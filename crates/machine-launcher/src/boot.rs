@@ -231,7 +231,12 @@ pub fn init_pid(host: &dyn Host, m: &MachineState) -> Option<u32> {
         return None;
     }
     let pid = m.pid.filter(|_| machine_running(host, m))?;
-    host.children(pid).into_iter().next()
+    // supervisor (`ferrite __nspawn`) → systemd-nspawn → the machine's init.
+    let nspawn = host
+        .children(pid)
+        .into_iter()
+        .find(|c| process_matches(host, *c, "systemd-nspawn"))?;
+    host.children(nspawn).into_iter().next()
 }
 
 fn boot_machine(
@@ -286,10 +291,6 @@ fn machine_cgroups(
     Ok(cgroups)
 }
 
-/// Where an nspawn machine sees its own disk image (for update_engine, which writes the
-/// passive USR slot in it; `/run/ferrite/slots` names it and the booted slot).
-const IN_MACHINE_DISK: &str = "/run/ferrite/disk.img";
-
 /// ROOT of the machine's disk, mounted on `<dir>/root` (once).
 fn mount_root(
     host: &dyn Host,
@@ -337,7 +338,22 @@ pub(crate) fn prepare(
     // GRUB's choice of /usr, on this machine's own disk.
     let usr = disk.gptprio_next()?;
     let usr_uuid = disk.ext_uuid(&usr)?;
-    let usr_mount = paths.run.join("usr").join(usr_uuid.to_string());
+    // The image's own USR is shared by every machine that boots it, mounted from the
+    // image file, which never changes; any other slot is this machine's alone, mounted from
+    // its disk (which its updates write, so it must never back another machine's `/usr`).
+    let image = Disk::open(&cluster.image);
+    let pristine = image
+        .partition(&usr.label)
+        .ok()
+        .filter(|p| image.ext_uuid(p).is_ok_and(|u| u == usr_uuid));
+    let (usr_mount, source, part) = match pristine {
+        Some(p) => (
+            paths.run.join("usr").join(usr_uuid.to_string()),
+            cluster.image.clone(),
+            p,
+        ),
+        None => (dir.join("usr"), disk_path.clone(), usr.clone()),
+    };
     record.update(&m.name, |m| {
         m.usr_mount = Some(usr_mount.clone());
         m.usr_label = Some(usr.label.clone());
@@ -346,17 +362,13 @@ pub(crate) fn prepare(
         // Machines boot in parallel: one mount per filesystem, taken under a lock.
         let _usr_lock = run_lock(paths)?;
         if !host.is_mountpoint(&usr_mount) {
-            host.mount_partition(&disk_path, usr.offset(), usr.bytes(), &usr_mount, true)?;
+            host.mount_partition(&source, part.offset(), part.bytes(), &usr_mount, true)?;
         }
     }
     let root = mount_root(host, &dir, &disk_path, &disk)?;
     // update_engine's way to the slots: the disk image (bound in by `start`) and the slot
     // this boot mounted, as a bootloader would pass it.
-    atomic_file::write(
-        &dir.join("slots"),
-        format!("DISK={IN_MACHINE_DISK}\nACTIVE={}\n", usr.label).as_bytes(),
-        &atomic_file::Options::mode(0o644),
-    )?;
+    crate::nspawn::write_slots(&dir, &usr.label)?;
     setup_root(&root, &usr_mount, m)?;
     provision(&root, m, user_data)?;
     crate::updates::point_at_service(&root, cluster)?;
@@ -448,42 +460,58 @@ pub(crate) fn start(
     let cgroups = machine_cgroups(host, cluster, record, m, limits)?;
 
     let dir = cluster.machine_dir(record.paths, &m.name);
+    let args = vec![
+        "--boot".to_string(),
+        "--register=no".into(),
+        "--keep-unit".into(),
+        "--link-journal=no".into(),
+        "--resolv-conf=off".into(),
+        "--timezone=off".into(),
+        format!("--directory={}", root.display()),
+        format!("--machine={}", m.name),
+        format!("--hostname={}", m.name),
+        format!("--uuid={}", m.machine_id),
+        format!("--network-namespace-path=/run/netns/{mns}"),
+        format!(
+            "--bind={}:{}",
+            dir.join("disk.img").display(),
+            crate::nspawn::IN_MACHINE_DISK
+        ),
+        format!(
+            "--bind-ro={}:/run/ferrite/slots",
+            dir.join("slots").display()
+        ),
+        "--capability=CAP_NET_ADMIN".into(),
+        "--system-call-filter=@keyring".into(),
+        "--console=read-only".into(),
+    ];
+    let spec = crate::nspawn::Spec {
+        name: m.name.clone(),
+        dir: dir.clone(),
+        cgroups: cgroups.clone(),
+        exe: exe.to_path_buf(),
+        args,
+    };
+    let spec_path = dir.join("nspawn.json");
+    let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::State {
+        path: spec_path.clone(),
+        reason: e.to_string(),
+    })?;
+    atomic_file::write(&spec_path, &json, &atomic_file::Options::mode(0o644))?;
+    // A fresh console for this `up`; each boot appends to it.
     let console =
         std::fs::File::create(dir.join("console.log")).map_err(io_err("creating", &dir))?;
     let console2 = console.try_clone().map_err(io_err("opening", &dir))?;
+    // The supervisor (`ferrite __nspawn`) boots the machine as often as it reboots.
     let mut cmd = in_cgroups(exe, &cgroups);
-    cmd.arg("systemd-nspawn")
-        .args([
-            "--boot",
-            "--register=no",
-            "--keep-unit",
-            "--link-journal=no",
-            "--resolv-conf=off",
-            "--timezone=off",
-        ])
-        .arg(format!("--directory={}", root.display()))
+    cmd.arg(exe)
+        .arg("__nspawn")
         .arg(format!("--machine={}", m.name))
-        .arg(format!("--hostname={}", m.name))
-        .arg(format!("--uuid={}", m.machine_id))
-        .arg(format!("--network-namespace-path=/run/netns/{mns}"))
-        .arg(format!(
-            "--bind={}:{IN_MACHINE_DISK}",
-            dir.join("disk.img").display()
-        ))
-        .arg(format!(
-            "--bind-ro={}:/run/ferrite/slots",
-            dir.join("slots").display()
-        ))
-        .args([
-            "--capability=CAP_NET_ADMIN",
-            "--system-call-filter=@keyring",
-            "--console=read-only",
-        ])
-        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network")
+        .arg(&spec_path)
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(console2);
-    let pid = host.spawn("systemd-nspawn", &mut cmd)?;
+    let pid = host.spawn("ferrite __nspawn", &mut cmd)?;
     record.update(&m.name, |m| m.pid = Some(pid))
 }
 

@@ -218,6 +218,11 @@ fn create_unified(
     Ok(())
 }
 
+/// The child `name` of each directory.
+pub fn children_of(dirs: &[PathBuf], name: &str) -> Vec<PathBuf> {
+    dirs.iter().map(|d| d.join(name)).collect()
+}
+
 /// Moves process `pid` into each directory.
 pub fn join(host: &dyn Host, dirs: &[PathBuf], pid: u32) -> Result<(), Error> {
     for d in dirs {

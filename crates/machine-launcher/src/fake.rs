@@ -243,10 +243,16 @@ impl Host for FakeHost {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from);
         let pid = self.add_process(&line, cgroup.as_deref());
-        if line.contains("systemd-nspawn") {
+        // The supervisor starts nspawn, which starts the machine's init.
+        if line.contains("__nspawn") {
+            let nspawn = self.add_process("systemd-nspawn --boot", cgroup.as_deref());
             let init = self.add_process("/usr/lib/systemd/systemd", cgroup.as_deref());
-            if let Some(p) = self.inner.lock().unwrap().procs.get_mut(&init) {
+            let mut inner = self.inner.lock().unwrap();
+            if let Some(p) = inner.procs.get_mut(&nspawn) {
                 p.parent = Some(pid);
+            }
+            if let Some(p) = inner.procs.get_mut(&init) {
+                p.parent = Some(nspawn);
             }
         }
         Ok(pid)
@@ -343,12 +349,18 @@ impl Host for FakeHost {
         if matches!(sig, "KILL" | "RTMIN+4") {
             // A killed nspawn takes its machine with it; nspawn exits when its machine's
             // init does (powered off or killed).
-            let parent = inner.procs.get(&pid).and_then(|p| p.parent);
+            // (And the supervisor when its nspawn ends.)
+            let mut ancestors = Vec::new();
+            let mut at = inner.procs.get(&pid).and_then(|p| p.parent);
+            while let Some(a) = at {
+                ancestors.push(a);
+                at = inner.procs.get(&a).and_then(|p| p.parent);
+            }
             inner
                 .procs
                 .retain(|k, p| *k != pid && p.parent != Some(pid));
-            if let Some(parent) = parent {
-                inner.procs.remove(&parent);
+            for a in ancestors {
+                inner.procs.remove(&a);
             }
         }
         Ok(())

@@ -42,6 +42,7 @@ pub mod discovery;
 #[cfg(test)]
 mod fake;
 pub mod host;
+pub mod nspawn;
 mod provision;
 pub mod qemu;
 pub mod report;

@@ -18,33 +18,51 @@ pub struct MachineStatus {
     pub ip: String,
     /// The USR partition it runs from.
     pub usr: String,
+    /// The Ferrite version that USR carries (`-` when it cannot be read).
+    pub version: String,
 }
 
-/// The machines of a cluster and whether they run. A container's USR is the one the
-/// launcher mounted; a virtual machine's is read from the machine — the partition its
-/// kernel mounted on `/usr` (`rootdev -s /usr`), named from the disk's GPT — or, when it
-/// cannot be asked (still booting, stopped), the slot its last boot chose
-/// (`qemu::supervise` writes it down at every boot).
+/// The machines of a cluster and whether they run. A container's USR is the slot its last
+/// boot chose (the `slots` file the launcher writes at every boot) and its version is read
+/// from that `/usr`; a virtual machine is asked — the partition its kernel mounted on
+/// `/usr` (`rootdev -s /usr`), named from the disk's GPT, and the version in
+/// `/usr/share/coreos/release` — or, when it cannot be (still booting, stopped), its USR is
+/// the slot its last boot chose (`qemu::supervise` writes it down at every boot).
 pub fn status(host: &dyn Host, paths: &Paths, cluster: &ClusterState) -> Vec<MachineStatus> {
     cluster
         .machines
         .iter()
         .map(|m| {
             let running = machine_running(host, m);
-            MachineStatus {
-                usr: match m.driver {
-                    Driver::Nspawn => m.usr_label.clone().unwrap_or_else(|| "-".into()),
-                    Driver::Qemu => running
-                        .then(|| usr_in_machine(host, paths, cluster, m))
+            let dir = cluster.machine_dir(paths, &m.name);
+            let (usr, version) = match m.driver {
+                Driver::Nspawn => (
+                    crate::nspawn::booted_slot(&dir).or_else(|| m.usr_label.clone()),
+                    running
+                        .then(|| {
+                            std::fs::read_to_string(dir.join("root/usr/share/coreos/release")).ok()
+                        })
                         .flatten()
-                        .unwrap_or_else(|| {
-                            std::fs::read_to_string(
-                                cluster.machine_dir(paths, &m.name).join("booted"),
-                            )
-                            .map(|s| s.trim().to_string())
-                            .unwrap_or_else(|_| "-".into())
-                        }),
-                },
+                        .and_then(|t| release_version(&t)),
+                ),
+                Driver::Qemu => {
+                    let asked = running
+                        .then(|| usr_in_machine(host, paths, cluster, m))
+                        .flatten();
+                    match asked {
+                        Some((usr, version)) => (Some(usr), version),
+                        None => (
+                            std::fs::read_to_string(dir.join("booted"))
+                                .ok()
+                                .map(|s| s.trim().to_string()),
+                            None,
+                        ),
+                    }
+                }
+            };
+            MachineStatus {
+                usr: usr.unwrap_or_else(|| "-".into()),
+                version: version.unwrap_or_else(|| "-".into()),
                 name: m.name.clone(),
                 state: if running { "running" } else { "stopped" }.to_string(),
                 ip: m.ip.clone(),
@@ -53,30 +71,50 @@ pub fn status(host: &dyn Host, paths: &Paths, cluster: &ClusterState) -> Vec<Mac
         .collect()
 }
 
-/// The label of the partition a running virtual machine has on `/usr`, asked of the
-/// machine itself.
+/// `COREOS_RELEASE_VERSION` of a `/usr/share/coreos/release`.
+fn release_version(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("COREOS_RELEASE_VERSION="))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The label of the partition a running virtual machine has on `/usr`, and the version
+/// that USR carries, asked of the machine itself.
 fn usr_in_machine(
     host: &dyn Host,
     paths: &Paths,
     cluster: &ClusterState,
     m: &MachineState,
-) -> Option<String> {
-    let (code, out, _) =
-        crate::boot::exec_in(host, paths, cluster, m, &["rootdev", "-s", "/usr"]).ok()?;
+) -> Option<(String, Option<String>)> {
+    let (code, out, _) = crate::boot::exec_in(
+        host,
+        paths,
+        cluster,
+        m,
+        &[
+            "sh",
+            "-c",
+            "rootdev -s /usr && cat /usr/share/coreos/release",
+        ],
+    )
+    .ok()?;
     if code != 0 {
         return None;
     }
     // /dev/vda3 → 3 (the kernel's names: a `p` before the number when the disk's name
     // ends in a digit).
-    let dev = out.trim();
+    let dev = out.lines().next()?.trim();
     let digits = dev.len() - dev.trim_end_matches(|c: char| c.is_ascii_digit()).len();
     let number: u32 = dev[dev.len() - digits..].parse().ok()?;
     let disk = coreos_disk::Disk::open(&cluster.machine_dir(paths, &m.name).join("disk.img"));
-    disk.partitions()
+    let label = disk
+        .partitions()
         .ok()?
         .into_iter()
         .find(|p| p.number == number)
-        .map(|p| p.label)
+        .map(|p| p.label)?;
+    Some((label, release_version(&out)))
 }
 
 /// A machine's memory: the PSS of its processes (by systemd unit) and its memory cgroup.

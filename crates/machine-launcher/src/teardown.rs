@@ -74,6 +74,12 @@ fn release(
     cgroup::kill_all(host, &cluster.machines[idx].cgroups);
     host.unmount(&root.join("usr"))?;
     host.unmount(&root)?;
+    // A slot of the machine's own (`nspawn::supervise` after a reboot, or a slot that is
+    // not the image's).
+    let private = cluster
+        .machine_dir(paths, &cluster.machines[idx].name)
+        .join("usr");
+    host.unmount(&private)?;
     let usr = cluster.machines[idx].usr_mount.take();
     cgroup::remove(host, &cluster.machines[idx].cgroups);
     cluster.machines[idx].cgroups.clear();

@@ -213,8 +213,7 @@ fn halt_powers_off_then_releases() {
     let host = FakeHost::legacy();
     let paths = paths(&host);
     let mut state = start_one(&host, &paths);
-    let pid = state.machines[0].pid.unwrap();
-    let init = host.children(pid)[0];
+    let init = crate::init_pid(&host, &state.machines[0]).unwrap();
     crate::halt(&host, &paths, &mut state, "core-01", false).unwrap();
     // systemd was asked to power off (SIGRTMIN+4), nothing was killed.
     let signals: Vec<(u32, String)> = host

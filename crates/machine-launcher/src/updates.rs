@@ -60,6 +60,8 @@ pub(crate) fn ensure_update_service(
         .arg(format!("{}:{PORT}", cluster.gateway()))
         .env("FERRITE_STATE_DIR", &paths.state)
         .env("FERRITE_RUN_DIR", &paths.run)
+        // Its decisions (offers, and why not) go to `update-server.log`.
+        .env("FERRITE_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);

@@ -63,6 +63,9 @@ pub trait Slots {
     fn active_label(&self) -> Result<String, String>;
     /// CoreOS's postinst for `slot`: highest priority, one try, not successful.
     fn postinst(&self, slot: &Slot) -> Result<(), String>;
+    /// Whether the slot `/usr` is mounted from is marked successful (false: it is on trial,
+    /// booted from a try; the health gate has not marked it good yet).
+    fn active_good(&self) -> Result<bool, String>;
 }
 
 /// The machine's identity in requests.
@@ -98,6 +101,9 @@ pub enum Outcome {
         /// The version.
         version: String,
     },
+    /// The running `/usr` is on trial: no check until the health gate marks it good (an
+    /// update now would overwrite the slot a failed trial falls back to).
+    OnTrial,
     /// Failed with update_engine's code (flags included).
     Failed {
         /// The code.
@@ -207,6 +213,9 @@ impl Updater<'_> {
             let _ = prefs.set(key::ALEPH_VERSION, conf.version());
         }
         self.report_rollback(&conf, &prefs);
+        if self.slots.active_good() == Ok(false) {
+            return Outcome::OnTrial;
+        }
         self.report(report, Status::CheckingForUpdate);
         let mut app = self.app(&conf, &prefs);
         app.ping = true;
@@ -442,7 +451,12 @@ pub enum Boot {
     Nothing,
     /// The reboot into the installed update has not happened (the marker is there).
     RebootPending,
-    /// The update booted.
+    /// The update booted and is on trial (the health gate has not marked it good yet).
+    OnTrial {
+        /// Its version.
+        version: String,
+    },
+    /// The update booted and was marked good.
     Booted {
         /// Its version.
         version: String,
@@ -467,10 +481,16 @@ pub fn after_boot(paths: &Paths, slots: &dyn Slots) -> Result<Boot, crate::Error
     let Ok(active) = slots.active_label() else {
         return Ok(Boot::Nothing);
     };
-    prefs.remove(key::PENDING_UPDATE)?;
     if active == slot {
+        // On trial, it is not over: a failed health gate boots the other slot, and the
+        // next start finds the rollback.
+        if slots.active_good() == Ok(false) {
+            return Ok(Boot::OnTrial { version });
+        }
+        prefs.remove(key::PENDING_UPDATE)?;
         return Ok(Boot::Booted { version });
     }
+    prefs.remove(key::PENDING_UPDATE)?;
     prefs.add_failed_version(&version)?;
     // Nothing completed: the running version is the one that was running before.
     prefs.set(key::PREVIOUS_VERSION, "")?;

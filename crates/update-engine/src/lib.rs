@@ -41,6 +41,7 @@
 
 pub mod attempt;
 pub mod conf;
+pub mod health;
 pub mod http;
 pub mod prefs;
 pub mod schedule;

@@ -42,7 +42,7 @@ fn other(label: &str) -> Option<&'static str> {
 
 impl MachineSlots {
     /// The disk and the label of the active slot.
-    fn active(&self) -> Result<(PathBuf, String), String> {
+    pub fn active(&self) -> Result<(PathBuf, String), String> {
         let dev = coreos_disk::block_device_of(&self.usr)
             .map_err(|e| format!("{}: {e}", self.usr.display()))?
             .ok_or_else(|| format!("{} is not on a disk partition", self.usr.display()))?;
@@ -82,6 +82,11 @@ impl Slots for MachineSlots {
             offset: 0,
             len: p.bytes(),
         })
+    }
+
+    fn active_good(&self) -> Result<bool, String> {
+        let (disk, label) = self.active()?;
+        successful(&disk, &label)
     }
 
     fn postinst(&self, slot: &Slot) -> Result<(), String> {
@@ -152,6 +157,10 @@ impl Slots for ImageSlots {
         })
     }
 
+    fn active_good(&self) -> Result<bool, String> {
+        successful(&self.disk, &self.active)
+    }
+
     fn postinst(&self, slot: &Slot) -> Result<(), String> {
         let d = Disk::open(&self.disk);
         let p = d.partition(&slot.label).map_err(|e| e.to_string())?;
@@ -159,6 +168,14 @@ impl Slots for ImageSlots {
             .map_err(|e| e.to_string())?;
         d.prioritize(p.number, None).map_err(|e| e.to_string())
     }
+}
+
+/// Whether partition `label` of `disk` is marked successful.
+fn successful(disk: &Path, label: &str) -> Result<bool, String> {
+    Disk::open(disk)
+        .partition(label)
+        .map(|p| p.prio.successful())
+        .map_err(|e| format!("{}: {e}", disk.display()))
 }
 
 /// The machine's slots: those `/run/ferrite/slots` names under `root` (an nspawn machine),

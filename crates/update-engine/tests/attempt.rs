@@ -377,22 +377,36 @@ fn an_update_that_booted_completes_on_the_next_check() {
     let mut s = Service::new(Some(w.offer.clone()));
     attempt(&w, &mut s, &w.payload, "USR-A");
     std::fs::remove_file(&w.paths.marker).unwrap();
-    // Booted B, now running 1.1.0.
+    // Booted B (its try spent), now running 1.1.0 on trial: nothing is concluded, and no
+    // check is made — an update now would overwrite A, the slot a failed trial falls back to.
     let on_b = ImageSlots {
         disk: w.disk.clone(),
         active: "USR-B".into(),
     };
+    let d = Disk::open(&w.disk);
+    d.set_gptprio(4, GptPrio::new(2, 0, false)).unwrap();
+    let on_trial = Boot::OnTrial {
+        version: "1.1.0".into(),
+    };
+    assert_eq!(after_boot(&w.paths, &on_b).unwrap(), on_trial);
+    assert_eq!(after_boot(&w.paths, &on_b).unwrap(), on_trial, "still");
+    std::fs::write(
+        w.paths.root.join("usr/share/coreos/release"),
+        "COREOS_RELEASE_VERSION=1.1.0\n",
+    )
+    .unwrap();
+    let mut s = Service::new(Some(w.offer.clone()));
+    let (out, _) = attempt(&w, &mut s, &w.payload, "USR-B");
+    assert_eq!(out, Outcome::OnTrial);
+    assert!(s.requests.is_empty(), "no check on trial");
+    // The health gate marks it good: the update booted, and the next check completes it.
+    d.set_gptprio(4, GptPrio::new(2, 0, true)).unwrap();
     assert_eq!(
         after_boot(&w.paths, &on_b).unwrap(),
         Boot::Booted {
             version: "1.1.0".into()
         }
     );
-    std::fs::write(
-        w.paths.root.join("usr/share/coreos/release"),
-        "COREOS_RELEASE_VERSION=1.1.0\n",
-    )
-    .unwrap();
     let mut s = Service::new(None);
     attempt(&w, &mut s, &w.payload, "USR-B");
     let ev = &s.requests[0].apps[0].events[0];

@@ -179,28 +179,33 @@ impl Service {
         version: &str,
         now: i64,
     ) -> Result<UpdateCheck, Error> {
+        let none = |why: &str| {
+            tracing::info!(instance = id, group, version, "no update: {why}");
+            Ok(UpdateCheck::NoUpdate)
+        };
         let Some(g) = s.group(group)? else {
-            return Ok(UpdateCheck::NoUpdate);
+            return none("no such group");
         };
         if !g.updates_enabled || g.paused {
-            return Ok(UpdateCheck::NoUpdate);
+            return none("the group's updates are off or paused");
         }
         let Some(r) = s.latest(&g.channel)? else {
-            return Ok(UpdateCheck::NoUpdate);
+            return none("no release on the group's channel");
         };
         if !store::newer(&r.version, version) {
-            return Ok(UpdateCheck::NoUpdate);
+            return none(&format!("{} is the newest on {}", r.version, g.channel));
         }
         let already = s.instance(id)?.and_then(|i| i.offered) == Some(r.version.clone());
         if !already && g.max_updates > 0 {
             let since = now - i64::try_from(g.period_secs).unwrap_or(i64::MAX);
             if s.granted_since(&g.name, since)? >= g.max_updates {
-                return Ok(UpdateCheck::NoUpdate);
+                return none("the group's rollout limit for this period is reached");
             }
         }
         if !already {
             s.grant(id, &r.version, now)?;
         }
+        tracing::info!(instance = id, group, version, "offering {}", r.version);
         Ok(UpdateCheck::Update(Offer {
             urls: vec![format!("{}/files/{}/", self.base_url, r.version)],
             version: r.version.clone(),

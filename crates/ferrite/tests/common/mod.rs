@@ -225,12 +225,39 @@ pub fn ip_of(status: &str, machine: &str) -> String {
 /// Updates: `update_engine_client -update` run as core on `machine` (the bus policy lets
 /// core ask); it must end with the update installed and a reboot needed.
 pub fn take_update(c: &Cluster, machine: &str) {
-    let (code, out) = c.sh(machine, "update_engine_client -update 2>/dev/null");
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "Update succeeded -- reboot needed.\n"),
-        "{machine} did not take the update"
+    let (code, out) = c.sh(
+        machine,
+        "update_engine_client -update 2>/tmp/take-update.log",
     );
+    if (code, out.as_str()) != (0, "Update succeeded -- reboot needed.\n") {
+        let journal = c
+            .sh(
+                machine,
+                "cat /tmp/take-update.log; journalctl -u update-engine --no-pager -o cat | tail -n 30",
+            )
+            .1;
+        let db = c
+            .state
+            .path()
+            .join("clusters")
+            .join(&c.name)
+            .join("updates.db");
+        let store = update_server::Store::open(&db).unwrap();
+        let service = format!(
+            "{:#?}\n{:#?}",
+            store.instances().unwrap(),
+            ["alpha", "beta", "stable"].map(|g| store.group(g).unwrap())
+        );
+        let log = std::fs::read_to_string(
+            c.state
+                .path()
+                .join("clusters")
+                .join(&c.name)
+                .join("update-server.log"),
+        )
+        .unwrap_or_default();
+        panic!("{machine} did not take the update ({code}: {out}); update_engine:\n{journal}\nservice:\n{service}\nupdate-server.log:\n{log}");
+    }
 }
 
 /// Waits until the cluster's update service records `machine_id` complete on `version`

@@ -6,6 +6,7 @@
 //! and SIGTERM are the only things that move it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,7 @@ enum Command {
 /// The bus object.
 struct Manager {
     report: Arc<Mutex<Report>>,
+    requested: Arc<AtomicBool>,
     marker: PathBuf,
     tx: mpsc::UnboundedSender<Command>,
 }
@@ -59,9 +61,14 @@ fn snapshot(report: &Mutex<Report>) -> Report {
 
 #[zbus::interface(name = "com.coreos.update1.Manager")]
 impl Manager {
-    /// An interactive check; nothing unless idle.
+    /// An interactive check: now when idle, after the attempt that is running otherwise;
+    /// nothing while a reboot is pending.
     async fn attempt_update(&self) {
-        if snapshot(&self.report).status == Status::Idle {
+        if snapshot(&self.report).status != Status::UpdatedNeedReboot {
+            // Set before the reply: from here on, the end of an attempt already running is
+            // not announced as idle (the requested one follows it), so a client that
+            // waits for idle waits for the attempt it asked for.
+            self.requested.store(true, Ordering::SeqCst);
             let _ = self.tx.send(Command::Attempt);
         }
     }
@@ -191,6 +198,8 @@ struct Daemon {
     next_check: Instant,
     last_delay: Duration,
     last_emitted: (Status, f64, Instant),
+    /// A user asked for an update that has not started yet.
+    requested: Arc<AtomicBool>,
 }
 
 impl Daemon {
@@ -200,8 +209,12 @@ impl Daemon {
         }
     }
 
-    /// A status change is always signalled; progress at most every 1 % or 10 s.
+    /// A status change is always signalled; progress at most every 1 % or 10 s. The end
+    /// of an attempt is not, while a user's request waits to run after it.
     async fn on_report(&mut self, r: Report) {
+        if r.status == Status::Idle && self.requested.load(Ordering::SeqCst) {
+            return;
+        }
         self.set_report(&r);
         let (status, progress, at) = self.last_emitted;
         if r.status != status
@@ -215,7 +228,12 @@ impl Daemon {
 
     fn start(&mut self, source: InstallSource, reports: &mpsc::UnboundedSender<Report>) {
         if self.running.is_some() {
+            // A user's request during an attempt runs when that one ends (it may have
+            // started before what the user is waiting for).
             return;
+        }
+        if source == InstallSource::OnDemand {
+            self.requested.store(false, Ordering::SeqCst);
         }
         let current = snapshot(&self.report);
         if current.status == Status::UpdatedNeedReboot {
@@ -257,6 +275,9 @@ impl Daemon {
             Outcome::Ignored { version } => {
                 eprintln!("update_engine: {version} rolled back here before; not installed");
             }
+            Outcome::OnTrial => {
+                eprintln!("update_engine: the running /usr is on trial; no check until the health gate marks it good");
+            }
             Outcome::NoUpdate { .. } => {}
         }
         let delay = schedule::next_check(conf.check_interval(), self.last_delay, last, rand());
@@ -276,12 +297,17 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("update_engine: {version} did not stay booted: rolled back; it will not be installed again");
         }
         Boot::Booted { version } => eprintln!("update_engine: now running {version}"),
+        Boot::OnTrial { version } => eprintln!(
+            "update_engine: now running {version} on trial, until the health gate marks it good"
+        ),
         Boot::Nothing => {}
     }
     let shared = Arc::new(Mutex::new(report.clone()));
     let (tx, mut commands) = mpsc::unbounded_channel();
+    let requested = Arc::new(AtomicBool::new(false));
     let manager = Manager {
         report: shared.clone(),
+        requested: requested.clone(),
         marker: paths.marker.clone(),
         tx,
     };
@@ -302,6 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
         next_check: Instant::now() + first,
         last_delay: first,
         last_emitted: (report.status, 0.0, Instant::now()),
+        requested,
     };
     emit(&d.conn, &report).await;
     let (report_tx, mut reports) = mpsc::unbounded_channel();
@@ -329,6 +356,9 @@ async fn run(cli: Cli) -> Result<()> {
                         eprintln!("update_engine: the attempt stopped: {e}");
                         d.finished(Outcome::Failed { code: 1, reason: e.to_string(), server_busy: false });
                     }
+                }
+                if d.requested.load(Ordering::SeqCst) {
+                    d.start(InstallSource::OnDemand, &report_tx);
                 }
             }
             () = tokio::time::sleep_until(d.next_check.into()) => {

@@ -1,8 +1,8 @@
 //! `update_engine_client`: CoreOS's client of `com.coreos.update1` (updates.md §3.4), its
 //! flags in gflags' forms (`-status` and `--status`) and its outputs: `-status` prints the
 //! five `KEY=value` lines; `-check_for_update` asks for a check and returns; `-update` asks
-//! and polls every 5 s until `UPDATED_NEED_REBOOT` ("Update succeeded -- reboot needed.",
-//! 0) or idle ("Update failed.", 1); `-reset_status`; `-watch_for_updates` prints every
+//! and follows the status (its signals, and a poll every 5 s) until `UPDATED_NEED_REBOOT`
+//! ("Update succeeded -- reboot needed.", 0) or idle again ("Update failed.", 1); `-reset_status`; `-watch_for_updates` prints every
 //! `StatusUpdate` until stopped.
 
 use std::io::Write as _;
@@ -108,26 +108,44 @@ async fn run(cli: Cli) -> Result<u8> {
         }
         return Ok(0);
     }
+    // Subscribed before asking, so no status the attempt passes through is missed.
+    let mut signals = if cli.update {
+        Some(m.receive_status_update().await?)
+    } else {
+        None
+    };
     if cli.check_for_update || cli.update {
         eprintln!("Initiating update check and install.");
         m.attempt_update().await?;
     }
-    if cli.update {
-        // The check starts on the daemon's loop: see it leave idle before waiting for idle.
+    if let Some(signals) = signals.as_mut() {
+        // Signals sent before the daemon took the request (delivered before its reply)
+        // tell of an earlier attempt.
+        while let Some(Some(_)) = futures_util::FutureExt::now_or_never(signals.next()) {}
+        // The check starts on the daemon's loop (after one already running): it is over
+        // when the daemon is idle again having left idle (seen in a signal or a poll), or —
+        // should a signal be lost — after a minute idle.
         let mut left_idle = false;
+        let asked = std::time::Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_secs(if left_idle { 5 } else { 1 })).await;
-            let r = report(m.get_status().await?);
+            let r = tokio::select! {
+                Some(s) = signals.next() => {
+                    let a = s.args()?;
+                    report((a.last_checked_time, a.progress, a.current_operation.clone(), a.new_version.clone(), a.new_size))
+                }
+                () = tokio::time::sleep(Duration::from_secs(5)) => report(m.get_status().await?),
+            };
             eprintln!("{}", r.lines().replace('\n', " ").trim());
             match r.status {
                 Status::UpdatedNeedReboot => {
                     print("Update succeeded -- reboot needed.\n")?;
                     return Ok(0);
                 }
-                Status::Idle if left_idle => {
+                Status::Idle if left_idle || asked.elapsed() > Duration::from_secs(60) => {
                     print("Update failed.\n")?;
                     return Ok(1);
                 }
+                Status::Idle => {}
                 _ => left_idle = true,
             }
         }
