@@ -289,6 +289,8 @@ fn build_image_version(
             "update_engine",
             "update_engine_client",
             "ferrite-boot-health",
+            "locksmithd",
+            "locksmithctl",
         ]
         .iter()
         .map(|b| (b.to_string(), dir.join(b)))

@@ -360,7 +360,20 @@ fn real_update(c: &Cluster) {
         10,
     );
     assert!(c.ok(&["status"]).contains("USR-A"));
-    // The first check after the reboot tells the service it is complete.
+    // The health gate marks it good once the machine is healthy; until then it is on
+    // trial and update_engine does not check.
+    c.sh_until(
+        "core-01",
+        "journalctl -u ferrite-boot-health --no-pager -o cat",
+        "USR-A is healthy",
+        120,
+    );
+    let (_, show) = c.sh("core-01", "sudo cgpt show /dev/vda | grep -A3 USR-A");
+    assert!(
+        show.contains("Attr: priority=2 tries=0 successful=1"),
+        "marked good:\n{show}"
+    );
+    // The first check after that tells the service it is complete.
     let events = common::wait_complete(c, &machine_id, "99.0.0");
     assert_eq!(
         events,

@@ -204,6 +204,7 @@ pub fn dist_files() -> Vec<DistFile> {
         unit!("extend-filesystems.service"),
         unit!("update-engine.service"),
         unit!("ferrite-boot-health.service"),
+        unit!("locksmithd.service"),
         (
             "usr/share/dbus-1/system.d/com.coreos.update1.conf",
             include_bytes!("../../../dist/dbus/com.coreos.update1.conf"),
@@ -263,6 +264,7 @@ const ENABLED: &[(&str, &str)] = &[
     ("sysinit.target", "extend-filesystems.service"),
     ("multi-user.target", "update-engine.service"),
     ("multi-user.target", "ferrite-boot-health.service"),
+    ("multi-user.target", "locksmithd.service"),
     ("sockets.target", "sshd.socket"),
 ];
 
