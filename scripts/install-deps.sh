@@ -20,6 +20,7 @@ PACKAGES=(
   protobuf-compiler libprotobuf-dev   # etcd-client's build (etcd v3 protocol)
   ovmf                  # UEFI firmware: the disk boots through its own EFI-SYSTEM in tests
   dbus-daemon           # a private system bus for update_engine's tests
+  chromium              # a real headless browser for the update dashboard's test
 )
 
 missing=()

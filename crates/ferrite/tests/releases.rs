@@ -323,6 +323,28 @@ fn a_failing_release_rolls_back(
         assert!(Instant::now() < deadline, "no rollback reported: {i:?}");
         std::thread::sleep(Duration::from_secs(1));
     }
+    // … and shows on its dashboard …
+    let (server, base) = serve_on_loopback(c);
+    let page = ureq::get(&format!("{base}/dashboard"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let row = page
+        .lines()
+        .find(|l| l.contains(machine_id))
+        .unwrap_or_else(|| panic!("{machine_id} not on the dashboard:\n{page}"));
+    assert!(
+        row.starts_with("<tr class=\"bad\">") && row.contains("<td>1</td><td>1</td>"),
+        "one failure, one rollback: {row}"
+    );
+    let history = ureq::get(&format!("{base}/dashboard/instances/{machine_id}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(history.contains("rolled back (error code 44)"), "{history}");
+    drop(server);
     // … which pauses the group (safe mode) …
     let store = update_server::Store::open(&db).unwrap();
     assert!(store.group("beta").unwrap().unwrap().paused, "safe mode");
@@ -340,15 +362,16 @@ fn a_failing_release_rolls_back(
     assert!(out.contains("CURRENT_OP=UPDATE_STATUS_IDLE"), "{out}");
 }
 
-/// `ferrite update-server` offers the published release and serves its payload.
-fn offered_over_omaha(c: &Cluster, payload: &std::path::Path) {
+/// `ferrite update-server` for the cluster's database on a loopback port of the host:
+/// the server and its URL.
+fn serve_on_loopback(c: &Cluster) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let _server = Server(
+    let server = Server(
         Command::new(FERRITE)
             .args(["update-server", "--cluster", &c.name, "--listen", &listen])
             .env("FERRITE_STATE_DIR", c.state.path())
@@ -358,7 +381,6 @@ fn offered_over_omaha(c: &Cluster, payload: &std::path::Path) {
             .spawn()
             .unwrap(),
     );
-    let base = format!("http://{listen}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&listen).is_err() {
         assert!(
@@ -367,6 +389,12 @@ fn offered_over_omaha(c: &Cluster, payload: &std::path::Path) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (server, format!("http://{listen}"))
+}
+
+/// `ferrite update-server` offers the published release and serves its payload.
+fn offered_over_omaha(c: &Cluster, payload: &std::path::Path) {
+    let (_server, base) = serve_on_loopback(c);
     let answer = check(&base, "1.0.0", "beta");
     assert!(answer.contains("<manifest version=\"9.8.7\">"), "{answer}");
     assert!(

@@ -13,6 +13,7 @@
 //! computed from one consistent read of the store, and its records written before it is
 //! sent.
 
+pub mod dashboard;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -69,7 +70,7 @@ pub struct Service {
     pub base_url: String,
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -300,6 +301,7 @@ pub fn router(svc: Arc<Service>) -> axum::Router {
         .route("/v1/update", axum::routing::post(omaha))
         .route("/v1/update/", axum::routing::post(omaha))
         .route("/files/{version}/{name}", axum::routing::get(file))
+        .merge(dashboard::routes())
         .layer(DefaultBodyLimit::max(omaha::MAX_DOCUMENT))
         .with_state(svc)
 }

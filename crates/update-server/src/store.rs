@@ -237,21 +237,55 @@ impl Store {
             .query_row(
                 "SELECT name, channel, updates_enabled, paused, safe_mode, max_updates, period_secs, update_timeout_secs FROM groups WHERE name = ?1",
                 params![name],
-                |row| {
-                    Ok(Group {
-                        name: row.get(0)?,
-                        channel: row.get(1)?,
-                        updates_enabled: row.get(2)?,
-                        paused: row.get(3)?,
-                        safe_mode: row.get(4)?,
-                        max_updates: row.get(5)?,
-                        period_secs: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
-                        update_timeout_secs: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
-                    })
-                },
+                group_row,
             )
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// Every group, by name.
+    pub fn groups(&self) -> Result<Vec<Group>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, channel, updates_enabled, paused, safe_mode, max_updates, period_secs, update_timeout_secs FROM groups ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], group_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every published release: (release, publication time), newest publication first.
+    pub fn releases(&self) -> Result<Vec<(Release, i64)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT version, channel, size, sha256, sha1, file, published_at FROM releases ORDER BY published_at DESC, version")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |row| Ok((release_row(row)?, row.get(6)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The most recent `limit` events of every instance, oldest first: (instance, event).
+    pub fn recent_events(&self, limit: u32) -> Result<Vec<(String, EventRecord)>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT instance, at, type, result, code, version FROM (SELECT * FROM events ORDER BY id DESC LIMIT ?1) ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![limit], |row| {
+                Ok((
+                    row.get(0)?,
+                    EventRecord {
+                        at: row.get(1)?,
+                        kind: row.get(2)?,
+                        result: row.get(3)?,
+                        code: row.get(4)?,
+                        version: row.get(5)?,
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Creates or replaces a group.
@@ -401,6 +435,19 @@ impl Store {
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
+}
+
+fn group_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Group> {
+    Ok(Group {
+        name: row.get(0)?,
+        channel: row.get(1)?,
+        updates_enabled: row.get(2)?,
+        paused: row.get(3)?,
+        safe_mode: row.get(4)?,
+        max_updates: row.get(5)?,
+        period_secs: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
+        update_timeout_secs: u64::try_from(row.get::<_, i64>(7)?).unwrap_or(0),
+    })
 }
 
 fn release_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
