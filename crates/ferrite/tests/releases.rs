@@ -300,12 +300,7 @@ fn a_failing_release_rolls_back(
     let status = c.ok(&["status"]);
     assert!(status.contains("USR-B  9.8.7"), "{status}");
     // The rollback reaches the service (3/0 with error 44) …
-    let db = c
-        .state
-        .path()
-        .join("clusters")
-        .join(&c.name)
-        .join("updates.db");
+    let db = c.updates_db();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let store = update_server::Store::open(&db).unwrap();

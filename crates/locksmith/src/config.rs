@@ -95,6 +95,15 @@ impl Config {
                     .into(),
             ),
         };
+        for k in [
+            "LOCKSMITHD_ETCD_CAFILE",
+            "LOCKSMITHD_ETCD_CERTFILE",
+            "LOCKSMITHD_ETCD_KEYFILE",
+        ] {
+            if get(k).is_some_and(|v| !v.is_empty()) {
+                return Err(format!("{k} is set, but TLS to etcd is not supported yet"));
+            }
+        }
         Ok(Config {
             strategy,
             endpoints: endpoints(get("LOCKSMITHD_ENDPOINT").as_deref()),
@@ -159,5 +168,10 @@ mod tests {
         ]))
         .unwrap_err()
         .contains("hour must be"));
+        assert!(
+            Config::from(env(&[("LOCKSMITHD_ETCD_CAFILE", "/etc/ca.pem")]))
+                .unwrap_err()
+                .contains("LOCKSMITHD_ETCD_CAFILE is set, but TLS to etcd is not supported yet")
+        );
     }
 }

@@ -104,18 +104,25 @@ async fn semaphore(svc: &Service, group: &str) -> Result<LockClient, Response> {
         })
 }
 
+/// The request's client and its group's semaphore, or the error to answer.
+async fn open(
+    svc: &Service,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, LockClient), Box<Response>> {
+    let (id, group) = client(headers, body)?;
+    let sem = semaphore(svc, &group).await.map_err(Box::new)?;
+    Ok((id, sem))
+}
+
 async fn pre_reboot(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (id, group) = match client(&headers, &body) {
-        Ok(c) => c,
+    let (id, mut sem) = match open(&svc, &headers, &body).await {
+        Ok(o) => o,
         Err(r) => return *r,
-    };
-    let mut sem = match semaphore(&svc, &group).await {
-        Ok(s) => s,
-        Err(r) => return r,
     };
     // A holder asking again holds its slot already.
     if let Ok((s, _)) = sem.get().await {
@@ -143,13 +150,9 @@ async fn steady_state(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (id, group) = match client(&headers, &body) {
-        Ok(c) => c,
+    let (id, mut sem) = match open(&svc, &headers, &body).await {
+        Ok(o) => o,
         Err(r) => return *r,
-    };
-    let mut sem = match semaphore(&svc, &group).await {
-        Ok(s) => s,
-        Err(r) => return r,
     };
     match sem.unlock(&id).await {
         Ok(()) | Err(Error::Refused(Refused::HolderNotExist)) => StatusCode::OK.into_response(),

@@ -36,8 +36,17 @@
 //! booted) and on an nspawn machine (`tests/releases.rs`: `slots::ImageSlots`, the machine's
 //! disk image that the launcher binds in and names in `/run/ferrite/slots`).
 //!
-//! Next (issue 12 goes on): the health gate that marks a slot good, locksmith and
-//! FleetLock, the dashboard, the three-machine rollout test, the benchmarks.
+//! - [`health`]: the health gate that marks a booted slot good (`ferrite-boot-health`,
+//!   after `boot-complete.target`): only a slot on trial, only when the machine is healthy,
+//!   never while a reboot into another update is pending; a failed gate reboots into the
+//!   old slot. An update on trial is not concluded by `after_boot`, and no attempt is made
+//!   on trial.
+//! - `ferrite-boot-health` (binary): the gate, over `systemctl` and the services' own
+//!   endpoints.
+//!
+//! Reboots are locksmith's (`crates/locksmith`). Next: a failure injected at each step
+//! (download, verify, write, postinst, flip, reboot, mark-good) on a real machine, and
+//! update_engine restarted in every state; ZERO operations as holes.
 
 pub mod attempt;
 pub mod conf;

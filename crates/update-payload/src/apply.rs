@@ -323,9 +323,19 @@ pub fn apply_to(v: &Verified, t: Target<'_>) -> Result<Applied, Error> {
     }
     let payload = File::open(&v.path).map_err(io_err("opening", &v.path))?;
     let mut written = 0u64;
-    let mut data = Vec::new();
+    // One buffer for an operation's data and one for what it writes, reused: fresh
+    // megabytes per operation would cost a page fault every 4 KiB.
+    let mut bufs = Buffers {
+        data: Vec::new(),
+        out: Vec::new(),
+        zstd: zstd::bulk::Decompressor::new().map_err(|e| Error::Operation {
+            path: v.path.clone(),
+            index: 0,
+            reason: format!("decompressing: {e}"),
+        })?,
+    };
     for (index, op) in v.manifest.partition_operations.iter().enumerate() {
-        let bytes = decode(v, &payload, index, op, &mut data)?;
+        let bytes = decode(v, &payload, index, op, &mut bufs)?;
         let mut at = 0usize;
         for e in &op.dst_extents {
             let n = usize::try_from(e.num_blocks.unwrap_or(0) * BLOCK_SIZE).unwrap_or(0);
@@ -367,14 +377,21 @@ pub fn apply_to(v: &Verified, t: Target<'_>) -> Result<Applied, Error> {
     Ok(Applied { written })
 }
 
+/// What [`decode`] reuses from one operation to the next.
+struct Buffers {
+    data: Vec<u8>,
+    out: Vec<u8>,
+    zstd: zstd::bulk::Decompressor<'static>,
+}
+
 /// The bytes operation `index` writes, its data checked against its hash first.
 fn decode<'a>(
     v: &Verified,
     payload: &File,
     index: usize,
     op: &InstallOperation,
-    data: &'a mut Vec<u8>,
-) -> Result<std::borrow::Cow<'a, [u8]>, Error> {
+    bufs: &'a mut Buffers,
+) -> Result<&'a [u8], Error> {
     let blocks: u64 = op
         .dst_extents
         .iter()
@@ -383,14 +400,19 @@ fn decode<'a>(
     let size = usize::try_from(blocks * BLOCK_SIZE).unwrap_or(0);
     let kind = OpType::try_from(op.r#type).unwrap_or(OpType::Move);
     if kind == OpType::Zero {
-        return Ok(std::borrow::Cow::Owned(vec![0u8; size]));
+        bufs.out.clear();
+        bufs.out.resize(size, 0);
+        return Ok(&bufs.out);
     }
     let len = op.data_length.unwrap_or(0) as usize;
-    data.resize(len, 0);
+    bufs.data.resize(len, 0);
     payload
-        .read_exact_at(data, v.blobs_start + u64::from(op.data_offset.unwrap_or(0)))
+        .read_exact_at(
+            &mut bufs.data,
+            v.blobs_start + u64::from(op.data_offset.unwrap_or(0)),
+        )
         .map_err(io_err("reading", &v.path))?;
-    if op.data_sha256_hash.as_deref() != Some(Sha256::digest(data.as_slice()).as_slice()) {
+    if op.data_sha256_hash.as_deref() != Some(Sha256::digest(bufs.data.as_slice()).as_slice()) {
         return Err(Error::OperationHash {
             path: v.path.clone(),
             index,
@@ -403,16 +425,21 @@ fn decode<'a>(
     };
     Ok(match kind {
         OpType::ReplaceZstd => {
-            std::borrow::Cow::Owned(zstd::bulk::decompress(data, size).map_err(fail)?)
+            bufs.out.clear();
+            bufs.out.reserve(size);
+            bufs.zstd
+                .decompress_to_buffer(&bufs.data, &mut bufs.out)
+                .map_err(fail)?;
+            &bufs.out
         }
         OpType::ReplaceBz => {
-            let mut out = Vec::with_capacity(size);
-            bzip2::read::BzDecoder::new(data.as_slice())
+            bufs.out.clear();
+            bzip2::read::BzDecoder::new(bufs.data.as_slice())
                 .take(size as u64 + 1)
-                .read_to_end(&mut out)
+                .read_to_end(&mut bufs.out)
                 .map_err(fail)?;
-            std::borrow::Cow::Owned(out)
+            &bufs.out
         }
-        _ => std::borrow::Cow::Borrowed(data.as_slice()),
+        _ => &bufs.data,
     })
 }

@@ -117,6 +117,15 @@ impl Cluster {
             .join(m)
     }
 
+    /// The cluster's update database.
+    pub fn updates_db(&self) -> PathBuf {
+        self.state
+            .path()
+            .join("clusters")
+            .join(&self.name)
+            .join("updates.db")
+    }
+
     pub fn cluster_json(&self) -> serde_json::Value {
         let p = self
             .state
@@ -236,12 +245,7 @@ pub fn take_update(c: &Cluster, machine: &str) {
                 "cat /tmp/take-update.log; journalctl -u update-engine --no-pager -o cat | tail -n 30",
             )
             .1;
-        let db = c
-            .state
-            .path()
-            .join("clusters")
-            .join(&c.name)
-            .join("updates.db");
+        let db = c.updates_db();
         let store = update_server::Store::open(&db).unwrap();
         let service = format!(
             "{:#?}\n{:#?}",
@@ -263,12 +267,7 @@ pub fn take_update(c: &Cluster, machine: &str) {
 /// Waits until the cluster's update service records `machine_id` complete on `version`
 /// (the first check after the reboot says so); returns its events other than check-ins.
 pub fn wait_complete(c: &Cluster, machine_id: &str, version: &str) -> Vec<(u32, u32)> {
-    let db = c
-        .state
-        .path()
-        .join("clusters")
-        .join(&c.name)
-        .join("updates.db");
+    let db = c.updates_db();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let store = update_server::Store::open(&db).unwrap();
