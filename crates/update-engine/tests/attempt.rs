@@ -14,7 +14,9 @@ use base64::Engine;
 use coreos_disk::{Disk, GptPrio, Layout};
 use omaha::codes::{EventResult, EventType, FLAG_TEST_OMAHA_URL};
 use omaha::{AppAnswer, InstallSource, Offer, Package, Request, Response, UpdateCheck};
-use update_engine::attempt::{after_boot, Boot, Download, Identity, Omaha, Outcome, Updater};
+use update_engine::attempt::{
+    after_boot, Boot, Download, Identity, Omaha, Outcome, Slot, Slots, Updater,
+};
 use update_engine::conf::Paths;
 use update_engine::slots::ImageSlots;
 use update_engine::status::{Report, Status};
@@ -169,15 +171,25 @@ fn attempt(
     payload: &Path,
     active: &'static str,
 ) -> (Outcome, Vec<Status>) {
+    let slots = ImageSlots {
+        disk: w.disk.clone(),
+        active: active.into(),
+    };
+    attempt_on(w, service, payload, &slots)
+}
+
+/// [`attempt`] on given slots.
+fn attempt_on(
+    w: &World,
+    service: &mut Service,
+    payload: &Path,
+    slots: &dyn Slots,
+) -> (Outcome, Vec<Status>) {
     let mut seen = Vec::new();
     let mut on_report = |r: &Report| {
         if seen.last() != Some(&r.status) {
             seen.push(r.status);
         }
-    };
-    let slots = ImageSlots {
-        disk: w.disk.clone(),
-        active: active.into(),
     };
     let mut files = Files(payload.to_path_buf());
     let mut u = Updater {
@@ -185,7 +197,7 @@ fn attempt(
         identity: &w.identity,
         omaha: service,
         download: &mut files,
-        slots: &slots,
+        slots,
         on_report: &mut on_report,
     };
     let mut report = Report::default();
@@ -416,4 +428,87 @@ fn an_update_that_booted_completes_on_the_next_check() {
         "the server marks it Complete"
     );
     assert_eq!(s.requests[0].apps[0].version, "1.1.0");
+}
+
+/// Slots that fail at one step: the passive slot cannot be written, or postinst fails.
+struct Faulty {
+    inner: ImageSlots,
+    unwritable: bool,
+    postinst_fails: bool,
+}
+
+impl Slots for Faulty {
+    fn passive(&self) -> Result<Slot, String> {
+        let mut slot = self.inner.passive()?;
+        if self.unwritable {
+            // A directory where the slot should be: opening it for writing fails.
+            slot.path = slot.path.parent().unwrap().to_path_buf();
+        }
+        Ok(slot)
+    }
+    fn active_label(&self) -> Result<String, String> {
+        self.inner.active_label()
+    }
+    fn postinst(&self, slot: &Slot) -> Result<(), String> {
+        if self.postinst_fails {
+            return Err("postinst: exit status 1".into());
+        }
+        self.inner.postinst(slot)
+    }
+    fn active_good(&self) -> Result<bool, String> {
+        self.inner.active_good()
+    }
+}
+
+#[test]
+fn a_failure_at_any_step_leaves_the_boot_as_it_was_and_the_next_attempt_succeeds() {
+    let w = world();
+    let before = (bits(&w, "USR-A"), bits(&w, "USR-B"));
+    let slots = |unwritable, postinst_fails| Faulty {
+        inner: ImageSlots {
+            disk: w.disk.clone(),
+            active: "USR-A".into(),
+        },
+        unwritable,
+        postinst_fails,
+    };
+    let missing = w.dir.path().join("gone.gz");
+    // (what fails, the payload served, the slots)
+    let steps: [(&str, &Path, Faulty); 3] = [
+        ("download", &missing, slots(false, false)),
+        ("write", &w.payload, slots(true, false)),
+        ("postinst", &w.payload, slots(false, true)),
+    ];
+    for (step, payload, faulty) in steps {
+        let mut s = Service::new(Some(w.offer.clone()));
+        let (out, seen) = attempt_on(&w, &mut s, payload, &faulty);
+        assert!(matches!(out, Outcome::Failed { .. }), "{step}: {out:?}");
+        assert_eq!(seen.last(), Some(&Status::Idle), "{step}");
+        // Reported as a failed update (3/0 with the code).
+        let events = s.events();
+        assert!(
+            events
+                .last()
+                .is_some_and(|e| (e.0, e.1) == (3, 0) && e.2.is_some()),
+            "{step}: {events:?}"
+        );
+        // The boot is as it was: same bits, no reboot pending, no update pending.
+        assert_eq!((bits(&w, "USR-A"), bits(&w, "USR-B")), before, "{step}");
+        assert!(!w.paths.marker.exists(), "{step}");
+        let on_a = ImageSlots {
+            disk: w.disk.clone(),
+            active: "USR-A".into(),
+        };
+        assert_eq!(
+            after_boot(&w.paths, &on_a).unwrap(),
+            Boot::Nothing,
+            "{step}"
+        );
+    }
+    // The next attempt, with nothing failing, takes the update cleanly.
+    let mut s = Service::new(Some(w.offer.clone()));
+    let (out, _) = attempt(&w, &mut s, &w.payload, "USR-A");
+    assert!(matches!(out, Outcome::Updated { .. }), "{out:?}");
+    assert_eq!(usr_b(&w), w.image);
+    assert_eq!(bits(&w, "USR-B"), (2, 1, false));
 }

@@ -323,3 +323,59 @@ fn a_daemon_killed_mid_download_starts_again_idle() {
         .join("run/update_engine_autoupdate_completed")
         .exists());
 }
+
+#[test]
+fn a_pending_reboot_survives_the_daemon_killed_and_nothing_is_downloaded_again() {
+    let w = world(false);
+    let disk = w.root.join("disk.img");
+    coreos_disk::Disk::create(&disk, &coreos_disk::Layout::coreos(8192, 8192)).unwrap();
+    std::fs::create_dir_all(w.root.join("run/ferrite")).unwrap();
+    std::fs::write(
+        w.root.join("run/ferrite/slots"),
+        format!("DISK={}\nACTIVE=USR-A\n", disk.display()),
+    )
+    .unwrap();
+    let d = daemon(&w.root, &w.bus);
+    status_until(&w.bus, "UPDATE_STATUS_IDLE", 20);
+    let (code, out, err) = client(&w.bus, "-update");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Update succeeded -- reboot needed.\n"),
+        "{err}"
+    );
+    let gets = || {
+        w.service
+            .server
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.method == "GET")
+            .count()
+    };
+    assert_eq!(gets(), 1);
+    Command::new("kill")
+        .args(["-KILL", &d.0.id().to_string()])
+        .status()
+        .unwrap();
+    drop(d);
+    let _d = daemon(&w.root, &w.bus);
+    let out = status_until(&w.bus, "UPDATE_STATUS_UPDATED_NEED_REBOOT", 20);
+    assert!(
+        out.contains("CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT"),
+        "{out}"
+    );
+    // Asked again: the update is there already.
+    let (code, out, err) = client(&w.bus, "-update");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "Update succeeded -- reboot needed.\n"),
+        "{err}"
+    );
+    assert_eq!(gets(), 1, "downloaded once");
+    let b = coreos_disk::Disk::open(&disk)
+        .partition("USR-B")
+        .unwrap()
+        .prio;
+    assert_eq!((b.priority(), b.tries(), b.successful()), (2, 1, false));
+}
