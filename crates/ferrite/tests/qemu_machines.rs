@@ -20,7 +20,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::Cluster;
 
@@ -132,6 +132,7 @@ fn the_chapter_on_a_virtual_machine_and_its_lifecycle() {
     rollback(&c, kernel);
     good_update(&c);
     real_update(&c);
+    gated_rollback(&c);
     both_drivers(&c);
 
     // halt --force: the power cut.
@@ -380,6 +381,98 @@ fn real_update(c: &Cluster) {
         [(13, 1), (14, 1), (3, 1)],
         "the events of the update"
     );
+}
+
+/// A release whose health gate fails (`--failing-health-check`): taken into USR-B, booted
+/// by a real reboot from inside, its gate fails and reboots, the spent slot cannot boot
+/// again and the machine is back on 99.0.0 in USR-A; the rollback reaches the service.
+fn gated_rollback(c: &Cluster) {
+    let json = c.cluster_json();
+    let channel = json["settings"]["channel"].as_str().unwrap().to_string();
+    let machine_id = json["machines"][0]["machine_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for args in [
+        vec![
+            "release",
+            "build",
+            "--version",
+            "99.1.0",
+            "--channel",
+            &channel,
+            "--failing-health-check",
+        ],
+        vec![
+            "release",
+            "publish",
+            "99.1.0",
+            "--channel",
+            &channel,
+            "--cluster",
+            &c.name,
+        ],
+    ] {
+        let o = c
+            .cmd(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "ferrite {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    common::take_update(c, "core-01");
+    let t = Instant::now();
+    let _ = c.sh("core-01", "sudo systemctl reboot");
+    let console = c.machine_dir("core-01").join("console.log");
+    let booted = || {
+        std::fs::read_to_string(&console)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("ferrite: booting "))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = booted().len();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while booted().len() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second boot after the failed gate: {:?}",
+            booted()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let last: Vec<String> = booted().split_off(before);
+    assert_eq!(last, ["USR-B", "USR-A"], "trial, then back");
+    c.sh_until(
+        "core-01",
+        "grep VERSION= /usr/share/coreos/release",
+        "COREOS_RELEASE_VERSION=99.0.0",
+        300,
+    );
+    eprintln!(
+        "99.1.0 failed its gate and rolled back to 99.0.0 with real reboots: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let (_, show) = c.sh("core-01", "sudo cgpt show /dev/vda | grep -A3 USR-B");
+    assert!(
+        show.contains("tries=0 successful=0"),
+        "B's try spent, never marked good:\n{show}"
+    );
+    let db = c.updates_db();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let store = update_server::Store::open(&db).unwrap();
+        if store.instance(&machine_id).unwrap().unwrap().rollbacks == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rollback was not reported");
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// An nspawn machine joins the virtual machine's cluster: the same bridge, and each
