@@ -46,7 +46,7 @@
 //!
 //! Reboots are locksmith's (`crates/locksmith`). Next: a failure injected at each step
 //! (download, verify, write, postinst, flip, reboot, mark-good) on a real machine, and
-//! update_engine restarted in every state; ZERO operations as holes.
+//! update_engine restarted in every state on a real machine.
 
 pub mod attempt;
 pub mod conf;

@@ -335,6 +335,16 @@ pub fn apply_to(v: &Verified, t: Target<'_>) -> Result<Applied, Error> {
         })?,
     };
     for (index, op) in v.manifest.partition_operations.iter().enumerate() {
+        // Zeros are a hole punched where the target can (a sparse file stays sparse, a
+        // block device discards), written where it cannot.
+        if OpType::try_from(op.r#type) == Ok(OpType::Zero) && punch(&out, t.offset, op) {
+            written += op
+                .dst_extents
+                .iter()
+                .map(|e| e.num_blocks.unwrap_or(0) * BLOCK_SIZE)
+                .sum::<u64>();
+            continue;
+        }
         let bytes = decode(v, &payload, index, op, &mut bufs)?;
         let mut at = 0usize;
         for e in &op.dst_extents {
@@ -375,6 +385,23 @@ pub fn apply_to(v: &Verified, t: Target<'_>) -> Result<Applied, Error> {
         });
     }
     Ok(Applied { written })
+}
+
+/// Punches holes for every extent of a ZERO operation; false (nothing punched that
+/// matters: the caller writes the zeros) when the target cannot.
+fn punch(out: &File, base: u64, op: &InstallOperation) -> bool {
+    use rustix::fs::{fallocate, FallocateFlags};
+    op.dst_extents.iter().all(|e| {
+        let start = base + e.start_block.unwrap_or(0) * BLOCK_SIZE;
+        let len = e.num_blocks.unwrap_or(0) * BLOCK_SIZE;
+        fallocate(
+            out,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            start,
+            len,
+        )
+        .is_ok()
+    })
 }
 
 /// What [`decode`] reuses from one operation to the next.

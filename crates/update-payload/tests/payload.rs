@@ -126,6 +126,15 @@ fn a_payload_writes_the_image_onto_the_partition() {
     let after = std::fs::read(&t).unwrap();
     assert_eq!(&after[..image.len()], image.as_slice());
     assert!(after[image.len()..].iter().all(|b| *b == TARGET_FILL));
+    // The megabyte of zeros is a hole now (the filesystem punched it).
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&t).unwrap();
+    assert!(
+        meta.blocks() * 512 <= meta.len() - (1 << 20),
+        "{} bytes allocated of {}",
+        meta.blocks() * 512,
+        meta.len()
+    );
     // Applying again (a retry after a cut) gives the same partition.
     apply(&v, &t).unwrap();
     assert_eq!(std::fs::read(&t).unwrap(), after);
