@@ -279,7 +279,11 @@ fn main() {
         // What else dies with it: etcd's raft leader (a new one is elected, and it renews
         // every lease), fleet's engine leader (its lease must lapse too).
         let etcd_leader = e
-            .sh(c, victim, "etcdctl endpoint status | cut -d, -f5")
+            .sh(
+                c,
+                victim,
+                "ETCDCTL_API=3 etcdctl endpoint status | cut -d, -f5",
+            )
             .1
             .trim()
             == "true";
@@ -287,7 +291,7 @@ fn main() {
             .sh(
                 c,
                 victim,
-                "etcdctl get --print-value-only /_coreos.com/fleet/lease/engine-leader | grep -c $(cat /etc/machine-id)",
+                "ETCDCTL_API=3 etcdctl get --print-value-only /_coreos.com/fleet/lease/engine-leader | grep -c $(cat /etc/machine-id)",
             )
             .1
             .trim()

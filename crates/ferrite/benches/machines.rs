@@ -51,6 +51,7 @@ fn up_until_healthy(
                     cluster,
                     &m,
                     "--",
+                    "ETCDCTL_API=3",
                     "etcdctl",
                     "--dial-timeout=1s",
                     "endpoint",

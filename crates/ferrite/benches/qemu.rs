@@ -145,7 +145,7 @@ fn main() {
                 "benchq",
                 "core-01",
                 "--",
-                "etcdctl --dial-timeout=1s endpoint health",
+                "ETCDCTL_API=3 etcdctl --dial-timeout=1s endpoint health",
             ])
             .output()
             .unwrap();

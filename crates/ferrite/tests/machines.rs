@@ -44,6 +44,62 @@ fn busybox_tar() -> Vec<u8> {
     out.stdout
 }
 
+/// The book's etcd commands, unchanged: etcdctl's v2 commands and the v2 keys API with
+/// curl; etcd 3's commands with `ETCDCTL_API=3`, on a store of their own.
+fn the_books_etcd_commands(c: &Cluster) {
+    let run = |script: &str| c.sh("core-01", script);
+    assert_eq!(run("etcdctl set /message hello"), (0, "hello\n".into()));
+    assert_eq!(run("etcdctl get /message"), (0, "hello\n".into()));
+    let (_, ls) = run("etcdctl ls /");
+    assert!(ls.lines().any(|l| l == "/message"), "{ls}");
+    let (_, json) = run("curl -sL http://127.0.0.1:2379/v2/keys/message");
+    assert!(
+        json.starts_with("{\"action\":\"get\",\"node\":{\"key\":\"/message\",\"value\":\"hello\""),
+        "{json}"
+    );
+    let (code, out) = run("etcdctl mk /message again 2>&1");
+    assert!(code != 0 && out.contains("Key already exists"), "{out}");
+    assert_eq!(run("etcdctl update /message world"), (0, "world\n".into()));
+    assert_eq!(
+        run("etcdctl set /message again --swap-with-value world"),
+        (0, "again\n".into())
+    );
+    let (code, out) = run("etcdctl set /message x --swap-with-value nope 2>&1");
+    assert!(code != 0 && out.contains("Compare failed"), "{out}");
+    assert_eq!(run("etcdctl mkdir /dir").0, 0);
+    assert_eq!(run("etcdctl set /dir/a 1"), (0, "1\n".into()));
+    let (_, ls) = run("etcdctl ls --recursive /");
+    assert!(ls.lines().any(|l| l == "/dir/a"), "{ls}");
+    assert_eq!(run("etcdctl rm /dir/a").0, 0);
+    assert_eq!(run("etcdctl rmdir /dir").0, 0);
+    assert_eq!(run("etcdctl set /ttl v --ttl 100"), (0, "v\n".into()));
+    let (_, json) = run("curl -sL http://127.0.0.1:2379/v2/keys/ttl");
+    assert!(json.contains("\"ttl\":"), "{json}");
+    let (_, watched) =
+        run("(sleep 2; etcdctl set /w changed >/dev/null) & timeout 20 etcdctl watch /w; wait");
+    assert_eq!(watched, "changed\n");
+    // CoreOS's documented form: a directory, --recursive.
+    let (_, executed) = run(
+        "(sleep 2; etcdctl set /svc/one seen >/dev/null) & \
+         timeout 6 etcdctl exec-watch --recursive /svc -- sh -c 'echo got $ETCD_WATCH_KEY $ETCD_WATCH_VALUE'; wait",
+    );
+    assert!(executed.contains("got /svc/one seen"), "{executed}");
+    let (_, health) = run("etcdctl cluster-health");
+    assert!(
+        health.contains("is healthy") && health.ends_with("cluster is healthy\n"),
+        "{health}"
+    );
+    let (_, members) = run("etcdctl member list");
+    assert!(members.contains("name=core-01"), "{members}");
+    // etcd 3's commands, and its keys apart from the book's.
+    assert_eq!(
+        run("ETCDCTL_API=3 etcdctl put /v3only x"),
+        (0, "OK\n".into())
+    );
+    let (code, out) = run("etcdctl get /v3only 2>&1");
+    assert!(code != 0 && out.contains("Key not found"), "{out}");
+}
+
 #[test]
 fn chapter_user_data_on_one_machine() {
     let mut c = Cluster::new("one");
@@ -75,10 +131,11 @@ fn chapter_user_data_on_one_machine() {
     c.sh_until("core-01", "systemctl is-system-running", "running", 30);
     c.sh_until(
         "core-01",
-        &format!("etcdctl --endpoints http://{ip}:2379 endpoint health 2>&1"),
+        &format!("ETCDCTL_API=3 etcdctl --endpoints http://{ip}:2379 endpoint health 2>&1"),
         "is healthy",
         30,
     );
+    the_books_etcd_commands(&c);
     let (code, docker) = c.sh("core-01", "docker version --format '{{.Server.Version}}'");
     assert_eq!(code, 0, "docker version: {docker}");
     assert!(!docker.trim().is_empty());
@@ -277,13 +334,13 @@ fn book_cluster_of_three() {
     for m in ["core-01", "core-02", "core-03"] {
         let health = c.sh_until(
             m,
-            "etcdctl endpoint health --cluster 2>&1",
+            "ETCDCTL_API=3 etcdctl endpoint health --cluster 2>&1",
             "is healthy",
             60,
         );
         let healthy = c.sh_until(
             m,
-            "etcdctl endpoint health --cluster 2>&1 | grep -c 'is healthy'",
+            "ETCDCTL_API=3 etcdctl endpoint health --cluster 2>&1 | grep -c 'is healthy'",
             "3",
             60,
         );
@@ -421,13 +478,13 @@ fn book_cluster_of_three() {
         .any(|l| l.starts_with("core-02") && l.contains("stopped")));
     c.sh_until(
         "core-01",
-        "etcdctl --command-timeout=2s put after-halt yes 2>&1",
+        "ETCDCTL_API=3 etcdctl --command-timeout=2s put after-halt yes 2>&1",
         "OK",
         30,
     );
     c.sh_until(
         "core-03",
-        "etcdctl --command-timeout=2s get after-halt 2>&1",
+        "ETCDCTL_API=3 etcdctl --command-timeout=2s get after-halt 2>&1",
         "yes",
         30,
     );

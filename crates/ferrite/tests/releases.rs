@@ -138,6 +138,10 @@ fn a_release_is_built_published_offered_and_taken() {
 /// records the rollback, and the bad release is not installed again.
 fn an_nspawn_machine_takes_it(mut c: Cluster) {
     c.ok(&["up"]);
+    // This test reboots the machine itself, at the moments it checks: locksmithd (which
+    // would reboot at once, the default strategy) is masked, as cloud-config's `off` does.
+    let (code, out) = c.sh("core-01", "sudo systemctl mask --now locksmithd 2>&1");
+    assert_eq!(code, 0, "{out}");
     let json = c.cluster_json();
     let channel = json["settings"]["channel"].as_str().unwrap().to_string();
     let machine_id = json["machines"][0]["machine_id"]

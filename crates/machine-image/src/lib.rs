@@ -224,6 +224,11 @@ pub fn dist_files() -> Vec<DistFile> {
             0o755,
         ),
         (
+            "usr/bin/etcdctl",
+            include_bytes!("../../../dist/usr/bin/etcdctl"),
+            0o755,
+        ),
+        (
             "usr/lib/ferrite/cgroup-rw",
             include_bytes!("../../../dist/lib/cgroup-rw"),
             0o755,
@@ -726,6 +731,13 @@ fn customize(spec: &BuildSpec, tree: &Path, key: &str) -> Result<(), Error> {
         "sudo,docker,systemd-journal",
         "core",
     ]))?;
+    // Debian's etcdctl moves aside for the wrapper that gives the book's v2 commands.
+    let etcdctl = tree.join("usr/bin/etcdctl");
+    let aside = tree.join("usr/lib/etcd/etcdctl");
+    if etcdctl.is_file() && !etcdctl.is_symlink() && !aside.exists() {
+        std::fs::create_dir_all(tree.join("usr/lib/etcd")).map_err(io_err("creating", &aside))?;
+        std::fs::rename(&etcdctl, &aside).map_err(io_err("moving", &etcdctl))?;
+    }
     for (rel, data, mode) in dist_files() {
         write_file(tree, rel, data, mode)?;
     }
