@@ -293,10 +293,8 @@ fn the_client_drives_the_daemon_over_the_bus() {
     assert!(err.contains("frobnicate"), "{err}");
 }
 
-#[test]
-fn a_daemon_killed_mid_download_starts_again_idle() {
-    let w = world(true);
-    // Slots in a disk image, as an nspawn machine's launcher names them.
+/// Slots in a disk image, as an nspawn machine's launcher names them; the image.
+fn image_slots(w: &World) -> PathBuf {
     let disk = w.root.join("disk.img");
     coreos_disk::Disk::create(&disk, &coreos_disk::Layout::coreos(8192, 8192)).unwrap();
     std::fs::create_dir_all(w.root.join("run/ferrite")).unwrap();
@@ -305,6 +303,13 @@ fn a_daemon_killed_mid_download_starts_again_idle() {
         format!("DISK={}\nACTIVE=USR-A\n", disk.display()),
     )
     .unwrap();
+    disk
+}
+
+#[test]
+fn a_daemon_killed_mid_download_starts_again_idle() {
+    let w = world(true);
+    image_slots(&w);
     let d = daemon(&w.root, &w.bus);
     status_until(&w.bus, "UPDATE_STATUS_IDLE", 20);
     client(&w.bus, "-check_for_update");
@@ -327,14 +332,7 @@ fn a_daemon_killed_mid_download_starts_again_idle() {
 #[test]
 fn a_pending_reboot_survives_the_daemon_killed_and_nothing_is_downloaded_again() {
     let w = world(false);
-    let disk = w.root.join("disk.img");
-    coreos_disk::Disk::create(&disk, &coreos_disk::Layout::coreos(8192, 8192)).unwrap();
-    std::fs::create_dir_all(w.root.join("run/ferrite")).unwrap();
-    std::fs::write(
-        w.root.join("run/ferrite/slots"),
-        format!("DISK={}\nACTIVE=USR-A\n", disk.display()),
-    )
-    .unwrap();
+    let disk = image_slots(&w);
     let d = daemon(&w.root, &w.bus);
     status_until(&w.bus, "UPDATE_STATUS_IDLE", 20);
     let (code, out, err) = client(&w.bus, "-update");
