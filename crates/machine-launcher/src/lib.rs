@@ -10,11 +10,13 @@
 //!   Docker's `172.17.0.0/16`);
 //! - per machine, a disk image (a copy of the built image, sparse) whose ROOT partition is
 //!   loop-mounted as the machine's `/`, and the USR partition chosen by GRUB's
-//!   `gptprio.next` on that disk loop-mounted read-only — shared by every machine booting the
-//!   same filesystem, so binaries' pages are shared — and bound on `/usr`;
+//!   `gptprio.next` on that disk loop-mounted read-only and bound on `/usr` — the image's own
+//!   USR mounted once from the cached image for every machine booting it, so binaries'
+//!   pages are shared; a slot an update wrote, from the machine's own disk;
 //! - per machine, its cgroups (one per hierarchy on a cgroup v1 host, one on a v2-only host),
 //!   delegated to the machine so Docker can manage its own (see [`cgroup`]);
-//! - `systemd-nspawn --boot`, systemd as PID 1, started detached through `ferrite __boot`;
+//! - `systemd-nspawn --boot`, systemd as PID 1, under the machine's supervisor
+//!   (`ferrite __nspawn`, [`nspawn`]), which boots it again when it reboots;
 //!   or, with the QEMU driver ([`Driver::Qemu`], `qemu.rs`), a virtual machine booting the
 //!   kernel its chosen USR carries, on a tap device on the same bridge;
 //! - when the user-data names `https://discovery.etcd.io/<token>`, a discovery service (a
