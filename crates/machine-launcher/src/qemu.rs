@@ -23,12 +23,8 @@
 //! same command line (`boot_select::kernel_cmdline`), and `tests/real_kernel.rs` checks the
 //! two agree on each step of the update lifecycle.
 //!
-//! Next (the real-boot issue): first-boot duties in the machine itself (the factory `/etc`
-//! and `/var`, machine ID, disk GUID, growing ROOT — done on the host today), so a
-//! standalone image is a whole Ferrite machine (user-data from a config drive works); `status` reading
-//! the USR from the machine (`rootdev -s /usr`); the corrupted-GPT test on a QEMU machine
-//! (the rollback and good-update ones are in `tests/qemu_machines.rs`); QEMU numbers in the
-//! benchmark; GCE's metadata service.
+//! A corrupted partition table is tested through the firmware path
+//! (`tests/real_kernel.rs`), not yet through this supervisor.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
