@@ -144,8 +144,17 @@ impl Service {
             .find(|(uuid, _)| uuid.eq_ignore_ascii_case(&app.track))
             .map_or(app.track.as_str(), |(_, ch)| ch);
         let id = app.machine_id.trim();
+        let changed = s.instance(id)?.map(|i| i.version) != Some(app.version.clone());
         s.check_in(id, appid, group, &app.version, now)?;
         for e in &app.events {
+            // A routine check-in (3/2 naming no previous version, sent with every check) is
+            // kept only when the version it reports is new: the history keeps every change,
+            // and does not grow by a row per check.
+            let routine = (e.kind.code(), e.result.code()) == (3, 2)
+                && matches!(e.previous_version.as_deref(), None | Some("" | "0.0.0.0"));
+            if routine && !changed {
+                continue;
+            }
             s.event(
                 id,
                 &EventRecord {

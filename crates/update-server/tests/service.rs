@@ -241,6 +241,37 @@ fn events_move_the_instance_and_a_failure_pauses_a_safe_group() {
     assert!(store.group("stable").unwrap().unwrap().paused);
 }
 
+#[test]
+fn routine_check_ins_are_kept_only_when_the_version_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::new(Store::open(&dir.path().join("db")).unwrap(), "http://u:1/");
+    let checkin = |version: &str, at: i64| {
+        let e = event(
+            EventType::UpdateComplete,
+            EventResult::SuccessReboot,
+            None,
+            Some(""),
+        );
+        let (status, body) = svc.answer(&request("m1", version, "stable", true, vec![e]), at);
+        assert_eq!(status, 200, "{body}");
+    };
+    for at in 0..5 {
+        checkin("1.0.0", at);
+    }
+    checkin("1.1.0", 10);
+    checkin("1.1.0", 11);
+    let history: Vec<(u32, String)> = svc.with_store(|s| {
+        s.events("m1")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.version))
+            .collect()
+    });
+    assert_eq!(history, [(3, "1.0.0".into()), (3, "1.1.0".into())]);
+    let last = svc.with_store(|s| s.instance("m1").unwrap().unwrap().last_check);
+    assert_eq!(last, 11, "every check still counts as a check");
+}
+
 fn put(root: &Path, rel: &str, text: &str) {
     let p = root.join(rel);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
