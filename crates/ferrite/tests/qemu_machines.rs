@@ -305,37 +305,7 @@ fn real_update(c: &Cluster) {
         .unwrap()
         .to_string();
     let t = Instant::now();
-    for args in [
-        vec![
-            "release",
-            "build",
-            "--version",
-            "99.0.0",
-            "--channel",
-            &channel,
-        ],
-        vec![
-            "release",
-            "publish",
-            "99.0.0",
-            "--channel",
-            &channel,
-            "--cluster",
-            &c.name,
-        ],
-    ] {
-        let o = c
-            .cmd(&args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "ferrite {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    common::build_and_publish(c, "99.0.0", &channel, &[]);
     eprintln!(
         "release 99.0.0 built and published: {:.1} s",
         t.elapsed().as_secs_f64()
@@ -413,37 +383,7 @@ fn gated_rollback(c: &Cluster) {
         .as_str()
         .unwrap()
         .to_string();
-    for args in [
-        vec![
-            "release",
-            "build",
-            "--version",
-            "99.1.0",
-            "--channel",
-            &channel,
-            "--failing-health-check",
-        ],
-        vec![
-            "release",
-            "publish",
-            "99.1.0",
-            "--channel",
-            &channel,
-            "--cluster",
-            &c.name,
-        ],
-    ] {
-        let o = c
-            .cmd(&args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "ferrite {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    common::build_and_publish(c, "99.1.0", &channel, &["--failing-health-check"]);
     let before = boots(c).len();
     common::take_update(c, "core-01");
     // locksmithd reboots into it; the gate fails and reboots again.

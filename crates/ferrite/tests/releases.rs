@@ -244,21 +244,7 @@ fn a_failing_release_rolls_back(
     machine_id: &str,
     disk: &coreos_disk::Disk,
 ) {
-    let o = c
-        .cmd(&[
-            "release",
-            "build",
-            "--version",
-            "9.9.0",
-            "--channel",
-            channel,
-            "--failing-health-check",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    publish(c, "9.9.0", channel);
+    common::build_and_publish(c, "9.9.0", channel, &["--failing-health-check"]);
     common::take_update(c, "core-01");
     let a = disk.partition("USR-A").unwrap().prio;
     assert_eq!((a.priority(), a.tries(), a.successful()), (2, 1, false));

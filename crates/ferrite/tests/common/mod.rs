@@ -233,6 +233,38 @@ pub fn ip_of(status: &str, machine: &str) -> String {
 
 /// Updates: `update_engine_client -update` run as core on `machine` (the bus policy lets
 /// core ask); it must end with the update installed and a reboot needed.
+/// `ferrite release build` of `version` for `channel` (with `extra` arguments), then
+/// `ferrite release publish` of it on that channel in the cluster.
+pub fn build_and_publish(c: &Cluster, version: &str, channel: &str, extra: &[&str]) {
+    let mut build = vec![
+        "release",
+        "build",
+        "--version",
+        version,
+        "--channel",
+        channel,
+    ];
+    build.extend_from_slice(extra);
+    let publish = [
+        "release",
+        "publish",
+        version,
+        "--channel",
+        channel,
+        "--cluster",
+        &c.name,
+    ];
+    for args in [build.as_slice(), publish.as_slice()] {
+        let o = c.cmd(args).stdin(Stdio::null()).output().unwrap();
+        assert!(
+            o.status.success(),
+            "ferrite {args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
 pub fn take_update(c: &Cluster, machine: &str) {
     let (code, out) = c.sh(
         machine,
