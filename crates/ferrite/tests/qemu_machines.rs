@@ -298,12 +298,7 @@ fn good_update(c: &Cluster) {
 /// machine runs USR-B now) and runs the new image's postinst; locksmithd reboots it for real
 /// into the new slot; the health gate marks it good; the service records it complete.
 fn real_update(c: &Cluster) {
-    let json = c.cluster_json();
-    let channel = json["settings"]["channel"].as_str().unwrap().to_string();
-    let machine_id = json["machines"][0]["machine_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (channel, machine_id) = common::channel_and_id(c, 0);
     let t = Instant::now();
     common::build_and_publish(c, "99.0.0", &channel, &[]);
     eprintln!(
@@ -377,12 +372,7 @@ fn boots(c: &Cluster) -> Vec<String> {
 /// by locksmithd's real reboot, its gate fails and reboots, the spent slot cannot boot
 /// again and the machine is back on 99.0.0 in USR-A; the rollback reaches the service.
 fn gated_rollback(c: &Cluster) {
-    let json = c.cluster_json();
-    let channel = json["settings"]["channel"].as_str().unwrap().to_string();
-    let machine_id = json["machines"][0]["machine_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (channel, machine_id) = common::channel_and_id(c, 0);
     common::build_and_publish(c, "99.1.0", &channel, &["--failing-health-check"]);
     let before = boots(c).len();
     common::take_update(c, "core-01");

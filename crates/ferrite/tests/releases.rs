@@ -142,13 +142,8 @@ fn an_nspawn_machine_takes_it(mut c: Cluster) {
     // would reboot at once, the default strategy) is masked, as cloud-config's `off` does.
     let (code, out) = c.sh("core-01", "sudo systemctl mask --now locksmithd 2>&1");
     assert_eq!(code, 0, "{out}");
-    let json = c.cluster_json();
-    let channel = json["settings"]["channel"].as_str().unwrap().to_string();
-    let machine_id = json["machines"][0]["machine_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    publish(&c, "9.8.7", &channel);
+    let (channel, machine_id) = common::channel_and_id(&c, 0);
+    common::publish(&c, "9.8.7", &channel);
     let t = Instant::now();
     common::take_update(&c, "core-01");
     eprintln!("nspawn machine updated: {:.1} s", t.elapsed().as_secs_f64());
@@ -216,23 +211,6 @@ fn reboot(c: &Cluster, machine: &str) {
         assert!(Instant::now() < deadline, "{machine} did not come back");
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-fn publish(c: &Cluster, version: &str, channel: &str) {
-    let o = c
-        .cmd(&[
-            "release",
-            "publish",
-            version,
-            "--channel",
-            channel,
-            "--cluster",
-            &c.name,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A release built with `--failing-health-check`: taken into USR-A, booted on trial, its

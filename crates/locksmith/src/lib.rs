@@ -55,9 +55,7 @@ pub async fn logind_reboot() -> zbus::Result<()> {
 /// Whether the running `/usr` is marked good (not on trial); true where there are no
 /// Ferrite slots to ask.
 pub fn running_usr_good() -> bool {
-    let Ok((disk, label)) = update_engine::health::booted(std::path::Path::new("/")) else {
-        return true;
-    };
-    update_engine::health::standing(&disk, &label)
-        .map_or(true, |s| s == update_engine::health::Standing::Good)
+    update_engine::slots::machine_slots(std::path::Path::new("/"))
+        .active_good()
+        .unwrap_or(true)
 }

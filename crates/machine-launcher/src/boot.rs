@@ -263,6 +263,19 @@ fn boot_machine(
     }
 }
 
+/// Writes a line on a machine's console (`<dir>/console.log`), as a bootloader would: its
+/// supervisor's word on each boot.
+pub(crate) fn say(dir: &Path, line: &str) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("console.log"))
+    {
+        let _ = writeln!(f, "ferrite: {line}");
+    }
+}
+
 /// `setsid ferrite __boot --cgroup … --`, ready for the command to run: a process that
 /// joins `cgroups` before it becomes that command, so it is found there even if its PID
 /// is never recorded.

@@ -18,7 +18,6 @@
 //! kills what is left of those and removes them (and, on cgroup v2, disables the controllers
 //! nspawn enabled, so the next nspawn may join), so every boot starts as the first did.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant};
 use coreos_disk::Disk;
 use serde::{Deserialize, Serialize};
 
+use crate::boot::say;
 use crate::cgroup::{self, Layout};
 use crate::host::Host;
 use crate::{io_err, Error};
@@ -57,17 +57,6 @@ pub(crate) fn slots_file(in_machine_disk: &str, label: &str) -> String {
 
 /// The disk image's path inside the machine (bound there by nspawn's arguments).
 pub(crate) const IN_MACHINE_DISK: &str = "/run/ferrite/disk.img";
-
-/// Writes a line on the machine's console, as a bootloader would.
-fn say(dir: &Path, line: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join("console.log"))
-    {
-        let _ = writeln!(f, "ferrite: {line}");
-    }
-}
 
 /// The slot a machine's last boot chose, as its `slots` file says (`-` when none).
 pub fn booted_slot(dir: &Path) -> Option<String> {

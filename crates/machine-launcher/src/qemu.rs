@@ -32,6 +32,7 @@ use std::process::{Command, Stdio};
 
 use coreos_disk::{Disk, Partition};
 
+use crate::boot::say;
 use crate::host::Host;
 use crate::state::{ClusterState, MachineState};
 use crate::{io_err, Error, Paths, CLUSTER_KEY};
@@ -225,18 +226,6 @@ fn kernel_of_slot(
     copied
 }
 
-/// Writes a line on the machine's console, as a bootloader would.
-fn say(spec: &Spec, line: &str) {
-    let path = spec.dir.join("console.log");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&path)
-    {
-        let _ = writeln!(f, "ferrite: {line}");
-    }
-}
-
 /// `ferrite __qemu`: the machine's power and firmware. Each boot chooses the slot as GRUB's
 /// `gptprio.next` does (spending a try), loads that slot's kernel, and runs QEMU until the
 /// guest powers off (the end) or reboots (boot again): so a slot that fails — a kernel
@@ -254,9 +243,12 @@ pub fn supervise(spec_path: &Path) -> Result<(), Error> {
     let mut quick_failures = 0;
     loop {
         let slot = disk.gptprio_next().inspect_err(|e| {
-            say(&spec, &format!("no USR partition can boot: {e}"));
+            say(&spec.dir, &format!("no USR partition can boot: {e}"));
         })?;
-        say(&spec, &format!("booting {} ({})", slot.label, slot.guid));
+        say(
+            &spec.dir,
+            &format!("booting {} ({})", slot.label, slot.guid),
+        );
         let _ = atomic_file::write(
             &spec.dir.join("booted"),
             slot.label.as_bytes(),
@@ -266,7 +258,7 @@ pub fn supervise(spec_path: &Path) -> Result<(), Error> {
         let ended = match kernel_of_slot(&host, &spec, &slot) {
             Ok((vmlinuz, initrd)) => run_once(&spec, command(&spec, &vmlinuz, &initrd, slot.guid))?,
             Err(e) => {
-                say(&spec, &format!("{} cannot be booted: {e}", slot.label));
+                say(&spec.dir, &format!("{} cannot be booted: {e}", slot.label));
                 Ended::Reboot
             }
         };
@@ -279,7 +271,10 @@ pub fn supervise(spec_path: &Path) -> Result<(), Error> {
             0
         };
         if quick_failures >= 10 {
-            say(&spec, "ten boots failed within seconds each: powering off");
+            say(
+                &spec.dir,
+                "ten boots failed within seconds each: powering off",
+            );
             return Ok(());
         }
     }
@@ -330,15 +325,15 @@ fn run_once(spec: &Spec, mut cmd: Command) -> Result<Ended, Error> {
     })?;
     Ok(match reason.as_deref() {
         Some("guest-reset" | "guest-panic") => {
-            say(spec, "the machine rebooted");
+            say(&spec.dir, "the machine rebooted");
             Ended::Reboot
         }
         Some(r) => {
-            say(spec, &format!("the machine stopped ({r})"));
+            say(&spec.dir, &format!("the machine stopped ({r})"));
             Ended::Off
         }
         None => {
-            say(spec, &format!("QEMU ended ({status})"));
+            say(&spec.dir, &format!("QEMU ended ({status})"));
             Ended::Off
         }
     })

@@ -30,8 +30,6 @@ pub struct UnitState {
     pub load: String,
     /// `ActiveState` (`active`, `activating`, `failed`, `inactive`, …).
     pub active: String,
-    /// `UnitFileState` (`enabled`, `static`, `disabled`, …).
-    pub file: String,
 }
 
 impl UnitState {
@@ -192,11 +190,10 @@ mod tests {
 
     struct Machine(Vec<(&'static str, UnitState, Result<(), String>)>);
 
-    fn unit(load: &str, active: &str, file: &str) -> UnitState {
+    fn unit(load: &str, active: &str) -> UnitState {
         UnitState {
             load: load.into(),
             active: active.into(),
-            file: file.into(),
         }
     }
 
@@ -206,7 +203,7 @@ mod tests {
                 .iter()
                 .find(|(n, _, _)| *n == name)
                 .map(|(_, s, _)| s.clone())
-                .unwrap_or_else(|| unit("not-found", "inactive", ""))
+                .unwrap_or_else(|| unit("not-found", "inactive"))
         }
         fn answers(&self, name: &str) -> Result<(), String> {
             self.0
@@ -217,28 +214,16 @@ mod tests {
     }
 
     fn complete() -> (&'static str, UnitState, Result<(), String>) {
-        (
-            "boot-complete.target",
-            unit("loaded", "active", "static"),
-            Ok(()),
-        )
+        ("boot-complete.target", unit("loaded", "active"), Ok(()))
     }
 
     #[test]
     fn services_the_boot_does_not_run_are_not_checked() {
         let m = Machine(vec![
             complete(),
-            (
-                "etcd2.service",
-                unit("loaded", "inactive", "disabled"),
-                Ok(()),
-            ),
-            (
-                "docker.service",
-                unit("loaded", "inactive", "enabled"),
-                Ok(()),
-            ),
-            ("fleet.service", unit("loaded", "failed", "static"), Ok(())),
+            ("etcd2.service", unit("loaded", "inactive"), Ok(())),
+            ("docker.service", unit("loaded", "inactive"), Ok(())),
+            ("fleet.service", unit("loaded", "failed"), Ok(())),
         ]);
         let c = checks(&m);
         let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
@@ -255,11 +240,7 @@ mod tests {
     fn a_starting_service_is_waited_for_until_the_deadline() {
         let m = Machine(vec![
             complete(),
-            (
-                "etcd2.service",
-                unit("loaded", "activating", "static"),
-                Ok(()),
-            ),
+            ("etcd2.service", unit("loaded", "activating"), Ok(())),
         ]);
         let c = checks(&m);
         assert_eq!(decide(Standing::OnTrial, false, &c, false), Action::Wait);
@@ -268,7 +249,7 @@ mod tests {
             complete(),
             (
                 "etcd2.service",
-                unit("loaded", "active", "static"),
+                unit("loaded", "active"),
                 Err("no leader".into()),
             ),
         ]);
@@ -281,7 +262,7 @@ mod tests {
     fn a_failed_boot_check_fails_the_gate_at_once() {
         let m = Machine(vec![(
             "boot-complete.target",
-            unit("loaded", "inactive", "static"),
+            unit("loaded", "inactive"),
             Ok(()),
         )]);
         let c = checks(&m);

@@ -233,8 +233,35 @@ pub fn ip_of(status: &str, machine: &str) -> String {
 
 /// Updates: `update_engine_client -update` run as core on `machine` (the bus policy lets
 /// core ask); it must end with the update installed and a reboot needed.
+/// Runs `ferrite` with `args` (no `--cluster` added), which must succeed.
+fn ferrite_ok(c: &Cluster, args: &[&str]) {
+    let o = c.cmd(args).stdin(Stdio::null()).output().unwrap();
+    assert!(
+        o.status.success(),
+        "ferrite {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `ferrite release publish` of a built `version` on `channel` in the cluster.
+pub fn publish(c: &Cluster, version: &str, channel: &str) {
+    ferrite_ok(
+        c,
+        &[
+            "release",
+            "publish",
+            version,
+            "--channel",
+            channel,
+            "--cluster",
+            &c.name,
+        ],
+    );
+}
+
 /// `ferrite release build` of `version` for `channel` (with `extra` arguments), then
-/// `ferrite release publish` of it on that channel in the cluster.
+/// [`publish`] of it on that channel in the cluster.
 pub fn build_and_publish(c: &Cluster, version: &str, channel: &str, extra: &[&str]) {
     let mut build = vec![
         "release",
@@ -245,24 +272,18 @@ pub fn build_and_publish(c: &Cluster, version: &str, channel: &str, extra: &[&st
         channel,
     ];
     build.extend_from_slice(extra);
-    let publish = [
-        "release",
-        "publish",
-        version,
-        "--channel",
-        channel,
-        "--cluster",
-        &c.name,
-    ];
-    for args in [build.as_slice(), publish.as_slice()] {
-        let o = c.cmd(args).stdin(Stdio::null()).output().unwrap();
-        assert!(
-            o.status.success(),
-            "ferrite {args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    ferrite_ok(c, &build);
+    publish(c, version, channel);
+}
+
+/// The cluster's channel and the machine ID of its machine `index` (from 0).
+pub fn channel_and_id(c: &Cluster, index: usize) -> (String, String) {
+    let json = c.cluster_json();
+    let s = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    (
+        s(&json["settings"]["channel"]),
+        s(&json["machines"][index]["machine_id"]),
+    )
 }
 
 pub fn take_update(c: &Cluster, machine: &str) {

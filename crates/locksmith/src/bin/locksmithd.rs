@@ -89,10 +89,8 @@ async fn get_status(conn: &zbus::Connection) -> zbus::Result<String> {
     Ok(op)
 }
 
-/// Gives this machine's slot back if it holds one: Ok(true) when it is not held (any
-/// more).
-async fn unlock_if_held(cfg: &Config, id: &str) -> Result<(), Error> {
-    let mut c = LockClient::connect(&cfg.endpoints, &cfg.group, TIMEOUT).await?;
+/// Gives this machine's slot back if it holds one; Ok when it is not held (any more).
+async fn unlock_if_held(c: &mut LockClient, id: &str) -> Result<(), Error> {
     match c.unlock(id).await {
         Ok(()) => {
             log("Unlocked existing lock for this machine");
@@ -219,7 +217,11 @@ async fn run() -> anyhow::Result<u8> {
                     next_unlock = Instant::now() + Duration::from_secs(1);
                     continue;
                 }
-                match unlock_if_held(&cfg, &id).await {
+                let unlocked = match LockClient::connect(&cfg.endpoints, &cfg.group, TIMEOUT).await {
+                    Ok(mut c) => unlock_if_held(&mut c, &id).await,
+                    Err(e) => Err(e),
+                };
+                match unlocked {
                     Ok(()) => unlock_pending = false,
                     Err(e) => {
                         interval = backoff(interval);
@@ -265,11 +267,7 @@ async fn run() -> anyhow::Result<u8> {
                 }
             };
             if first {
-                match c.unlock(&id).await {
-                    Ok(()) => log("Unlocked existing lock for this machine"),
-                    Err(Error::Refused(Refused::HolderNotExist)) => {}
-                    Err(e) => return Err(e),
-                }
+                unlock_if_held(c, &id).await?;
             }
             match c.lock(&id).await {
                 Ok(()) | Err(Error::Refused(Refused::HolderExists)) => Ok(()),

@@ -70,7 +70,7 @@ fn etcd_url() -> String {
 
 impl Probe for Machine {
     fn unit(&self, unit: &str) -> UnitState {
-        let props = systemctl_show(unit, &["LoadState", "ActiveState", "UnitFileState"]);
+        let props = systemctl_show(unit, &["LoadState", "ActiveState"]);
         let get = |k: &str| {
             props
                 .iter()
@@ -81,7 +81,6 @@ impl Probe for Machine {
         UnitState {
             load: get("LoadState"),
             active: get("ActiveState"),
-            file: get("UnitFileState"),
         }
     }
 
