@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 pub const FERRITE: &str = env!("CARGO_BIN_EXE_ferrite");
@@ -28,6 +29,69 @@ pub struct Cluster {
     /// Its run directory (`FERRITE_RUN_DIR`).
     pub run: tempfile::TempDir,
     destroyed: bool,
+    /// Dropped with the cluster: ends its watchdog.
+    _watchdog: mpsc::Sender<()>,
+}
+
+/// How long a test may keep a cluster before its watchdog tears it down: far above what any
+/// test takes on a cold cache, so only a hang reaches it (`FERRITE_TEST_LIMIT`, seconds).
+fn test_limit() -> Duration {
+    let secs = std::env::var("FERRITE_TEST_LIMIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1200);
+    Duration::from_secs(secs)
+}
+
+/// A test that hangs must fail, not hold the suite until CI's own limit: past `limit` the
+/// watchdog prints what the cluster was doing and destroys it (which ends every command
+/// run in its machines, so the test fails where it waited); if the test has still not
+/// ended two minutes later, the test process exits.
+fn watchdog(name: String, state: PathBuf, run: PathBuf, limit: Duration) -> mpsc::Sender<()> {
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit) != Err(mpsc::RecvTimeoutError::Timeout) {
+            return;
+        }
+        let ferrite = |args: &[&str]| {
+            Command::new(FERRITE)
+                .args(args)
+                .args(["--cluster", &name])
+                .env("FERRITE_STATE_DIR", &state)
+                .env("FERRITE_RUN_DIR", &run)
+                .stdin(Stdio::null())
+                .output()
+        };
+        let mut report = format!(
+            "watchdog: cluster {name} still up after {} s: the test hangs; its state:\n",
+            limit.as_secs()
+        );
+        if let Ok(o) = ferrite(&["status"]) {
+            report.push_str(&String::from_utf8_lossy(&o.stdout));
+            report.push_str(&String::from_utf8_lossy(&o.stderr));
+        }
+        let machines = state.join("clusters").join(&name).join("machines");
+        for e in std::fs::read_dir(&machines).into_iter().flatten().flatten() {
+            let log = std::fs::read_to_string(e.path().join("console.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            report.push_str(&format!(
+                "--- {} console (last {} lines)\n",
+                e.file_name().to_string_lossy(),
+                tail.len()
+            ));
+            for l in tail.iter().rev() {
+                report.push_str(l);
+                report.push('\n');
+            }
+        }
+        eprintln!("{report}");
+        let _ = ferrite(&["destroy"]);
+        if rx.recv_timeout(Duration::from_secs(120)) == Err(mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("watchdog: the test did not end after its cluster {name} was destroyed");
+            std::process::exit(124);
+        }
+    });
+    tx
 }
 
 impl Cluster {
@@ -44,17 +108,27 @@ impl Cluster {
                 .is_file(),
             "coreos-cloudinit must be built beside ferrite (cargo build --workspace)"
         );
+        let name = format!("t{tag}{}", std::process::id() % 100_000);
+        let state = tempfile::Builder::new()
+            .prefix("ferrite-state")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let run = tempfile::Builder::new()
+            .prefix("ferrite-run")
+            .tempdir_in("/run")
+            .unwrap();
+        let watchdog = watchdog(
+            name.clone(),
+            state.path().to_path_buf(),
+            run.path().to_path_buf(),
+            test_limit(),
+        );
         Self {
-            name: format!("t{tag}{}", std::process::id() % 100_000),
-            state: tempfile::Builder::new()
-                .prefix("ferrite-state")
-                .tempdir_in("/var/tmp")
-                .unwrap(),
-            run: tempfile::Builder::new()
-                .prefix("ferrite-run")
-                .tempdir_in("/run")
-                .unwrap(),
+            name,
+            state,
+            run,
             destroyed: false,
+            _watchdog: watchdog,
         }
     }
 
