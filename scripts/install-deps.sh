@@ -21,6 +21,8 @@ PACKAGES=(
   ovmf                  # UEFI firmware: the disk boots through its own EFI-SYSTEM in tests
   dbus-daemon           # a private system bus for update_engine's tests
   chromium              # a real headless browser for the update dashboard's test
+  iptables              # flanneld's masquerade rules, tested in network namespaces
+  iputils-ping          # ping across the overlay in flannel's namespace test
 )
 
 missing=()

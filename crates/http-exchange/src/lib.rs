@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 /// A request body.
 pub type Body = Full<Bytes>;
@@ -44,20 +44,28 @@ pub async fn exchange<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let resp = exchange_response(io, req).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body()))
+}
+
+/// [`exchange`], keeping the whole reply: status, headers and body.
+pub async fn exchange_response<I>(
+    io: I,
+    req: Request<Body>,
+) -> Result<Response<Bytes>, (&'static str, hyper::Error)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
         .map_err(|e| ("handshake", e))?;
     let driver = tokio::spawn(conn);
     let reply = async {
         let resp = sender.send_request(req).await.map_err(|e| ("request", e))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ("reply", e))?
-            .to_bytes();
-        Ok((status, body))
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| ("reply", e))?.to_bytes();
+        Ok(Response::from_parts(parts, body))
     };
     let result = reply.await;
     driver.abort();
@@ -72,6 +80,19 @@ pub async fn request_tcp(
     body: Bytes,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), Failure> {
+    let resp = request_tcp_response(host, method, path, body, timeout).await?;
+    let status = resp.status();
+    Ok((status, resp.into_body()))
+}
+
+/// [`request_tcp`], keeping the whole reply: status, headers and body.
+pub async fn request_tcp_response(
+    host: &str,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Response<Bytes>, Failure> {
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(host)
             .await
@@ -82,7 +103,7 @@ pub async fn request_tcp(
             .header(hyper::header::HOST, host)
             .body(Full::new(body))
             .map_err(Failure::Build)?;
-        exchange(hyper_util::rt::TokioIo::new(tcp), req)
+        exchange_response(hyper_util::rt::TokioIo::new(tcp), req)
             .await
             .map_err(|(stage, e)| Failure::Http(stage, e))
     };
