@@ -291,6 +291,8 @@ fn build_image_version(
             "ferrite-boot-health",
             "locksmithd",
             "locksmithctl",
+            "flanneld",
+            "mk-docker-opts",
         ]
         .iter()
         .map(|b| (b.to_string(), dir.join(b)))

@@ -26,24 +26,6 @@ mod common;
 
 use common::{ip_of, repo, Cluster, FERRITE};
 
-/// A tiny busybox image, imported into a machine's Docker (no registry is reachable).
-fn busybox_tar() -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("bin/busybox")).unwrap();
-    for a in ["sh", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", dir.path().join("bin").join(a)).unwrap();
-    }
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(dir.path())
-        .args(["-cf", "-", "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    out.stdout
-}
-
 /// The book's etcd commands, unchanged: etcdctl's v2 commands and the v2 keys API with
 /// curl; etcd 3's commands with `ETCDCTL_API=3`, on a store of their own.
 fn the_books_etcd_commands(c: &Cluster) {
@@ -188,29 +170,7 @@ fn chapter_user_data_on_one_machine() {
     assert!(env.contains(&format!("COREOS_PUBLIC_IPV4={ip}")), "{env}");
 
     // docker run of a locally imported image.
-    let mut import = c.cmd(&[
-        "ssh",
-        "--cluster",
-        &c.name,
-        "core-01",
-        "--",
-        "docker",
-        "import",
-        "-",
-        "busybox:local",
-    ]);
-    let mut child = import
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&busybox_tar())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    common::import_busybox(&c, "core-01", &[]);
     let (code, hello) = c.sh(
         "core-01",
         "docker run --rm --pull=never busybox:local echo hello from docker",

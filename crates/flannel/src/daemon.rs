@@ -25,7 +25,7 @@ use crate::config::{Backend, NetworkConfig};
 use crate::net::Netlink;
 use crate::registry::{Event, Registry, Watched};
 use crate::subnet::{self, Choice, Lease, LeaseAttrs};
-use crate::{env, ipmasq, notify, Error};
+use crate::{env, iptables, notify, Error};
 
 /// flanneld's settings (its flags and `FLANNELD_*` variables).
 #[derive(Debug, Clone)]
@@ -140,15 +140,13 @@ async fn startup(opts: &Options, registry: &Registry, netlink: &Netlink) -> Resu
     }
     let public_ip = opts.public_ip.unwrap_or(ext.addr);
     // Before the device and the lease: a failure here leaves neither behind.
-    if opts.ip_masq {
-        let network = config.network;
-        tokio::task::spawn_blocking(move || ipmasq::install(network))
-            .await
-            .map_err(|e| Error::Io {
-                path: "iptables".into(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
-    }
+    let (network, masq) = (config.network, opts.ip_masq);
+    tokio::task::spawn_blocking(move || iptables::install(network, masq))
+        .await
+        .map_err(|e| Error::Io {
+            path: "iptables".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     let (dev, mtu, attrs) = match config.backend {
         Backend::Vxlan { vni, port } => {
             let (dev, mac, mtu) = netlink.vxlan(vni, port, &ext).await?;

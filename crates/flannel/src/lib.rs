@@ -7,7 +7,8 @@
 //! - [`registry`]: those keys in etcd's v2 keyspace (where the book's `etcdctl set` writes).
 //! - [`net`]: the kernel side through rtnetlink — the VXLAN device, and the routes,
 //!   neighbour and FDB entries per remote lease (vxlan) or a route per remote (host-gw).
-//! - [`ipmasq`]: masquerade for traffic leaving the overlay (`--ip-masq`).
+//! - [`iptables`]: forwarding for the overlay, and masquerade for traffic leaving it
+//!   (`--ip-masq`).
 //! - [`env`]: `/run/flannel/subnet.env` and `mk-docker-opts`' docker options.
 //! - [`daemon`]: flanneld's startup and its one event loop (watch, renew, recheck, signals).
 //!
@@ -19,7 +20,7 @@
 pub mod config;
 pub mod daemon;
 pub mod env;
-pub mod ipmasq;
+pub mod iptables;
 pub mod net;
 pub mod notify;
 pub mod registry;

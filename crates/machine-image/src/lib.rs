@@ -205,6 +205,8 @@ pub fn dist_files() -> Vec<DistFile> {
         unit!("update-engine.service"),
         unit!("ferrite-boot-health.service"),
         unit!("locksmithd.service"),
+        unit!("flanneld.service"),
+        unit!("docker.service.d/50-flannel.conf"),
         (
             "usr/share/dbus-1/system.d/com.coreos.update1.conf",
             include_bytes!("../../../dist/dbus/com.coreos.update1.conf"),

@@ -417,3 +417,52 @@ pub fn wait_complete(c: &Cluster, machine_id: &str, version: &str) -> Vec<(u32, 
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// A tiny busybox image (`busybox:local`: the applets tests use, and `extra` files as
+/// (path in the image, contents)), imported into `machine`'s Docker: no registry is
+/// reachable.
+pub fn import_busybox(c: &Cluster, machine: &str, extra: &[(&str, &[u8])]) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.path().join("bin/busybox")).unwrap();
+    for a in ["sh", "echo", "cat", "ping", "nc", "httpd", "sleep", "ip"] {
+        std::os::unix::fs::symlink("busybox", dir.path().join("bin").join(a)).unwrap();
+    }
+    for (path, data) in extra {
+        let p = dir.path().join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut import = c.cmd(&[
+        "ssh",
+        "--cluster",
+        &c.name,
+        machine,
+        "--",
+        "docker",
+        "import",
+        "-",
+        "busybox:local",
+    ]);
+    let mut child = import
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "docker import on {machine}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
