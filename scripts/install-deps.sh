@@ -23,6 +23,7 @@ PACKAGES=(
   chromium              # a real headless browser for the update dashboard's test
   iptables              # flanneld's masquerade rules, tested in network namespaces
   iputils-ping          # ping across the overlay in flannel's namespace test
+  iperf3                # the flannel benchmark's throughput (copied into a container image)
 )
 
 missing=()
