@@ -53,9 +53,12 @@ impl Lab {
             "0",
             "needs root"
         );
+        // Two labs may run at once in this process: each gets its own tag and network.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let tag = format!("fl{}", pid % 100_000);
-        let net = u8::try_from(pid % 200 + 20).unwrap();
+        let tag = format!("fl{}{k}", pid % 100_000);
+        let net = u8::try_from((pid + k * 101) % 200 + 20).unwrap();
         let mut lab = Self {
             tag,
             net,
@@ -405,4 +408,63 @@ fn bad_configs_are_refused_until_fixed(lab: &mut Lab) {
         "{env}"
     );
     assert!(lab.in_host(4, "ip link show flannel.7").0);
+}
+
+/// host-gw: a route per remote subnet via the remote host's address on the shared link,
+/// re-added by the 10 s recheck when something deletes it.
+#[test]
+fn two_hosts_over_host_gw() {
+    let mut lab = Lab::new(2);
+    assert!(lab
+        .etcdctl(r#"set /coreos.com/network/config '{"Network":"172.28.0.0/16","Backend":{"Type":"host-gw"}}'"#)
+        .0);
+    for h in 1..=2 {
+        lab.flanneld(h, "gw", &[]);
+    }
+    let mut subnets = Vec::new();
+    for h in 1..=2 {
+        let p = lab.env_file(h, "gw");
+        let env = wait_for(&format!("h{h}'s subnet.env"), 30, || read_env(&p));
+        assert_eq!(value(&env, "FLANNEL_MTU"), "1500", "{env}");
+        assert_eq!(value(&env, "FLANNEL_IPMASQ"), "false", "{env}");
+        subnets.push(value(&env, "FLANNEL_SUBNET").to_string());
+    }
+    let (_, lease) = lab.etcdctl(&format!(
+        "get /coreos.com/network/subnets/{}",
+        subnets[1].replace(".1/24", ".0-24")
+    ));
+    assert_eq!(
+        lease.trim(),
+        format!(
+            r#"{{"PublicIP":"172.29.{}.12","BackendType":"host-gw"}}"#,
+            lab.net
+        )
+    );
+    for h in 1..=2 {
+        let s = &subnets[h - 1];
+        assert!(lab.in_host(h, &format!("sh -c 'ip link add docker0 type bridge && ip addr add {s} dev docker0 && ip link set docker0 up'")).0);
+    }
+    let remote = subnets[1].replace(".1/24", ".0/24");
+    let route = format!("{remote} via 172.29.{}.12 dev eth0", lab.net);
+    wait_for("h1's route to h2's subnet", 10, || {
+        lab.in_host(1, "ip route")
+            .1
+            .contains(&route)
+            .then_some(String::new())
+    });
+    let target = subnets[1].trim_end_matches("/24").to_string();
+    assert!(lab.in_host(1, &format!("ping -c 1 -W 2 {target}")).0);
+    assert!(
+        !lab.in_host(1, "ip link show flannel.1").0,
+        "host-gw made a vxlan device"
+    );
+    // Deleted by hand: back within the recheck.
+    assert!(lab.in_host(1, &format!("ip route del {remote}")).0);
+    wait_for("the deleted route re-added", 20, || {
+        lab.in_host(1, "ip route")
+            .1
+            .contains(&route)
+            .then_some(String::new())
+    });
+    assert!(lab.in_host(1, &format!("ping -c 1 -W 2 {target}")).0);
 }
