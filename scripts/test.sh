@@ -19,9 +19,11 @@ trap 'rm -f "$log"' EXIT
 # one failure never hides others; the exit status is the first failure's.
 status=0
 step() {
-  echo "== $*"
+  echo "== $(date -u +%H:%M:%S) $*"
+  local t0=$SECONDS
   "$@" 2>&1 | tee -a "$log"
   local s=${PIPESTATUS[0]}
+  echo "== $* took $((SECONDS - t0)) s"
   if ((s != 0)); then
     echo "!! failed ($s): $*" | tee -a "$log"
     ((status == 0)) && status=$s
@@ -40,4 +42,5 @@ set -e
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^!! failed/ { steps++ }
      END { if (f == 0 && steps > 0) f = steps; printf "total: %d passed, %d failed\n", p, f }' "$log"
+echo "== the whole suite took $SECONDS s"
 exit "$status"
