@@ -138,17 +138,29 @@ impl Lab {
 
     /// Starts flanneld on host `h` as `name` with `extra` flags; its log goes to a file.
     fn flanneld(&mut self, h: usize, name: &str, extra: &[&str]) {
+        self.flanneld_env(h, name, extra, &[]);
+    }
+
+    /// [`Lab::flanneld`] with `FLANNELD_*` variables (what options.env sets).
+    fn flanneld_env(&mut self, h: usize, name: &str, extra: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log(h, name))
             .unwrap();
+        let iface: &[&str] = if env.iter().any(|(k, _)| *k == "FLANNELD_IFACE") {
+            &[]
+        } else {
+            &["--iface", "eth0"]
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-h{h}", self.tag), FLANNELD])
-            .args(["--etcd-endpoints", &self.endpoint(), "--iface", "eth0"])
+            .args(["--etcd-endpoints", &self.endpoint()])
+            .args(iface)
             .arg("--subnet-file")
             .arg(self.env_file(h, name))
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -360,7 +372,8 @@ fn bad_configs_are_refused_until_fixed(lab: &mut Lab) {
         lab.etcdctl(&format!("set {key} '{{\"Network\": \"172.31.0.0/16\"'"))
             .0
     );
-    lab.flanneld(4, "bad", &["--etcd-prefix", "/bad/network"]);
+    // The prefix as cloud-config's `etcd_prefix` gives it: through the environment.
+    lab.flanneld_env(4, "bad", &[], &[("FLANNELD_ETCD_PREFIX", "/bad/network")]);
     let log = lab.log(4, "bad");
     wait_for("the malformed config logged", 10, || {
         read_env(&log).filter(|l| l.contains(&format!("network config at {key}: not valid JSON")))
@@ -408,6 +421,27 @@ fn bad_configs_are_refused_until_fixed(lab: &mut Lab) {
         "{env}"
     );
     assert!(lab.in_host(4, "ip link show flannel.7").0);
+
+    // A network too small for the machines: its one subnet leased by another machine.
+    let key = "/small/network/config";
+    assert!(lab.etcdctl(&format!("set {key} '{{\"Network\":\"172.27.0.0/29\",\"SubnetLen\":30,\"Backend\":{{\"VNI\":9}}}}'")).0);
+    assert!(lab.etcdctl(r#"set /small/network/subnets/172.27.0.4-30 '{"PublicIP":"172.16.99.1","BackendType":"vxlan","BackendData":{"VtepMAC":"02:00:00:00:00:01"}}'"#).0);
+    lab.flanneld_env(
+        4,
+        "small",
+        &[],
+        &[("FLANNELD_ETCD_PREFIX", "/small/network")],
+    );
+    let log = lab.log(4, "small");
+    wait_for("the full network logged", 10, || {
+        read_env(&log).filter(|l| l.contains(&format!("network config at {key}: no free subnet left (1 between SubnetMin and SubnetMax, all leased)")))
+    });
+    assert!(!lab.env_file(4, "small").exists());
+    // The other machine's lease gone: this one takes the subnet.
+    assert!(lab.etcdctl("rm /small/network/subnets/172.27.0.4-30").0);
+    let p = lab.env_file(4, "small");
+    let env = wait_for("subnet.env once a subnet is free", 10, || read_env(&p));
+    assert_eq!(value(&env, "FLANNEL_SUBNET"), "172.27.0.5/30", "{env}");
 }
 
 /// host-gw: a route per remote subnet via the remote host's address on the shared link,
@@ -418,9 +452,11 @@ fn two_hosts_over_host_gw() {
     assert!(lab
         .etcdctl(r#"set /coreos.com/network/config '{"Network":"172.28.0.0/16","Backend":{"Type":"host-gw"}}'"#)
         .0);
-    for h in 1..=2 {
-        lab.flanneld(h, "gw", &[]);
-    }
+    lab.flanneld(1, "gw", &[]);
+    // The interface as cloud-config's `interface: $public_ipv4` gives it: an address, in
+    // the environment.
+    let ip = format!("172.29.{}.12", lab.net);
+    lab.flanneld_env(2, "gw", &[], &[("FLANNELD_IFACE", &ip)]);
     let mut subnets = Vec::new();
     for h in 1..=2 {
         let p = lab.env_file(h, "gw");
