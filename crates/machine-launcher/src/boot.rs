@@ -578,7 +578,11 @@ pub fn login(
     })
 }
 
-/// Runs a command inside a running machine as root: (exit code, stdout, stderr).
+/// How long [`exec_in`] lets a command run.
+const EXEC_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs a command inside a running machine as root: (exit code, stdout, stderr), within
+/// [`EXEC_LIMIT`].
 pub fn exec_in(
     host: &dyn Host,
     paths: &Paths,
@@ -599,18 +603,49 @@ pub fn exec_in(
             cmd
         }
     };
-    let out = cmd
+    // Bounded: a machine that hangs (or is going down) must not hang `up` or `status`.
+    let mut child = cmd
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|source| Error::Spawn {
             command: cmd.get_program().to_string_lossy().into_owned(),
             source,
         })?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = match wait_timeout::ChildExt::wait_timeout(&mut child, EXEC_LIMIT) {
+        Ok(Some(status)) => status,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Err(source) = other {
+                return Err(Error::Spawn {
+                    command: cmd.get_program().to_string_lossy().into_owned(),
+                    source,
+                });
+            }
+            return Err(Error::ExecTimeout {
+                machine: m.name.clone(),
+                command: argv.join(" "),
+                seconds: EXEC_LIMIT.as_secs(),
+            });
+        }
+    };
+    let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+    };
+    Ok((status.code().unwrap_or(-1), text(stdout), text(stderr)))
 }
 
 fn wait_booted(

@@ -130,6 +130,16 @@ pub enum Error {
     /// The machine is not running.
     #[error("machine {0} is not running")]
     NotRunning(String),
+    /// A command run in a machine did not end in time (it was killed).
+    #[error("{command:?} in machine {machine} did not end within {seconds} s")]
+    ExecTimeout {
+        /// The machine.
+        machine: String,
+        /// The command's words.
+        command: String,
+        /// The limit.
+        seconds: u64,
+    },
     /// The machine did not finish booting in time.
     #[error("machine {machine} did not finish booting within {seconds} s (console: {console})")]
     BootTimeout {

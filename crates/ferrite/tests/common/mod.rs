@@ -33,13 +33,14 @@ pub struct Cluster {
     _watchdog: mpsc::Sender<()>,
 }
 
-/// How long a test may keep a cluster before its watchdog tears it down: far above what any
-/// test takes on a cold cache, so only a hang reaches it (`FERRITE_TEST_LIMIT`, seconds).
-fn test_limit() -> Duration {
+/// How long a test may keep a cluster before its watchdog tears it down: `default`
+/// seconds, far above what the test takes on a cold cache, so only a hang reaches it;
+/// `FERRITE_TEST_LIMIT` (seconds) overrides it for every test.
+fn test_limit(default: u64) -> Duration {
     let secs = std::env::var("FERRITE_TEST_LIMIT")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1200);
+        .unwrap_or(default);
     Duration::from_secs(secs)
 }
 
@@ -95,7 +96,13 @@ fn watchdog(name: String, state: PathBuf, run: PathBuf, limit: Duration) -> mpsc
 }
 
 impl Cluster {
+    /// A cluster whose test may run 15 minutes before its watchdog ends it.
     pub fn new(tag: &str) -> Self {
+        Self::with_limit(tag, 900)
+    }
+
+    /// A cluster whose test may run `limit` seconds before its watchdog ends it.
+    pub fn with_limit(tag: &str, limit: u64) -> Self {
         let out = Command::new("id").arg("-u").output().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -121,7 +128,7 @@ impl Cluster {
             name.clone(),
             state.path().to_path_buf(),
             run.path().to_path_buf(),
-            test_limit(),
+            test_limit(limit),
         );
         Self {
             name,
