@@ -33,6 +33,13 @@ fn iperf_tar() -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("bin")).unwrap();
+    // iperf3 makes a temporary file per stream.
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::set_permissions(
+        root.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
     let iperf = Command::new("sh")
@@ -104,10 +111,8 @@ fn iperf(e: &Env, net: &str, server: &str, port: u16) -> f64 {
     );
     assert_eq!(code, 0, "iperf3 to {server}:{port}: {out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
-        / 1e9
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64();
+    bps.unwrap_or_else(|| panic!("iperf3 to {server}:{port} ({net}): {out}")) / 1e9
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -156,6 +161,8 @@ fn main() {
     let mut restarts = Vec::new();
     let mut walls = Vec::new();
     for _ in 0..5 {
+        // systemd refuses a sixth start within 10 s (StartLimitBurst=5).
+        std::thread::sleep(Duration::from_secs(2));
         let t = Instant::now();
         let (code, out) = e.sh(CLUSTER, "core-01", "systemctl restart flanneld");
         assert_eq!(code, 0, "{out}");
