@@ -344,20 +344,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(nl(format!("adding the neighbour entry for {subnet}")))?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(subnet.network(), subnet.prefix_len())
-            .gateway(gw)
-            .output_interface(dev)
-            .onlink()
-            .protocol(RouteProtocol::Boot)
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl(format!("adding the route to {subnet}")))
+        self.replace_route(dev, subnet, gw, true).await
     }
 
     /// Removes what [`Netlink::vxlan_add_remote`] added (what is already gone is fine).
@@ -413,19 +400,33 @@ impl Netlink {
         subnet: Ipv4Net,
         via: Ipv4Addr,
     ) -> Result<(), Error> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        self.replace_route(ext, subnet, via, false).await
+    }
+
+    /// `subnet via gw dev dev [onlink]`, replacing any route to `subnet` (protocol `boot`,
+    /// as `ip route add` makes it).
+    async fn replace_route(
+        &self,
+        dev: u32,
+        subnet: Ipv4Net,
+        gw: Ipv4Addr,
+        onlink: bool,
+    ) -> Result<(), Error> {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(subnet.network(), subnet.prefix_len())
-            .gateway(via)
-            .output_interface(ext)
-            .protocol(RouteProtocol::Boot)
-            .build();
+            .gateway(gw)
+            .output_interface(dev)
+            .protocol(RouteProtocol::Boot);
+        if onlink {
+            route = route.onlink();
+        }
         self.handle
             .route()
-            .add(route)
+            .add(route.build())
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("adding the route to {subnet} via {via}")))
+            .map_err(nl(format!("adding the route to {subnet} via {gw}")))
     }
 
     /// The subnets inside `network` routed now through `dev` (a vxlan device) or, with a

@@ -259,16 +259,8 @@ impl Registry {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<bool, Error> {
-        let key = self.lease_key(subnet);
-        let value = lease_value(attrs);
-        let ttl = ttl.as_secs().to_string();
-        let r = self
-            .call(
-                "PUT",
-                &key,
-                &[("value", &value), ("ttl", &ttl), ("prevExist", "false")],
-                self.timeout,
-            )
+        let (key, r) = self
+            .put(subnet, attrs, ttl, &[("prevExist", "false")])
             .await?;
         if error_code(&r.body) == Some(EXISTS) {
             return Ok(false);
@@ -286,18 +278,25 @@ impl Registry {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<(), Error> {
+        let (key, r) = self.put(subnet, attrs, ttl, &[]).await?;
+        check(&key, &r)
+    }
+
+    /// `PUT` of `subnet`'s lease with `ttl` and `extra` conditions: the key and etcd's reply.
+    async fn put(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+        extra: &[(&str, &str)],
+    ) -> Result<(String, Reply), Error> {
         let key = self.lease_key(subnet);
         let value = lease_value(attrs);
         let ttl = ttl.as_secs().to_string();
-        let r = self
-            .call(
-                "PUT",
-                &key,
-                &[("value", &value), ("ttl", &ttl)],
-                self.timeout,
-            )
-            .await?;
-        check(&key, &r)
+        let mut query = vec![("value", value.as_str()), ("ttl", ttl.as_str())];
+        query.extend_from_slice(extra);
+        let r = self.call("PUT", &key, &query, self.timeout).await?;
+        Ok((key, r))
     }
 
     /// Deletes `subnet`'s lease (gone already is fine).
