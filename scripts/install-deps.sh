@@ -24,6 +24,7 @@ PACKAGES=(
   iptables              # flanneld's masquerade rules, tested in network namespaces
   iputils-ping          # ping across the overlay in flannel's namespace test
   iperf3                # the flannel benchmark's throughput (copied into a container image)
+  docker-registry       # each cluster's image registry (ferrite-registry:5000)
 )
 
 missing=()
