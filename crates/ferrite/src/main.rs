@@ -161,6 +161,22 @@ enum Cmd {
         /// Its `nspawn.json`.
         spec: PathBuf,
     },
+    /// Internal: push busybox:latest (from the host's busybox-static) to a registry.
+    #[command(name = "__registry-seed", hide = true)]
+    RegistrySeed {
+        /// The registry, host:port.
+        #[arg(long)]
+        registry: String,
+    },
+    /// Internal: push a `docker save` archive to a registry as NAME:TAG.
+    #[command(name = "__registry-push", hide = true)]
+    RegistryPush {
+        #[arg(long)]
+        registry: String,
+        #[arg(long)]
+        tag: String,
+        archive: PathBuf,
+    },
     /// Internal: join the machine's cgroups and exec systemd-nspawn.
     #[command(name = "__boot", hide = true)]
     Boot {
@@ -186,6 +202,17 @@ enum ImageCmd {
         /// ferrite_production_qemu_image.img for qcow2, as CoreOS named them).
         #[arg(long, short, requires = "format")]
         output: Option<PathBuf>,
+    },
+    /// Push a container image (a `docker save` archive) to the cluster's registry, where
+    /// every machine pulls it as ferrite-registry:5000/NAME:TAG.
+    Push {
+        /// The archive (`docker save -o FILE IMAGE`).
+        archive: PathBuf,
+        /// NAME:TAG in the registry (default: the archive's first tag).
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArg,
     },
 }
 
@@ -419,6 +446,118 @@ fn cmd_up(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ferrite image build`: the image (cached), written out as `format` if asked.
+fn image_build(channel: &str, format: Option<&str>, output: Option<PathBuf>) -> Result<ExitCode> {
+    let image = build_image(parse_channel(channel)?)?;
+    if let Some(format) = format {
+        let out_path = write_image(&image.path, format, output)?;
+        out(format!("{} ({format})", out_path.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let size = std::fs::metadata(&image.path).map(|m| m.len()).unwrap_or(0);
+    out(format!(
+        "{} ({} MiB, key {}, {} in {:.1} s)",
+        image.path.display(),
+        size / (1024 * 1024),
+        image.key,
+        if image.cached { "cached" } else { "built" },
+        image.seconds
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `__registry-seed`: busybox:latest, built from the host's busybox-static.
+fn registry_seed(registry: &str) -> Result<ExitCode> {
+    container_image::push::wait_ready(registry, Duration::from_secs(30))?;
+    let image = container_image::busybox::image(Path::new("/bin/busybox"))
+        .context("building busybox:latest (busybox-static)")?;
+    container_image::push::push(&image, registry, "busybox", "latest")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `__registry-push`: an archive, checked whole, then pushed as `tag`.
+fn registry_push(registry: &str, tag: &str, archive: &Path) -> Result<ExitCode> {
+    let saved = container_image::archive::read(archive)?;
+    let (repo, tag) = split_tag(tag)?;
+    container_image::push::wait_ready(registry, Duration::from_secs(30))?;
+    let digest = container_image::push::push(&saved.image, registry, repo, tag)?;
+    out(format!("{repo}:{tag}: digest: {digest}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `NAME:TAG` split at its last colon (a registry host's port is not a tag); `latest` when
+/// there is no tag.
+fn split_tag(name: &str) -> Result<(&str, &str)> {
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (name, "latest"),
+    };
+    let ok_repo = !repo.is_empty()
+        && repo.split('/').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
+    let ok_tag = !tag.is_empty()
+        && tag.len() <= 128
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok_repo || !ok_tag {
+        bail!("{name:?} is not an image name NAME[:TAG] (lowercase name parts; a tag of letters, digits, '.', '_', '-')");
+    }
+    Ok((repo, tag))
+}
+
+/// `ferrite image push`: the archive checked here, then pushed from inside the cluster's
+/// network (where the registry listens).
+fn image_push(archive: &Path, tag: Option<&str>, cluster: &str) -> Result<ExitCode> {
+    let saved = container_image::archive::read(archive)?;
+    let name = match tag {
+        Some(t) => t.to_string(),
+        None => saved.tags.first().cloned().with_context(|| {
+            format!(
+                "{} has no tag: give one with --tag NAME:TAG",
+                archive.display()
+            )
+        })?,
+    };
+    // A name saved from a registry (`ferrite-registry:5000/x:1`) is pushed as `x:1`.
+    let name = name
+        .strip_prefix(&format!(
+            "{}:{}/",
+            machine_launcher::registry::HOST_NAME,
+            machine_launcher::registry::PORT
+        ))
+        .map_or(name.clone(), str::to_string);
+    split_tag(&name)?;
+    let paths = Paths::from_env();
+    let state = ClusterState::load(&paths, cluster)?;
+    let exe = std::env::current_exe().context("finding the ferrite executable")?;
+    let archive =
+        std::fs::canonicalize(archive).with_context(|| format!("{}", archive.display()))?;
+    let status = host_command::command("ip")
+        .args(["netns", "exec", &state.switch_ns()])
+        .arg(exe)
+        .args([
+            "__registry-push",
+            "--registry",
+            &machine_launcher::registry::address(&state),
+            "--tag",
+            &name,
+        ])
+        .arg(&archive)
+        .status()
+        .context("running the push in the cluster's network")?;
+    if !status.success() {
+        bail!(
+            "pushing {} to cluster {cluster:?}'s registry failed",
+            archive.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode> {
     let paths = Paths::from_env();
     let state = ClusterState::load(&paths, cluster)?;
@@ -494,24 +633,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     format,
                     output,
                 },
-        } => {
-            let image = build_image(parse_channel(&channel)?)?;
-            if let Some(format) = format {
-                let out_path = write_image(&image.path, &format, output)?;
-                out(format!("{} ({format})", out_path.display()))?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let size = std::fs::metadata(&image.path).map(|m| m.len()).unwrap_or(0);
-            out(format!(
-                "{} ({} MiB, key {}, {} in {:.1} s)",
-                image.path.display(),
-                size / (1024 * 1024),
-                image.key,
-                if image.cached { "cached" } else { "built" },
-                image.seconds
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => image_build(&channel, format.as_deref(), output),
         Cmd::Up {
             cluster,
             instances,
@@ -591,6 +713,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             machine_launcher::nspawn::supervise(&spec)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Image {
+            command:
+                ImageCmd::Push {
+                    archive,
+                    tag,
+                    cluster,
+                },
+        } => image_push(&archive, tag.as_deref(), &cluster.cluster),
+        Cmd::RegistrySeed { registry } => registry_seed(&registry),
+        Cmd::RegistryPush {
+            registry,
+            tag,
+            archive,
+        } => registry_push(&registry, &tag, &archive),
         Cmd::Boot { cgroups, command } => {
             machine_launcher::cgroup::join(&RealHost, &cgroups, std::process::id())?;
             let Some((prog, args)) = command.split_first() else {

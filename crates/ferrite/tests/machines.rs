@@ -26,6 +26,64 @@ mod common;
 
 use common::{ip_of, repo, Cluster, FERRITE};
 
+/// The cluster's registry: busybox is there at `up`; a machine pulls and runs it, pushes
+/// an image of its own; `ferrite image push` adds a `docker save` archive from the host
+/// and refuses a truncated one.
+fn the_clusters_registry(c: &Cluster) {
+    let (code, out) = c.sh(
+        "core-01",
+        "docker run --rm ferrite-registry:5000/busybox echo hello from the registry 2>/dev/null",
+    );
+    assert_eq!((code, out.as_str()), (0, "hello from the registry\n"));
+    let (code, out) = c.sh(
+        "core-01",
+        "docker tag ferrite-registry:5000/busybox ferrite-registry:5000/mine:1 && docker push ferrite-registry:5000/mine:1 >/dev/null && docker rmi ferrite-registry:5000/mine:1 >/dev/null && docker pull -q ferrite-registry:5000/mine:1",
+    );
+    assert_eq!((code, out.trim()), (0, "ferrite-registry:5000/mine:1"));
+    let saved = c
+        .ferrite(&[
+            "ssh",
+            "core-01",
+            "--",
+            "docker save ferrite-registry:5000/busybox",
+        ])
+        .stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("busybox.tar");
+    std::fs::write(&archive, &saved).unwrap();
+    let push = |path: &std::path::Path, tag: &str| {
+        c.cmd(&[
+            "image",
+            "push",
+            path.to_str().unwrap(),
+            "--tag",
+            tag,
+            "--cluster",
+            &c.name,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+    };
+    let o = push(&archive, "tools/bb:2");
+    let pushed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && pushed.starts_with("tools/bb:2: digest: sha256:"),
+        "{pushed}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (code, out) = c.sh(
+        "core-01",
+        "docker run --rm ferrite-registry:5000/tools/bb:2 echo pushed from the host 2>/dev/null",
+    );
+    assert_eq!((code, out.as_str()), (0, "pushed from the host\n"));
+    let cut = dir.path().join("cut.tar");
+    std::fs::write(&cut, &saved[..saved.len() / 3]).unwrap();
+    let o = push(&cut, "x:1");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("cut.tar"), "{err}");
+}
+
 /// The book's etcd commands, unchanged: etcdctl's v2 commands and the v2 keys API with
 /// curl; etcd 3's commands with `ETCDCTL_API=3`, on a store of their own.
 fn the_books_etcd_commands(c: &Cluster) {
@@ -118,6 +176,7 @@ fn chapter_user_data_on_one_machine() {
         30,
     );
     the_books_etcd_commands(&c);
+    the_clusters_registry(&c);
     let (code, docker) = c.sh("core-01", "docker version --format '{{.Server.Version}}'");
     assert_eq!(code, 0, "docker version: {docker}");
     assert!(!docker.trim().is_empty());

@@ -85,6 +85,7 @@ fn open_cluster(paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> 
             image: opts.image.clone(),
             discovery: None,
             updates: None,
+            registry: None,
             machines: Vec::new(),
         },
         Err(e) => return Err(e),
@@ -165,6 +166,8 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
 
     // The cluster's update service, where its machines ask for updates.
     crate::updates::ensure_update_service(host, paths, &mut cluster, &opts.ferrite_exe)?;
+    // Its image registry, where machines pull from without the internet.
+    crate::registry::ensure_registry(host, paths, &mut cluster, &opts.ferrite_exe)?;
 
     // Discovery: a fresh token on the cluster's own service.
     let mut effective = user_data.clone();
@@ -385,6 +388,7 @@ pub(crate) fn prepare(
     setup_root(&root, &usr_mount, m)?;
     provision(&root, m, user_data)?;
     crate::updates::point_at_service(&root, cluster)?;
+    crate::registry::point_at_registry(&root, cluster)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     host.bind_ro(&usr_mount, &root.join("usr"))?;
     Ok(root)
@@ -405,6 +409,7 @@ fn prepare_qemu(
     let root = mount_root(host, &dir, &disk_path, &disk)?;
     provision(&root, m, user_data)?;
     crate::updates::point_at_service(&root, cluster)?;
+    crate::registry::point_at_registry(&root, cluster)?;
     install_cluster_key(&root, &paths.cluster_dir(&cluster.name))?;
     qemu::provision(&root, cluster, m)?;
     host.unmount(&root)

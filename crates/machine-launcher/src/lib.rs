@@ -47,6 +47,7 @@ pub mod host;
 pub mod nspawn;
 mod provision;
 pub mod qemu;
+pub mod registry;
 pub mod report;
 pub mod state;
 pub mod teardown;

@@ -403,6 +403,7 @@ mod tests {
             image: PathBuf::from("/x.img"),
             discovery: None,
             updates: None,
+            registry: None,
             machines: vec![m.clone()],
         };
         (c, m)

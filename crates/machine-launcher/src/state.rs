@@ -27,6 +27,9 @@ pub struct ClusterState {
     /// The update service (absent in state from before it was started).
     #[serde(default)]
     pub updates: Option<Service>,
+    /// The image registry (absent in state from before it was started).
+    #[serde(default)]
+    pub registry: Option<Service>,
     /// The machines.
     pub machines: Vec<MachineState>,
 }

@@ -119,6 +119,7 @@ pub fn destroy(host: &dyn Host, paths: &Paths, name: &str) -> Result<(), Error> 
         halt(host, paths, &mut cluster, n, true)?;
     }
     crate::updates::stop_update_service(host, &mut cluster);
+    crate::registry::stop_registry(host, &mut cluster);
     if let Some(d) = cluster.discovery.take() {
         if let Some(pid) = d.pid.filter(|p| process_matches(host, *p, "discovery")) {
             let _ = host.signal(pid, "KILL");

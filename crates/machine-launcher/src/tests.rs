@@ -18,6 +18,7 @@ fn cluster(paths: &Paths) -> ClusterState {
         image: PathBuf::from("/nonexistent.img"),
         discovery: None,
         updates: None,
+        registry: None,
         machines: vec![MachineState::example(1, crate::Driver::Nspawn)],
     };
     std::fs::create_dir_all(paths.cluster_dir("demo")).unwrap();
