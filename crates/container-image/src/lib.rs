@@ -5,7 +5,8 @@
 //! [`busybox`] builds one from the host's `busybox-static` (deterministically: the same
 //! busybox gives the same digests); [`archive`] reads one from a `docker save` archive and
 //! checks every layer against the config's `diff_ids`; [`push`] uploads one to a registry
-//! through its HTTP API v2 (blobs the registry has are not sent again).
+//! through its HTTP API v2 (blobs the registry has are not sent again); [`pull`] fetches one
+//! back, every blob checked against its digest (the start of rkt's `docker://` fetch).
 //!
 //! Invariants: an image is checked whole before any byte is pushed; a manifest is pushed
 //! only after every blob it names is in the registry. Images are held in memory: fine for
@@ -13,6 +14,7 @@
 
 pub mod archive;
 pub mod busybox;
+pub mod pull;
 pub mod push;
 
 use sha2::{Digest as _, Sha256};

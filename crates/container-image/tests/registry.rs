@@ -89,6 +89,17 @@ fn busybox_pushed_served_and_archives_checked() {
         "*/*",
     );
     assert_eq!(layer, image.layers[0].gzip);
+    // Pulled back: the same blobs; a tag that is not there names the request.
+    let pulled = container_image::pull::pull(&reg.addr, "busybox", "latest").unwrap();
+    assert_eq!(pulled.manifest(), image.manifest());
+    assert_eq!(pulled.layers[0].diff_id, image.layers[0].diff_id);
+    let e = container_image::pull::pull(&reg.addr, "busybox", "nope")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("GET manifest busybox:nope") && e.contains("HTTP 404"),
+        "{e}"
+    );
     // Again, and under another name: the same digest, nothing sent twice would still work.
     assert_eq!(
         push::push(&image, &reg.addr, "busybox", "latest").unwrap(),
