@@ -143,6 +143,7 @@ fn store_user_data(
 /// that is not running. Returns the cluster's state.
 pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
     let user_data = check(opts)?;
+    crate::registry::check_installed(host)?;
     // An existing cluster keeps the settings it was made with.
     let limits = cgroup::Limits {
         memory_mb: ClusterState::load(paths, &opts.cluster)

@@ -291,6 +291,10 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn has_program(&self, _name: &str) -> bool {
+        true
+    }
+
     fn is_mountpoint(&self, path: &Path) -> bool {
         self.mounts().iter().any(|m| m == path)
     }

@@ -51,6 +51,8 @@ pub trait Host: Sync {
 
     /// Whether `path` is a mount point.
     fn is_mountpoint(&self, path: &Path) -> bool;
+    /// Whether a program of that name is on `PATH`.
+    fn has_program(&self, name: &str) -> bool;
     /// Mount points at or below `dir`, in mount order.
     fn mounts_under(&self, dir: &Path) -> Vec<PathBuf>;
     /// Mounts part of an image file (a loop device that goes away on unmount).
@@ -208,6 +210,11 @@ impl Host for RealHost {
             ip(&["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
         }
         ip(&["-n", ns, "link", "set", tap, "master", bridge, "up"]).map(drop)
+    }
+
+    fn has_program(&self, name: &str) -> bool {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(name).is_file()))
     }
 
     fn is_mountpoint(&self, path: &Path) -> bool {

@@ -163,6 +163,13 @@ pub enum Error {
         report: String,
     },
     /// No free subnet for another cluster.
+    #[error("{tool} is not installed ({what}); scripts/install-deps.sh installs it")]
+    MissingTool {
+        /// The program.
+        tool: String,
+        /// What needs it.
+        what: String,
+    },
     #[error("no free 172.20.N.0/24 subnet for another cluster")]
     NoSubnet,
 }

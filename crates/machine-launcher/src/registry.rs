@@ -22,6 +22,18 @@ pub const HOST_NAME: &str = "ferrite-registry";
 /// What identifies the registry's process.
 const MARKER: &str = "docker-registry";
 
+/// Refuses early (before `up` creates anything) when Debian's `docker-registry` is missing.
+pub(crate) fn check_installed(host: &dyn Host) -> Result<(), Error> {
+    if host.has_program(MARKER) {
+        Ok(())
+    } else {
+        Err(Error::MissingTool {
+            tool: MARKER.into(),
+            what: "each cluster's image registry".into(),
+        })
+    }
+}
+
 /// `host:port` of the cluster's registry, as reached inside the cluster's network.
 #[must_use]
 pub fn address(cluster: &ClusterState) -> String {
