@@ -129,12 +129,16 @@ impl Registry {
         format!("{}/{}", self.subnets_key(), subnet::key_name(subnet))
     }
 
+    /// One request, to each endpoint in turn until one answers. For a `long_poll`, an
+    /// endpoint that connected but stayed silent for `timeout` has answered: nothing
+    /// happened ([`Error::TimedOut`]); the other endpoints are not asked.
     async fn call(
         &self,
         method: &str,
         key: &str,
         query: &[(&str, &str)],
         timeout: Duration,
+        long_poll: bool,
     ) -> Result<Reply, Error> {
         let mut path = format!("/v2/keys{}", encode_key(key));
         if !query.is_empty() {
@@ -146,7 +150,7 @@ impl Registry {
         }
         let n = self.hosts.len();
         let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
-        let mut last = String::new();
+        let mut failures = Vec::new();
         for i in 0..n {
             let at = (start + i) % n;
             let host = &self.hosts[at];
@@ -172,17 +176,17 @@ impl Registry {
                         index,
                     });
                 }
-                Err(http_exchange::Failure::TimedOut) if n == 1 => {
+                Err(http_exchange::Failure::TimedOut) if long_poll || n == 1 => {
                     return Err(Error::TimedOut {
                         key: key.to_string(),
                     })
                 }
-                Err(e) => last = format!("{host}: {e}"),
+                Err(e) => failures.push(format!("{host}: {}", host_command::error_chain(&e))),
             }
         }
         Err(Error::Etcd {
             endpoints: self.endpoints.clone(),
-            reason: last,
+            reason: failures.join("; "),
         })
     }
 
@@ -192,7 +196,7 @@ impl Registry {
     /// etcd unreachable or answering with an error other than "Key not found".
     pub async fn config(&self) -> Result<Option<String>, Error> {
         let key = self.config_key();
-        let r = self.call("GET", &key, &[], self.timeout).await?;
+        let r = self.call("GET", &key, &[], self.timeout, false).await?;
         if error_code(&r.body) == Some(NOT_FOUND) {
             return Ok(None);
         }
@@ -214,7 +218,7 @@ impl Registry {
     pub async fn leases(&self) -> Result<(Vec<Lease>, Vec<(String, String)>, u64), Error> {
         let key = self.subnets_key();
         let r = self
-            .call("GET", &key, &[("recursive", "true")], self.timeout)
+            .call("GET", &key, &[("recursive", "true")], self.timeout, false)
             .await?;
         if error_code(&r.body) == Some(NOT_FOUND) {
             let index = r
@@ -295,7 +299,7 @@ impl Registry {
         let ttl = ttl.as_secs().to_string();
         let mut query = vec![("value", value.as_str()), ("ttl", ttl.as_str())];
         query.extend_from_slice(extra);
-        let r = self.call("PUT", &key, &query, self.timeout).await?;
+        let r = self.call("PUT", &key, &query, self.timeout, false).await?;
         Ok((key, r))
     }
 
@@ -305,7 +309,7 @@ impl Registry {
     /// etcd unreachable or answering with another error.
     pub async fn delete(&self, subnet: Ipv4Net) -> Result<(), Error> {
         let key = self.lease_key(subnet);
-        let r = self.call("DELETE", &key, &[], self.timeout).await?;
+        let r = self.call("DELETE", &key, &[], self.timeout, false).await?;
         if error_code(&r.body) == Some(NOT_FOUND) {
             return Ok(());
         }
@@ -329,13 +333,11 @@ impl Registry {
                     ("waitIndex", &wait),
                 ],
                 poll,
+                true,
             )
             .await
         {
             Err(Error::TimedOut { .. }) => return Ok(Watched::Quiet),
-            Err(Error::Etcd { reason, .. }) if reason.ends_with("no answer in time") => {
-                return Ok(Watched::Quiet)
-            }
             other => other?,
         };
         if error_code(&r.body) == Some(CLEARED) {

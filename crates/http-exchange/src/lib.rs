@@ -29,7 +29,7 @@ pub enum Failure {
     /// hyper failed at a stage: `handshake`, `request` or `reply`.
     #[error("{0}: {1}")]
     Http(&'static str, #[source] hyper::Error),
-    /// No whole reply within the time limit.
+    /// Connected, but no whole reply within the time limit.
     #[error("no answer in time")]
     TimedOut,
 }
@@ -72,6 +72,9 @@ where
     result
 }
 
+/// How long a TCP connection may take (at most; a shorter `timeout` wins).
+const CONNECT_LIMIT: Duration = Duration::from_secs(5);
+
 /// `method path` with `body` to `host:port` over TCP, the whole exchange within `timeout`.
 pub async fn request_tcp(
     host: &str,
@@ -94,8 +97,17 @@ pub async fn request_tcp_response(
     timeout: Duration,
 ) -> Result<Response<Bytes>, Failure> {
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(host)
+        // A connection not made in time is a failure to connect, not a slow answer: a
+        // caller waiting on a long poll tells the two apart.
+        let connect = tokio::net::TcpStream::connect(host);
+        let tcp = tokio::time::timeout(timeout.min(CONNECT_LIMIT), connect)
             .await
+            .map_err(|_| {
+                Failure::Connect(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no connection in time",
+                ))
+            })?
             .map_err(Failure::Connect)?;
         let req = Request::builder()
             .method(method)
