@@ -49,6 +49,7 @@ mod provision;
 pub mod qemu;
 pub mod registry;
 pub mod report;
+mod service;
 pub mod state;
 pub mod teardown;
 pub mod updates;

@@ -5,15 +5,13 @@
 //! HTTP (`insecure-registries` in `/etc/docker/daemon.json`). Its images live in the
 //! cluster's directory and go with `destroy`.
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use crate::boot::in_cgroups;
-use crate::cgroup;
-use crate::host::{process_matches, wait_until, Host};
-use crate::state::{ClusterState, Service};
-use crate::{io_err, Error, Paths};
+use crate::host::Host;
+use crate::service::{self, Which};
+use crate::state::ClusterState;
+use crate::{Error, Paths};
 
 /// The port on the gateway.
 pub const PORT: u16 = 5000;
@@ -56,13 +54,17 @@ pub(crate) fn ensure_registry(
     cluster: &mut ClusterState,
     exe: &Path,
 ) -> Result<(), Error> {
-    let running = cluster
-        .registry
-        .as_ref()
-        .and_then(|s| s.pid)
-        .is_some_and(|p| process_matches(host, p, MARKER));
-    if !running {
-        start(host, paths, cluster, exe)?;
+    if !service::running(host, cluster, Which::Registry, MARKER) {
+        let dir = paths.cluster_dir(&cluster.name).join("registry");
+        atomic_file::create_dirs(&dir.join("data"))?;
+        let config_path = dir.join("config.yml");
+        atomic_file::write(
+            &config_path,
+            config(&dir.join("data"), &address(cluster)).as_bytes(),
+            &atomic_file::Options::mode(0o644),
+        )?;
+        let argv: Vec<OsString> = vec![MARKER.into(), "serve".into(), config_path.into()];
+        service::start(host, paths, cluster, exe, Which::Registry, &argv, &[])?;
     }
     // Seeded every `up` (a blob the registry has is not sent again): a user's `docker rmi`
     // in the registry does not leave the cluster without busybox.
@@ -74,57 +76,9 @@ pub(crate) fn ensure_registry(
     Ok(())
 }
 
-fn start(
-    host: &dyn Host,
-    paths: &Paths,
-    cluster: &mut ClusterState,
-    exe: &Path,
-) -> Result<(), Error> {
-    let dir = paths.cluster_dir(&cluster.name).join("registry");
-    atomic_file::create_dirs(&dir.join("data"))?;
-    let config_path = dir.join("config.yml");
-    atomic_file::write(
-        &config_path,
-        config(&dir.join("data"), &address(cluster)).as_bytes(),
-        &atomic_file::Options::mode(0o644),
-    )?;
-    let log = std::fs::File::create(paths.cluster_dir(&cluster.name).join("registry.log"))
-        .map_err(io_err("creating", &dir))?;
-    let log2 = log.try_clone().map_err(io_err("opening", &dir))?;
-    let layout = cgroup::detect(host);
-    let cgroups = cgroup::paths(&layout, &format!("{}-registry", cluster.object_prefix()));
-    cluster.registry = Some(Service {
-        pid: None,
-        cgroups: cgroups.clone(),
-    });
-    cluster.save(paths)?;
-    cgroup::create(host, &layout, &cgroups, cgroup::Limits::default())?;
-    // `ip netns exec` execs the registry: the recorded PID is the registry's.
-    let mut cmd = in_cgroups(exe, &cgroups);
-    cmd.args(["ip", "netns", "exec", &cluster.switch_ns(), MARKER, "serve"])
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    let pid = host.spawn("docker-registry", &mut cmd)?;
-    if let Some(s) = cluster.registry.as_mut() {
-        s.pid = Some(pid);
-    }
-    cluster.save(paths)
-}
-
 /// Stops the cluster's registry (by its recorded PID and cgroups).
 pub(crate) fn stop_registry(host: &dyn Host, cluster: &mut ClusterState) {
-    if let Some(s) = cluster.registry.take() {
-        if let Some(pid) = s.pid.filter(|p| process_matches(host, *p, MARKER)) {
-            let _ = host.signal(pid, "KILL");
-            wait_until(host, Duration::from_secs(5), || {
-                !process_matches(host, pid, MARKER)
-            });
-        }
-        cgroup::kill_all(host, &s.cgroups);
-        cgroup::remove(host, &s.cgroups);
-    }
+    service::stop(host, cluster, Which::Registry, MARKER);
 }
 
 /// A machine's ROOT told of the registry: `ferrite-registry` in `/etc/hosts`, and Docker's

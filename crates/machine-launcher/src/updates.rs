@@ -3,15 +3,13 @@
 //! are told of it: `SERVER` and a short `CHECK_INTERVAL` in `/etc/coreos/update.conf`, so a
 //! published release reaches a local cluster in seconds.
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
-use crate::boot::in_cgroups;
-use crate::cgroup;
-use crate::host::{process_matches, wait_until, Host};
-use crate::state::{ClusterState, Service};
-use crate::{io_err, Error, Paths};
+use crate::host::Host;
+use crate::service::{self, Which};
+use crate::state::ClusterState;
+use crate::{Error, Paths};
 
 /// The port on the gateway.
 pub const PORT: u16 = 8098;
@@ -32,58 +30,29 @@ pub(crate) fn ensure_update_service(
     cluster: &mut ClusterState,
     exe: &Path,
 ) -> Result<(), Error> {
-    let running = cluster
-        .updates
-        .as_ref()
-        .and_then(|s| s.pid)
-        .is_some_and(|p| process_matches(host, p, MARKER));
-    if running {
+    if service::running(host, cluster, Which::Updates, MARKER) {
         return Ok(());
     }
-    let dir = paths.cluster_dir(&cluster.name);
-    let log =
-        std::fs::File::create(dir.join("update-server.log")).map_err(io_err("creating", &dir))?;
-    let log2 = log.try_clone().map_err(io_err("opening", &dir))?;
-    // Recorded, then made, then joined before the process becomes the service.
-    let layout = cgroup::detect(host);
-    let cgroups = cgroup::paths(&layout, &format!("{}-updates", cluster.object_prefix()));
-    cluster.updates = Some(Service {
-        pid: None,
-        cgroups: cgroups.clone(),
-    });
-    cluster.save(paths)?;
-    cgroup::create(host, &layout, &cgroups, cgroup::Limits::default())?;
-    let mut cmd = in_cgroups(exe, &cgroups);
-    cmd.args(["ip", "netns", "exec", &cluster.switch_ns()])
-        .arg(exe)
-        .args([MARKER, "--cluster", &cluster.name, "--listen"])
-        .arg(format!("{}:{PORT}", cluster.gateway()))
-        .env("FERRITE_STATE_DIR", &paths.state)
-        .env("FERRITE_RUN_DIR", &paths.run)
+    let argv: Vec<OsString> = vec![
+        exe.into(),
+        MARKER.into(),
+        "--cluster".into(),
+        cluster.name.clone().into(),
+        "--listen".into(),
+        format!("{}:{PORT}", cluster.gateway()).into(),
+    ];
+    let env = [
+        ("FERRITE_STATE_DIR", paths.state.as_os_str()),
+        ("FERRITE_RUN_DIR", paths.run.as_os_str()),
         // Its decisions (offers, and why not) go to `update-server.log`.
-        .env("FERRITE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
-    let pid = host.spawn("ferrite update-server", &mut cmd)?;
-    if let Some(s) = cluster.updates.as_mut() {
-        s.pid = Some(pid);
-    }
-    cluster.save(paths)
+        ("FERRITE_LOG", std::ffi::OsStr::new("info")),
+    ];
+    service::start(host, paths, cluster, exe, Which::Updates, &argv, &env)
 }
 
 /// Stops the cluster's update service (by its recorded PID and cgroups).
 pub(crate) fn stop_update_service(host: &dyn Host, cluster: &mut ClusterState) {
-    if let Some(s) = cluster.updates.take() {
-        if let Some(pid) = s.pid.filter(|p| process_matches(host, *p, MARKER)) {
-            let _ = host.signal(pid, "KILL");
-            wait_until(host, Duration::from_secs(5), || {
-                !process_matches(host, pid, MARKER)
-            });
-        }
-        cgroup::kill_all(host, &s.cgroups);
-        cgroup::remove(host, &s.cgroups);
-    }
+    service::stop(host, cluster, Which::Updates, MARKER);
 }
 
 /// `/etc/coreos/update.conf` with the cluster's `SERVER` and `CHECK_INTERVAL` (other keys,
