@@ -45,6 +45,8 @@ struct Inner {
     procs: BTreeMap<u32, Proc>,
     next_pid: u32,
     refused: Vec<PathBuf>,
+    /// Unmounts fail (a busy mount).
+    busy_mounts: bool,
 }
 
 /// The fake host.
@@ -188,6 +190,11 @@ impl FakeHost {
         self.inner.lock().unwrap().refused.push(file.to_path_buf());
     }
 
+    /// Makes every unmount fail, as a busy mount's does.
+    pub fn busy_mounts(&self) {
+        self.inner.lock().unwrap().busy_mounts = true;
+    }
+
     /// A running process, in `cgroup` if given; returns its PID.
     pub fn add_process(&self, cmdline: &str, cgroup: Option<&Path>) -> u32 {
         let mut inner = self.inner.lock().unwrap();
@@ -325,6 +332,13 @@ impl Host for FakeHost {
     }
 
     fn unmount(&self, dir: &Path) -> Result<(), Error> {
+        if self.is_mountpoint(dir) && self.inner.lock().unwrap().busy_mounts {
+            return Err(Error::Io {
+                op: "unmounting",
+                path: dir.to_path_buf(),
+                source: std::io::Error::other("target is busy"),
+            });
+        }
         if self.is_mountpoint(dir) {
             self.log(Op::Unmount(dir.to_path_buf()));
             self.inner.lock().unwrap().mounts.retain(|m| m != dir);

@@ -107,16 +107,24 @@ fn all_machines(paths: &Paths) -> Vec<(String, MachineState)> {
         .collect()
 }
 
-/// Removes a cluster entirely: machines stopped at once, the update and discovery services
-/// stopped, mounts,
-/// namespaces, cgroups and files removed.
+/// Removes a cluster entirely: machines stopped at once, the update, registry and
+/// discovery services stopped, mounts, namespaces, cgroups and files removed. A step that
+/// fails (a busy mount, a full disk) does not stop the others: everything that can go goes,
+/// the first error is returned, and the directory stays for a later `destroy` to finish.
 pub fn destroy(host: &dyn Host, paths: &Paths, name: &str) -> Result<(), Error> {
     let _lock = lock_existing(paths, name)?;
     let mut cluster = ClusterState::load(paths, name)?;
     let dir = paths.cluster_dir(name);
+    let mut first: Option<Error> = None;
+    let mut note = |r: Result<(), Error>| {
+        if let Err(e) = r {
+            tracing::warn!("destroy: {e}");
+            first.get_or_insert(e);
+        }
+    };
     let names: Vec<String> = cluster.machines.iter().map(|m| m.name.clone()).collect();
     for n in &names {
-        halt(host, paths, &mut cluster, n, true)?;
+        note(halt(host, paths, &mut cluster, n, true));
     }
     crate::updates::stop_update_service(host, &mut cluster);
     crate::registry::stop_registry(host, &mut cluster);
@@ -134,12 +142,17 @@ pub fn destroy(host: &dyn Host, paths: &Paths, name: &str) -> Result<(), Error> 
     let prefix = format!("{}-", cluster.object_prefix());
     for n in host.netns_list() {
         if n.starts_with(&prefix) {
-            host.netns_del(&n)?;
+            note(host.netns_del(&n));
         }
     }
     // Mounts under the cluster's directory, deepest first.
     for mount in host.mounts_under(&dir).into_iter().rev() {
-        host.unmount(&mount)?;
+        note(host.unmount(&mount));
+    }
+    if let Some(e) = first {
+        // What is recorded as gone is saved (if the disk lets us), for the next destroy.
+        let _ = cluster.save(paths);
+        return Err(e);
     }
     drop(_lock);
     std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))

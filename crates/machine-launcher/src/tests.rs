@@ -119,6 +119,36 @@ fn a_machine_s_namespace_cgroups_and_process_are_recorded_before_they_exist() {
 }
 
 #[test]
+fn destroy_stops_everything_it_can_even_when_a_step_fails() {
+    let host = FakeHost::unified("cpu memory pids");
+    let paths = paths(&host);
+    let mut state = start_one(&host, &paths);
+    let exe = Path::new("/usr/bin/ferrite");
+    crate::updates::ensure_update_service(&host, &paths, &mut state, exe).unwrap();
+    crate::registry::ensure_registry(&host, &paths, &mut state, exe).unwrap();
+    let services: Vec<u32> = [&state.updates, &state.registry]
+        .iter()
+        .filter_map(|s| s.as_ref()?.pid)
+        .collect();
+    assert_eq!(services.len(), 2, "the update service and the registry");
+    let cluster_dir = paths.cluster_dir("demo");
+    let root = cluster_dir.join("machines/core-01/root");
+    host.mount_partition(Path::new("x"), 0, 0, &root, false)
+        .unwrap();
+    host.busy_mounts();
+    let e = crate::destroy(&host, &paths, "demo").unwrap_err();
+    assert!(e.to_string().contains("target is busy"), "{e}");
+    // The machine, the services and the namespaces are gone all the same; the directory
+    // stays with the mount that could not go (a later destroy finishes).
+    assert!(host.cmdline(state.machines[0].pid.unwrap()).is_none());
+    for pid in services {
+        assert!(host.cmdline(pid).is_none(), "service {pid} survived");
+    }
+    assert!(host.namespaces().is_empty());
+    assert!(cluster_dir.exists());
+}
+
+#[test]
 fn destroy_stops_what_the_launcher_started_and_nothing_else() {
     let host = FakeHost::unified("cpu memory pids");
     let paths = paths(&host);
