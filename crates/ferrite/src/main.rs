@@ -566,7 +566,16 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
     // command line, which core's login shell runs (so `-- 'a; b'` runs two commands).
     let line = (!command.is_empty()).then(|| command.join(" "));
     let mut cmd = machine_launcher::login(&RealHost, &paths, &state, m, line.as_deref())?;
-    let status = cmd.status().context("entering the machine")?;
+    let status = if line.is_some() && m.driver == machine_launcher::Driver::Nspawn {
+        // A command, not a terminal session: no job control to pass on, so a machine going
+        // down cannot leave nsenter stopped (see `wait_entered`).
+        let mut child = cmd.spawn().context("entering the machine")?;
+        machine_launcher::boot::wait_entered(&mut child, None)
+            .context("waiting for the command in the machine")?
+            .context("the command in the machine did not end")?
+    } else {
+        cmd.status().context("entering the machine")?
+    };
     Ok(ExitCode::from(
         status.code().unwrap_or(255).clamp(0, 255) as u8
     ))

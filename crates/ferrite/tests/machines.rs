@@ -26,6 +26,62 @@ mod common;
 
 use common::{ip_of, repo, Cluster, FERRITE};
 
+/// The children of `pid` (all its threads').
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    out
+}
+
+/// What a machine going down does to a command run in it (systemd stops every process in
+/// its PID namespace, signals them, then continues them): nsenter passes the stop on to
+/// itself, and nothing in the machine continues it. `ferrite ssh MACHINE -- CMD` must still
+/// end when the command is killed (it hung forever; found in CI's rolling-update test).
+fn ssh_ends_when_the_machine_stops_and_kills_its_command(c: &Cluster) {
+    let mut ssh = c
+        .cmd(&["ssh", "--cluster", &c.name, "core-01", "--", "sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let command = loop {
+        let inner: Vec<u32> = children(ssh.id()).into_iter().flat_map(children).collect();
+        if let Some(p) = inner.first() {
+            break *p;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no command in the machine"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let kill = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &command.to_string()])
+            .status()
+            .unwrap();
+    };
+    kill("-STOP");
+    std::thread::sleep(Duration::from_millis(500));
+    kill("-KILL");
+    let t = Instant::now();
+    while ssh.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(15) {
+            let _ = ssh.kill();
+            panic!("ferrite ssh never ended after its command was stopped and killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The cluster's registry: busybox is there at `up`; a machine pulls and runs it, pushes
 /// an image of its own; `ferrite image push` adds a `docker save` archive from the host
 /// and refuses a truncated one.
@@ -177,6 +233,7 @@ fn chapter_user_data_on_one_machine() {
     );
     the_books_etcd_commands(&c);
     the_clusters_registry(&c);
+    ssh_ends_when_the_machine_stops_and_kills_its_command(&c);
     let (code, docker) = c.sh("core-01", "docker version --format '{{.Server.Version}}'");
     assert_eq!(code, 0, "docker version: {docker}");
     assert!(!docker.trim().is_empty());

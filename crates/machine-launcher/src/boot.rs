@@ -553,6 +553,40 @@ pub fn enter(host: &dyn Host, m: &MachineState) -> Result<std::process::Command,
     Ok(cmd)
 }
 
+/// Waits for `child` (an `nsenter` into a machine, run without a terminal), within `limit`
+/// if given: `Ok(None)` when the time is up (the child is left running). A machine that
+/// shuts down stops every process in its PID namespace before it signals them (systemd's
+/// `SIGSTOP`, then `SIGTERM`, then `SIGCONT`); `nsenter` sees its child stopped and stops
+/// itself to pass that on, and nothing inside the machine can continue it, so it would wait
+/// forever. Here a stopped `nsenter` is continued at once, and it reaps its child.
+pub fn wait_entered(
+    child: &mut std::process::Child,
+    limit: Option<Duration>,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let start = Instant::now();
+    let pid = child.id();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            return Ok(None);
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state is the field after the command's closing parenthesis.
+        let stopped = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']));
+        if stopped {
+            let _ = host_command::command("kill")
+                .args(["-CONT", &pid.to_string()])
+                .stdin(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A login shell as `core` on a running machine, or `command` run by that shell (as
 /// `ssh host CMD` and `vagrant ssh -c CMD` run a command line).
 pub fn login(
@@ -630,7 +664,7 @@ pub fn exec_in(
     };
     let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
     let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
-    let status = match wait_timeout::ChildExt::wait_timeout(&mut child, EXEC_LIMIT) {
+    let status = match wait_entered(&mut child, Some(EXEC_LIMIT)) {
         Ok(Some(status)) => status,
         other => {
             let _ = child.kill();
