@@ -17,7 +17,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{import_busybox, repo, Cluster};
+use common::{import_busybox, Cluster};
 
 const MACHINES: [&str; 3] = ["core-01", "core-02", "core-03"];
 
@@ -47,14 +47,7 @@ fn host_quote(s: &str) -> String {
 #[test]
 fn containers_reach_each_other_across_machines() {
     let mut c = Cluster::new("flannel");
-    let ud = repo().join("fixtures/flannel/ch4-flannel-user-data.yaml");
-    c.ok(&[
-        "up",
-        "--instances",
-        "3",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.up_with(3, "fixtures/flannel/ch4-flannel-user-data.yaml");
     // flanneld on every machine, each with its own subnet of 172.30.0.0/16.
     let mut subnets = Vec::new();
     for m in MACHINES {

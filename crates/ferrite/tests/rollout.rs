@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{repo, Cluster};
+use common::Cluster;
 
 const MACHINES: [&str; 3] = ["core-01", "core-02", "core-03"];
 const KEY: &str = "coreos.com/updateengine/rebootlock/semaphore";
@@ -80,14 +80,7 @@ fn history(c: &Cluster, machine: &str) -> Vec<(i64, Vec<String>, i64)> {
 #[test]
 fn a_release_rolls_through_the_cluster_one_machine_at_a_time() {
     let mut c = Cluster::new("roll");
-    let ud = repo().join("fixtures/updates/ch4-etcd-lock-user-data.yaml");
-    c.ok(&[
-        "up",
-        "--instances",
-        "3",
-        "--user-data",
-        ud.to_str().unwrap(),
-    ]);
+    c.up_with(3, "fixtures/updates/ch4-etcd-lock-user-data.yaml");
     let json = c.cluster_json();
     let channel = json["settings"]["channel"].as_str().unwrap().to_string();
     let ids: BTreeSet<String> = json["machines"]

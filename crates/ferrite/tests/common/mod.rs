@@ -165,6 +165,18 @@ impl Cluster {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `ferrite up` of `instances` machines with the repository's user-data `fixture`.
+    pub fn up_with(&self, instances: u32, fixture: &str) -> String {
+        let ud = repo().join(fixture);
+        self.ok(&[
+            "up",
+            "--instances",
+            &instances.to_string(),
+            "--user-data",
+            ud.to_str().unwrap(),
+        ])
+    }
+
     /// `ferrite ssh MACHINE -- SCRIPT` (one command line for core's shell): (exit code,
     /// stdout).
     pub fn sh(&self, machine: &str, script: &str) -> (i32, String) {
