@@ -460,16 +460,19 @@ async fn remove(netlink: &Netlink, net: &mut Running, s: Ipv4Net) {
 /// vanished are added again.
 async fn reconcile(netlink: &Netlink, net: &mut Running) -> Result<(), Error> {
     let routed = netlink.routed(net.dev, net.config.network).await?;
-    for (s, _) in &routed {
-        if !net.remotes.contains_key(s) && *s != net.lease {
-            tracing::info!("removing a route to {s} no lease explains");
-            netlink.remove_route(net.dev, *s).await?;
-        }
+    let stale: Vec<Ipv4Net> = routed
+        .iter()
+        .filter(|s| !net.remotes.contains_key(s) && **s != net.lease)
+        .copied()
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!("removing routes no lease explains: {stale:?}");
+        netlink.remove_routes(net.dev, &stale).await?;
     }
     let missing: Vec<(Ipv4Net, LeaseAttrs)> = net
         .remotes
         .iter()
-        .filter(|(s, _)| !routed.iter().any(|(r, _)| r == *s))
+        .filter(|(s, _)| !routed.contains(s))
         .map(|(s, a)| (*s, a.clone()))
         .collect();
     for (s, attrs) in missing {

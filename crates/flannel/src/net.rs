@@ -429,25 +429,19 @@ impl Netlink {
             .map_err(nl(format!("adding the route to {subnet} via {gw}")))
     }
 
-    /// The subnets inside `network` routed now through `dev` (a vxlan device) or, with a
-    /// gateway, through the external interface `dev` (host-gw).
+    /// The subnets inside `network` routed now through `dev` (a vxlan device, or the
+    /// external interface for host-gw).
     ///
     /// # Errors
     /// Listing routes fails.
-    pub async fn routed(
-        &self,
-        dev: u32,
-        network: Ipv4Net,
-    ) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>, Error> {
+    pub async fn routed(&self, dev: u32, network: Ipv4Net) -> Result<Vec<Ipv4Net>, Error> {
         Ok(self
             .routes()
             .await?
             .iter()
             .filter(|r| r.header.table == MAIN_TABLE && oif(r) == Some(dev))
-            .filter_map(|r| {
-                let d = dest(r)?;
-                (network.contains(&d) && d != network).then(|| (d, gateway(r)))
-            })
+            .filter_map(dest)
+            .filter(|d| network.contains(d) && *d != network)
             .collect())
     }
 
@@ -456,20 +450,21 @@ impl Netlink {
     /// # Errors
     /// A netlink request fails.
     pub async fn remove_route(&self, dev: u32, subnet: Ipv4Net) -> Result<(), Error> {
-        self.remove_routes(|r| {
-            r.header.table == MAIN_TABLE && oif(r) == Some(dev) && dest(r) == Some(subnet)
-        })
-        .await
+        self.remove_routes(dev, &[subnet]).await
     }
 
-    /// Deletes the routes `pick` chooses.
+    /// Deletes the main table's routes through `dev` to any of `subnets` (one listing).
     ///
     /// # Errors
     /// A netlink request fails.
-    pub async fn remove_routes(&self, pick: impl Fn(&RouteMessage) -> bool) -> Result<(), Error> {
+    pub async fn remove_routes(&self, dev: u32, subnets: &[Ipv4Net]) -> Result<(), Error> {
         for r in self.routes().await? {
-            if pick(&r) {
-                let what = format!("removing the route to {:?}", dest(&r));
+            let to = dest(&r);
+            if r.header.table == MAIN_TABLE
+                && oif(&r) == Some(dev)
+                && to.is_some_and(|d| subnets.contains(&d))
+            {
+                let what = format!("removing the route to {to:?}");
                 gone_ok(self.handle.route().del(r).execute().await, &what)?;
             }
         }
@@ -508,13 +503,6 @@ fn vxlan_info(l: &LinkMessage) -> Vec<InfoVxlan> {
 fn oif(r: &RouteMessage) -> Option<u32> {
     r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
-        _ => None,
-    })
-}
-
-fn gateway(r: &RouteMessage) -> Option<Ipv4Addr> {
-    r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
         _ => None,
     })
 }
