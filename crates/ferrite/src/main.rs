@@ -570,7 +570,7 @@ fn cmd_ssh(cluster: &str, machine: &str, command: &[String]) -> Result<ExitCode>
         // A command, not a terminal session: no job control to pass on, so a machine going
         // down cannot leave nsenter stopped (see `wait_entered`).
         let mut child = cmd.spawn().context("entering the machine")?;
-        machine_launcher::boot::wait_entered(&mut child, None)
+        machine_launcher::boot::wait_entered(&RealHost, &mut child, None)
             .context("waiting for the command in the machine")?
             .context("the command in the machine did not end")?
     } else {

@@ -26,20 +26,6 @@ mod common;
 
 use common::{ip_of, repo, Cluster, FERRITE};
 
-/// The children of `pid` (all its threads').
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        out.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-    }
-    out
-}
-
 /// What a machine going down does to a command run in it (systemd stops every process in
 /// its PID namespace, signals them, then continues them): nsenter passes the stop on to
 /// itself, and nothing in the machine continues it. `ferrite ssh MACHINE -- CMD` must still
@@ -53,7 +39,13 @@ fn ssh_ends_when_the_machine_stops_and_kills_its_command(c: &Cluster) {
         .unwrap();
     let t = Instant::now();
     let command = loop {
-        let inner: Vec<u32> = children(ssh.id()).into_iter().flat_map(children).collect();
+        use machine_launcher::host::Host as _;
+        let host = machine_launcher::host::RealHost;
+        let inner: Vec<u32> = host
+            .children(ssh.id())
+            .into_iter()
+            .flat_map(|p| host.children(p))
+            .collect();
         if let Some(p) = inner.first() {
             break *p;
         }

@@ -14,7 +14,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Cluster;
@@ -24,16 +23,6 @@ const KEY: &str = "coreos.com/updateengine/rebootlock/semaphore";
 
 /// A global unit: one copy on every machine.
 const UNIT: &str = "[Unit]\nDescription=A copy on every machine\n\n[Service]\nExecStart=/bin/sleep infinity\n\n[X-Fleet]\nGlobal=true\n";
-
-fn run(c: &Cluster, args: &[&str]) {
-    let o = c.cmd(args).stdin(Stdio::null()).output().unwrap();
-    assert!(
-        o.status.success(),
-        "ferrite {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// The semaphore's history, oldest first, read through etcd's v3 API in `machine`:
 /// (revision, holders, max).
@@ -104,7 +93,7 @@ fn a_release_rolls_through_the_cluster_one_machine_at_a_time() {
         "Available: 1\nMax: 1\n"
     );
 
-    run(
+    common::ferrite_ok(
         &c,
         &[
             "release",
@@ -116,18 +105,7 @@ fn a_release_rolls_through_the_cluster_one_machine_at_a_time() {
         ],
     );
     let published = Instant::now();
-    run(
-        &c,
-        &[
-            "release",
-            "publish",
-            "2.0.0",
-            "--channel",
-            &channel,
-            "--cluster",
-            &c.name,
-        ],
-    );
+    common::publish(&c, "2.0.0", &channel);
     // Until every machine runs 2.0.0, marked good, and the lock is free again: the copies of
     // the global unit are counted all along.
     let copies = || copies(&c);

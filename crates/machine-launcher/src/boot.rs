@@ -560,6 +560,7 @@ pub fn enter(host: &dyn Host, m: &MachineState) -> Result<std::process::Command,
 /// itself to pass that on, and nothing inside the machine can continue it, so it would wait
 /// forever. Here a stopped `nsenter` is continued at once, and it reaps its child.
 pub fn wait_entered(
+    host: &dyn Host,
     child: &mut std::process::Child,
     limit: Option<Duration>,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
@@ -578,10 +579,7 @@ pub fn wait_entered(
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']));
         if stopped {
-            let _ = host_command::command("kill")
-                .args(["-CONT", &pid.to_string()])
-                .stdin(Stdio::null())
-                .status();
+            let _ = host.signal(pid, "CONT");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -664,7 +662,7 @@ pub fn exec_in(
     };
     let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
     let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
-    let status = match wait_entered(&mut child, Some(EXEC_LIMIT)) {
+    let status = match wait_entered(host, &mut child, Some(EXEC_LIMIT)) {
         Ok(Some(status)) => status,
         other => {
             let _ = child.kill();

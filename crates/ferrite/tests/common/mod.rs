@@ -324,10 +324,8 @@ pub fn ip_of(status: &str, machine: &str) -> String {
         .to_string()
 }
 
-/// Updates: `update_engine_client -update` run as core on `machine` (the bus policy lets
-/// core ask); it must end with the update installed and a reboot needed.
 /// Runs `ferrite` with `args` (no `--cluster` added), which must succeed.
-fn ferrite_ok(c: &Cluster, args: &[&str]) {
+pub fn ferrite_ok(c: &Cluster, args: &[&str]) {
     let o = c.cmd(args).stdin(Stdio::null()).output().unwrap();
     assert!(
         o.status.success(),
@@ -379,6 +377,8 @@ pub fn channel_and_id(c: &Cluster, index: usize) -> (String, String) {
     )
 }
 
+/// Updates: `update_engine_client -update` run as core on `machine` (the bus policy lets
+/// core ask); it must end with the update installed and a reboot needed.
 pub fn take_update(c: &Cluster, machine: &str) {
     let (code, out) = c.sh(
         machine,
