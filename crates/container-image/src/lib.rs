@@ -51,6 +51,20 @@ pub enum Error {
     },
 }
 
+/// A registry request's failure as a message: the HTTP status and the registry's answer, or
+/// the transport's error.
+pub(crate) fn http_reason(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, r) => {
+            format!(
+                "HTTP {code}: {}",
+                r.into_string().unwrap_or_default().trim()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
 /// `sha256:<hex>` of `bytes`.
 #[must_use]
 pub fn digest(bytes: &[u8]) -> String {

@@ -28,18 +28,11 @@ pub fn pull(registry: &str, repo: &str, tag: &str) -> Result<Image, Error> {
         reason,
     };
     let get = |url: &str, accept: &str, what: String| -> Result<Vec<u8>, Error> {
-        let r = agent.get(url).set("Accept", accept).call().map_err(|e| {
-            let reason = match e {
-                ureq::Error::Status(code, r) => {
-                    format!(
-                        "HTTP {code}: {}",
-                        r.into_string().unwrap_or_default().trim()
-                    )
-                }
-                other => other.to_string(),
-            };
-            err(what.clone(), reason)
-        })?;
+        let r = agent
+            .get(url)
+            .set("Accept", accept)
+            .call()
+            .map_err(|e| err(what.clone(), crate::http_reason(e)))?;
         let mut out = Vec::new();
         r.into_reader()
             .take(MAX_BLOB + 1)

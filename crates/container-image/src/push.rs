@@ -20,15 +20,7 @@ pub fn push(image: &Image, registry: &str, repo: &str, tag: &str) -> Result<Stri
     let fail = |what: String, e: ureq::Error| Error::Registry {
         registry: registry.to_string(),
         what,
-        reason: match e {
-            ureq::Error::Status(code, r) => {
-                format!(
-                    "HTTP {code}: {}",
-                    r.into_string().unwrap_or_default().trim()
-                )
-            }
-            other => other.to_string(),
-        },
+        reason: crate::http_reason(e),
     };
     let mut blobs: Vec<&[u8]> = vec![&image.config];
     blobs.extend(image.layers.iter().map(|l| l.gzip.as_slice()));
