@@ -25,6 +25,7 @@ PACKAGES=(
   iputils-ping          # ping across the overlay in flannel's namespace test
   iperf3                # the flannel benchmark's throughput (copied into a container image)
   docker-registry       # each cluster's image registry (ferrite-registry:5000)
+  curl                  # an HTTP client in network namespaces (rkt port forwarding test)
 )
 
 missing=()

@@ -1,0 +1,767 @@
+//! rkt on this host, as root, each test with its own data directory: images fetched from
+//! `docker save` archives, ACIs and a real Docker registry (Debian's `docker-registry` on a
+//! loopback port), pods run, listed, stopped, killed, entered and collected, the default
+//! network inside a network namespace the test creates, and bad images refused with nothing
+//! left in the store. Needs root, busybox-static and docker-registry
+//! (scripts/install-deps.sh).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods,
+    clippy::print_stdout
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RKT: &str = env!("CARGO_BIN_EXE_rkt");
+
+struct Rkt {
+    dir: tempfile::TempDir,
+}
+
+impl Rkt {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(RKT);
+        c.arg(format!("--dir={}", self.path().join("rkt").display()));
+        c.args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "rkt {args:?}: {:?}\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(!o.status.success(), "rkt {args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    }
+
+    /// A busybox `docker save` archive.
+    fn busybox(&self) -> PathBuf {
+        let p = self.path().join("busybox.tar");
+        if !p.exists() {
+            let img = container_image::busybox::image(Path::new("/bin/busybox")).unwrap();
+            let f = std::fs::File::create(&p).unwrap();
+            container_image::archive::write(&img, "busybox:latest", f).unwrap();
+        }
+        p
+    }
+
+    fn images_stored(&self) -> usize {
+        std::fs::read_dir(self.path().join("rkt/cas/images"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn debris(&self) -> usize {
+        std::fs::read_dir(self.path().join("rkt/cas/tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Mounts of this data directory visible on the host.
+    fn host_mounts(&self) -> Vec<String> {
+        let root = self.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&root))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn wait_state(&self, uuid: &str, want: &str) {
+        let start = Instant::now();
+        loop {
+            let s = self.ok(&["status", uuid]);
+            if s.contains(&format!("state={want}\n")) && (want != "running" || s.contains("pid=")) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "pod {uuid}: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Rkt {
+    fn drop(&mut self) {
+        // Whatever a failed test left: stop pods, collect them, so no mount stays.
+        let _ = Command::new(RKT)
+            .arg(format!("--dir={}", self.path().join("rkt").display()))
+            .args(["gc", "--grace-period=0s"])
+            .output();
+        for m in self.host_mounts() {
+            if let Some(p) = m.split(' ').nth(4) {
+                let _ = Command::new("umount").args(["-l", p]).status();
+            }
+        }
+    }
+}
+
+fn one_uuid(list: &str) -> String {
+    let rows: Vec<&str> = list.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{list}");
+    rows[0].split('\t').next().unwrap().to_string()
+}
+
+#[test]
+fn an_archive_is_fetched_once_and_listed_as_rkt_lists_it() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    let bb = bb.to_str().unwrap();
+    let e = r.fails(&["fetch", bb]);
+    assert!(
+        e.contains("signature verification") && e.contains("--insecure-options=image"),
+        "{e}"
+    );
+    assert_eq!(r.images_stored(), 0);
+    let id = r.ok(&["--insecure-options=image", "fetch", bb]);
+    assert!(id.starts_with("sha512-") && id.trim().len() == 39, "{id}");
+    let again = r.ok(&["--insecure-options=image", "fetch", bb]);
+    assert_eq!(id, again);
+    assert_eq!(r.images_stored(), 1);
+    let list = r.ok(&["image", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(lines[0].starts_with("ID\t"), "{list}");
+    assert!(lines[1].starts_with(&id.trim()[..19]), "{list}");
+    assert!(lines[1].contains("\tbusybox:latest\t"), "{list}");
+    let m = r.ok(&["image", "cat-manifest", "busybox:latest"]);
+    let m: serde_json::Value = serde_json::from_str(&m).unwrap();
+    assert_eq!(m["acKind"], "ImageManifest");
+    assert_eq!(m["app"]["exec"][0], "/bin/sh");
+    // Export, then the exported ACI comes back as the same image.
+    let aci = r.path().join("bb.aci");
+    r.ok(&["image", "export", "busybox", aci.to_str().unwrap()]);
+    r.fails(&["image", "export", "busybox", aci.to_str().unwrap()]);
+    let e = r.fails(&["fetch", aci.to_str().unwrap()]);
+    assert!(e.contains("bb.aci.asc"), "{e}");
+    r.ok(&["image", "rm", id.trim()]);
+    assert_eq!(r.images_stored(), 0);
+    let id2 = r.ok(&["--insecure-options=image", "fetch", aci.to_str().unwrap()]);
+    assert_eq!(id, id2);
+    // Extract.
+    let out = r.path().join("extracted");
+    r.ok(&[
+        "image",
+        "extract",
+        "--rootfs-only",
+        "busybox",
+        out.to_str().unwrap(),
+    ]);
+    assert!(out.join("bin/busybox").is_file());
+    assert_eq!(r.debris(), 0);
+}
+
+#[test]
+fn a_pod_prints_its_output_exits_with_its_status_and_is_collected() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    let bb = bb.to_str().unwrap();
+    let o = r.run(&[
+        "--insecure-options=image",
+        "run",
+        "--net=host",
+        bb,
+        "--exec=/bin/echo",
+        "--",
+        "hello",
+        "from",
+        "rkt",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello from rkt\n");
+    let list = r.ok(&["list"]);
+    assert!(
+        list.starts_with("UUID\t\tAPP\tIMAGE NAME\tSTATE\tCREATED\t\tSTARTED\t\tNETWORKS\n")
+            || list.starts_with("UUID\t"),
+        "{list}"
+    );
+    assert!(
+        list.contains("\tbusybox\tbusybox:latest\texited\t"),
+        "{list}"
+    );
+    let uuid = one_uuid(&list);
+    let st = r.ok(&["status", &uuid]);
+    assert!(
+        st.contains("state=exited\n")
+            && st.contains("exited=true\n")
+            && st.contains("app-busybox=0\n"),
+        "{st}"
+    );
+    // A failing app's status is the pod's.
+    let o = r.run(&[
+        "--insecure-options=image",
+        "run",
+        "--net=host",
+        bb,
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7));
+    assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
+    let gc = r.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(gc.matches("Garbage collecting pod").count(), 2, "{gc}");
+    assert_eq!(r.ok(&["list", "--no-legend"]), "");
+    assert!(r.host_mounts().is_empty());
+}
+
+#[test]
+fn environment_user_volumes_and_hostname_reach_the_app() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    let data = r.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Writable by the app's user (nobody).
+    Command::new("chmod")
+        .arg("777")
+        .arg(&data)
+        .status()
+        .unwrap();
+    std::fs::write(data.join("greeting"), "hi from the host\n").unwrap();
+    let vol = format!("data,kind=host,source={}", data.display());
+    let out = r.ok(&[
+        "--insecure-options=image",
+        "run",
+        "--net=host",
+        "--set-env=GREETING=hello",
+        "--volume",
+        &vol,
+        "--hostname=podhost",
+        bb.to_str().unwrap(),
+        "--user=nobody",
+        "--mount=volume=data,target=/data",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "echo $GREETING; id -u; hostname; cat /data/greeting; touch /data/new && echo writable",
+    ]);
+    assert_eq!(
+        out, "hello\n65534\npodhost\nhi from the host\nwritable\n",
+        "{out}"
+    );
+    assert!(data.join("new").exists());
+    // Read-only volume: writing fails.
+    let vol_ro = format!("data,kind=host,source={},readOnly=true", data.display());
+    let o = r.run(&[
+        "--insecure-options=image",
+        "run",
+        "--net=host",
+        "--volume",
+        &vol_ro,
+        bb.to_str().unwrap(),
+        "--mount=volume=data,target=/data",
+        "--exec=/bin/touch",
+        "--",
+        "/data/x",
+    ]);
+    assert!(!o.status.success());
+    assert!(!data.join("x").exists());
+}
+
+#[test]
+fn stop_sigkill_and_enter_behave_and_leave_nothing() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    let bb = bb.to_str().unwrap();
+    r.ok(&["--insecure-options=image", "fetch", bb]);
+    // A long pod, stopped with rkt stop.
+    let mut child = r
+        .cmd(&[
+            "run",
+            "--net=host",
+            "busybox",
+            "--exec=/bin/sleep",
+            "--",
+            "1000",
+        ])
+        .spawn()
+        .unwrap();
+    let uuid = {
+        let start = Instant::now();
+        loop {
+            let l = r.ok(&["list", "--no-legend", "--full"]);
+            if let Some(u) = l.split('\t').next().filter(|u| u.len() == 36) {
+                break u.to_string();
+            }
+            assert!(start.elapsed() < Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    r.wait_state(&uuid, "running");
+    let host = r.ok(&["enter", &uuid, "/bin/hostname"]);
+    assert_eq!(host.trim(), format!("rkt-{uuid}"));
+    let ps = r.ok(&["enter", &uuid, "/bin/ps"]);
+    assert!(ps.contains("sleep 1000"), "{ps}");
+    let stopped = r.ok(&["stop", &uuid[..8]]);
+    assert_eq!(stopped.trim(), format!("{uuid:?}"));
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(143), "SIGTERM's status");
+    r.wait_state(&uuid, "exited");
+    assert!(r.ok(&["status", &uuid]).contains("app-busybox=143\n"));
+    // A pod whose rkt is killed: its apps end with it, and it reads as exited.
+    let mut child = r
+        .cmd(&[
+            "run",
+            "--net=host",
+            "busybox",
+            "--exec=/bin/sleep",
+            "--",
+            "1001",
+        ])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let pid_of_app = loop {
+        let ps = Command::new("pgrep")
+            .args(["-f", "^/bin/sleep 1001$"])
+            .output()
+            .unwrap();
+        if let Some(p) = String::from_utf8_lossy(&ps.stdout).lines().next() {
+            break p.to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid_of_app}")).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the app outlived its rkt"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let list = r.ok(&["list", "--no-legend"]);
+    assert_eq!(list.matches("\texited\t").count(), 2, "{list}");
+    r.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(r.ok(&["list", "--no-legend"]), "");
+    assert!(r.host_mounts().is_empty());
+}
+
+#[test]
+fn bad_images_are_refused_and_nothing_is_stored() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    let bytes = std::fs::read(&bb).unwrap();
+    // Truncated.
+    let t = r.path().join("truncated.tar");
+    std::fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
+    let e = r.fails(&["--insecure-options=image", "fetch", t.to_str().unwrap()]);
+    assert!(e.contains("truncated") || e.contains("damaged"), "{e}");
+    // A layer that is not what the config says.
+    let img = container_image::busybox::image(Path::new("/bin/busybox")).unwrap();
+    let mut bad = img.clone();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&bad.layers[0].gzip[..]),
+        &mut tar,
+    )
+    .unwrap();
+    let n = tar.len();
+    tar[n / 2] ^= 0xff;
+    bad.layers[0].gzip = container_image::gzip(&tar);
+    bad.layers[0].diff_id = container_image::digest(&tar);
+    // archive::write names layers by the diff_id; the config keeps the old one.
+    let p = r.path().join("wrong-digest.tar");
+    container_image::archive::write(&bad, "busybox:latest", std::fs::File::create(&p).unwrap())
+        .unwrap();
+    let e = r.fails(&["--insecure-options=image", "fetch", p.to_str().unwrap()]);
+    assert!(e.contains("digest"), "{e}");
+    // An ACI whose entry climbs out.
+    let evil = r.path().join("evil.aci");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&evil).unwrap());
+        let m = br#"{"acKind":"ImageManifest","acVersion":"0.8.11","name":"evil"}"#;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(m.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest", &m[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        let name = b"rootfs/../../../etc/evil";
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"bad"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let e = r.fails(&["--insecure-options=image", "fetch", evil.to_str().unwrap()]);
+    assert!(e.contains("leaves the image"), "{e}");
+    // Not an image at all, and a file that is not there.
+    let junk = r.path().join("junk");
+    std::fs::write(&junk, b"this is not an image").unwrap();
+    let e = r.fails(&["--insecure-options=image", "fetch", junk.to_str().unwrap()]);
+    assert!(e.contains("junk"), "{e}");
+    let e = r.fails(&["fetch", "/nonexistent/image.aci"]);
+    assert!(e.contains("/nonexistent/image.aci"), "{e}");
+    assert_eq!(r.images_stored(), 0);
+    assert_eq!(r.debris(), 0);
+    // A missing executable and an impossible mount are refused before any pod runs.
+    r.ok(&["--insecure-options=image", "fetch", bb.to_str().unwrap()]);
+    let e = r.fails(&["run", "--net=host", "busybox", "--exec=/bin/nothere"]);
+    assert!(
+        e.contains("/bin/nothere") && e.contains("does not exist"),
+        "{e}"
+    );
+    let e = r.fails(&[
+        "run",
+        "--net=host",
+        "busybox",
+        "--mount=volume=nope,target=/x",
+    ]);
+    assert!(e.contains("nope"), "{e}");
+    let e = r.fails(&[
+        "run",
+        "--net=host",
+        "--volume=v,kind=host,source=/nonexistent/dir",
+        "busybox",
+        "--mount=volume=v,target=/x",
+    ]);
+    assert!(e.contains("/nonexistent/dir"), "{e}");
+    let e = r.fails(&["run", "busybox", "--memory=5M"]);
+    assert!(e.contains("MemoryLimit"), "{e}");
+    assert_eq!(r.ok(&["list", "--no-legend"]), "");
+}
+
+/// A network namespace of the test's own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("rkt-{tag}-{}", std::process::id());
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        Netns(name)
+    }
+
+    /// rkt in this namespace (through nsenter, which becomes rkt: killing the child kills
+    /// rkt itself).
+    fn exec(&self, r: &Rkt, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.0)).arg(RKT);
+        c.arg(format!("--dir={}", r.path().join("rkt").display()));
+        c.args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn links(&self) -> String {
+        let o = Command::new("ip")
+            .args(["-n", &self.0, "-o", "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_default_network_gives_each_pod_an_address_on_the_bridge_and_gc_frees_it() {
+    let r = Rkt::new();
+    let ns = Netns::new("net");
+    let bb = r.busybox();
+    r.ok(&["--insecure-options=image", "fetch", bb.to_str().unwrap()]);
+    // A pod that stays, and one that reaches it and the gateway.
+    let mut server = ns
+        .exec(&r, &["run", "busybox", "--exec=/bin/sleep", "--", "1002"])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let first_ip = loop {
+        let l = r.ok(&["list", "--no-legend"]);
+        if let Some(ip) = l.split("default:ip4=").nth(1) {
+            break ip.trim().to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{l}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(first_ip, "172.16.28.2");
+    let o = ns
+        .exec(&r, &[
+            "run",
+            "busybox",
+            "--exec=/bin/sh",
+            "--",
+            "-c",
+            &format!("ip -4 -o addr show eth0; ip route; ping -c1 -W5 172.16.28.1 >/dev/null && echo gateway; ping -c1 -W5 {first_ip} >/dev/null && echo neighbour"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("inet 172.16.28.3/24"), "{text}");
+    assert!(text.contains("default via 172.16.28.1 dev eth0"), "{text}");
+    assert!(text.contains("gateway\nneighbour\n"), "{text}");
+    let list = r.ok(&["list"]);
+    assert!(list.contains("default:ip4=172.16.28.3"), "{list}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let nets = r.path().join("rkt/networks/default");
+    assert_eq!(std::fs::read_dir(&nets).unwrap().count(), 2);
+    assert_eq!(ns.links().matches("veth").count(), 2, "{}", ns.links());
+    r.ok(&["gc", "--grace-period=0s"]);
+    assert_eq!(std::fs::read_dir(&nets).unwrap().count(), 0);
+    // The veth pairs went with the pods' namespaces; the bridge stays for the next pod.
+    let start = Instant::now();
+    while ns.links().contains("veth") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", ns.links());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ns.links().contains("rkt0"));
+    assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
+    // --net=none: only loopback.
+    let o = ns
+        .exec(
+            &r,
+            &[
+                "run",
+                "--net=none",
+                "busybox",
+                "--exec=/bin/ip",
+                "--",
+                "-o",
+                "link",
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("lo:"), "{text}");
+}
+
+/// Debian's docker-registry on a loopback port, stopped on drop.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        container_image::push::wait_ready(&addr, Duration::from_secs(20)).unwrap();
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn docker_images_come_from_a_registry_once_even_when_fetched_twice_at_once() {
+    let reg = Registry::start();
+    let img = container_image::busybox::image(Path::new("/bin/busybox")).unwrap();
+    container_image::push::push(&img, &reg.addr, "busybox", "latest").unwrap();
+    let r = Rkt::new();
+    let url = format!("docker://{}/busybox:latest", reg.addr);
+    let e = r.fails(&["fetch", &url]);
+    assert!(
+        e.contains("signature verification for docker images is not supported"),
+        "{e}"
+    );
+    let fetches: Vec<_> = (0..2)
+        .map(|_| {
+            r.cmd(&["--insecure-options=image", "fetch", &url])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let ids: Vec<String> = fetches
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8(o.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(r.images_stored(), 1);
+    assert_eq!(r.debris(), 0);
+    let list = r.ok(&["image", "list"]);
+    let name = format!(
+        "127.0.0.1-{}/busybox:latest",
+        reg.addr.rsplit(':').next().unwrap()
+    );
+    assert!(list.contains(&name), "{list}");
+    // The registry gone, the stored image still runs (pull policy "new").
+    drop(reg);
+    let out = r.ok(&[
+        "--insecure-options=image",
+        "run",
+        "--net=host",
+        &url,
+        "--exec=/bin/echo",
+        "--",
+        "from the registry",
+    ]);
+    assert_eq!(out, "from the registry\n");
+    let e = r.fails(&[
+        "--insecure-options=image",
+        "fetch",
+        "--pull-policy=update",
+        &url,
+    ]);
+    assert!(e.contains("127.0.0.1"), "{e}");
+    let e = r.fails(&["--insecure-options=image", "fetch", "docker://Not A Name"]);
+    assert!(e.contains("repository name"), "{e}");
+}
+
+#[test]
+fn a_port_reaches_the_app_and_its_rules_go_with_the_pod() {
+    let r = Rkt::new();
+    let ns = Netns::new("port");
+    // busybox with port 80 declared, as a Dockerfile's EXPOSE does.
+    let mut img = container_image::busybox::image(Path::new("/bin/busybox")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&img.config).unwrap();
+    config["config"]["ExposedPorts"] = serde_json::json!({"80/tcp": {}});
+    img.config = serde_json::to_vec(&config).unwrap();
+    let archive = r.path().join("web.tar");
+    container_image::archive::write(&img, "web:1", std::fs::File::create(&archive).unwrap())
+        .unwrap();
+    let mut pod = ns
+        .exec(
+            &r,
+            &[
+                "--insecure-options=image",
+                "run",
+                "--port=80-tcp:8080",
+                archive.to_str().unwrap(),
+                "--exec=/bin/httpd",
+                "--",
+                "-f",
+                "-p",
+                "80",
+                "-h",
+                "/etc",
+            ],
+        )
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "curl",
+                "-sS",
+                "-m",
+                "2",
+                "http://172.16.28.1:8080/group",
+            ])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break String::from_utf8_lossy(&o.stdout).to_string();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let diag = Command::new("ip")
+                .args(["netns", "exec", &ns.0, "sh", "-c", "iptables -t nat -S; ip addr; ip route; curl -sS -m 2 http://172.16.28.2:80/group"])
+                .output()
+                .unwrap();
+            let _ = pod.kill();
+            panic!(
+                "{}\n{}{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&diag.stdout),
+                String::from_utf8_lossy(&diag.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.contains("root:x:0:"), "{body}");
+    let rules = |ns: &Netns| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "iptables", "-w", "-t", "nat", "-S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).matches("rkt:").count()
+    };
+    assert_eq!(rules(&ns), 2);
+    let e = r.fails(&["run", "--port=http:80", "web:1"]);
+    assert!(
+        e.contains("no app of the pod declares a port named \"http\""),
+        "{e}"
+    );
+    pod.kill().unwrap();
+    pod.wait().unwrap();
+    let o = ns.exec(&r, &["gc", "--grace-period=0s"]).output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(rules(&ns), 0);
+}
