@@ -320,6 +320,7 @@ fn build_image_version(
             "locksmithctl",
             "flanneld",
             "mk-docker-opts",
+            "rkt",
         ]
         .iter()
         .map(|b| (b.to_string(), dir.join(b)))

@@ -206,6 +206,8 @@ pub fn dist_files() -> Vec<DistFile> {
         unit!("ferrite-boot-health.service"),
         unit!("locksmithd.service"),
         unit!("flanneld.service"),
+        unit!("rkt-gc.service"),
+        unit!("rkt-gc.timer"),
         unit!("docker.service.d/50-flannel.conf"),
         (
             "usr/share/dbus-1/system.d/com.coreos.update1.conf",
@@ -272,6 +274,7 @@ const ENABLED: &[(&str, &str)] = &[
     ("multi-user.target", "update-engine.service"),
     ("multi-user.target", "ferrite-boot-health.service"),
     ("multi-user.target", "locksmithd.service"),
+    ("timers.target", "rkt-gc.timer"),
     ("sockets.target", "sshd.socket"),
 ];
 

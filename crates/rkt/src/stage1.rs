@@ -428,12 +428,12 @@ fn unshare(flags: rustix::thread::UnshareFlags) -> std::io::Result<()> {
 }
 
 /// Runs a prepared pod (in `prepare/` or `prepared/`, locked by `lock`) to its end; returns
-/// the exit status of its first app. The calling process is the pod's stage1: it must be
+/// the exit status of its first app and the signal that stopped it, if any. The calling process is the pod's stage1: it must be
 /// single-threaded, and it stays in the pod's namespaces afterwards.
 ///
 /// # Errors
 /// Whatever stops the pod from starting; the pod then reads as exited.
-pub fn run(store: &Store, pods: &Pods, pod: &mut Pod, lock: PodLock) -> Result<i32, Error> {
+pub fn run(store: &Store, pods: &Pods, pod: &mut Pod, lock: PodLock) -> Result<Ended, Error> {
     let m = pod
         .manifest()?
         .ok_or_else(|| Error::pod(&pod.uuid, "has no pod manifest"))?;
@@ -506,7 +506,21 @@ pub fn run(store: &Store, pods: &Pods, pod: &mut Pod, lock: PodLock) -> Result<i
     pod::write_file(&pod.path.join("pid"), pid.to_string().as_bytes())?;
     let status = child.wait().map_err(|e| Error::io(&exe, e))?;
     drop(lock);
-    Ok(exit_code(status))
+    let signal = pending.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(Ended {
+        code: exit_code(status),
+        signal: (signal != 0).then_some(signal),
+    })
+}
+
+/// How a pod run by [`run`] ended: its first app's exit status, and the signal (`SIGTERM`,
+/// `SIGINT`, `SIGHUP`) that stopped it, if one did. A caller that was stopped by a signal
+/// should end by it too (as a shell does), so systemd reads a unit stopped with
+/// `systemctl stop` as stopped, not failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub code: i32,
+    pub signal: Option<i32>,
 }
 
 /// Sends signal `sig` to process `pid` (if both are real).

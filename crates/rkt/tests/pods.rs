@@ -327,6 +327,41 @@ fn stop_sigkill_and_enter_behave_and_leave_nothing() {
     assert_eq!(st.code(), Some(143), "SIGTERM's status");
     r.wait_state(&uuid, "exited");
     assert!(r.ok(&["status", &uuid]).contains("app-busybox=143\n"));
+    // SIGTERM to rkt itself (what `systemctl stop` sends): the apps get it, and rkt ends
+    // by the signal, as a stopped process does.
+    let child = r
+        .cmd(&[
+            "run",
+            "--net=host",
+            "busybox",
+            "--exec=/bin/sleep",
+            "--",
+            "1003",
+        ])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !Command::new("pgrep")
+        .args(["-f", "^/bin/sleep 1003$"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let st = child.wait_with_output().unwrap().status;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(15),
+        "{st:?}"
+    );
     // A pod whose rkt is killed: its apps end with it, and it reads as exited.
     let mut child = r
         .cmd(&[
@@ -362,7 +397,7 @@ fn stop_sigkill_and_enter_behave_and_leave_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let list = r.ok(&["list", "--no-legend"]);
-    assert_eq!(list.matches("\texited\t").count(), 2, "{list}");
+    assert_eq!(list.matches("\texited\t").count(), 3, "{list}");
     r.ok(&["gc", "--grace-period=0s"]);
     assert_eq!(r.ok(&["list", "--no-legend"]), "");
     assert!(r.host_mounts().is_empty());

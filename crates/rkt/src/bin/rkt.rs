@@ -512,8 +512,13 @@ fn run_pod(
             (pod, lock)
         }
     };
-    let code = rkt::stage1::run(&store, &pods, &mut pod, lock)?;
-    Ok(u8::try_from(code & 0xff).unwrap_or(FAILED))
+    let ended = rkt::stage1::run(&store, &pods, &mut pod, lock)?;
+    if let Some(sig) = ended.signal {
+        // Stopped by a signal: end by it (a unit stopped by systemd reads as stopped).
+        let _ = std::io::stdout().flush();
+        let _ = signal_hook::low_level::emulate_default_handler(sig);
+    }
+    Ok(u8::try_from(ended.code & 0xff).unwrap_or(FAILED))
 }
 
 fn list(dir: &Path, full: bool, no_legend: bool) -> anyhow::Result<String> {
