@@ -162,7 +162,7 @@ fn pods_run_in_machines_on_the_overlay_and_under_fleet() {
         .map(|m| common::ip_of(&c.ok(&["status"]), m))
         .collect();
     let host_ip = units
-        .split('\t')
+        .split_whitespace()
         .nth(1)
         .and_then(|m| m.split('/').nth(1))
         .unwrap()
@@ -191,7 +191,7 @@ fn pods_run_in_machines_on_the_overlay_and_under_fleet() {
         "rkt-hello.service never moved off {victim}: {moved}"
     );
     let new_ip = moved
-        .split('\t')
+        .split_whitespace()
         .nth(1)
         .and_then(|m| m.split('/').nth(1))
         .unwrap()
