@@ -26,6 +26,7 @@ PACKAGES=(
   iperf3                # the flannel benchmark's throughput (copied into a container image)
   docker-registry       # each cluster's image registry (ferrite-registry:5000)
   curl                  # an HTTP client in network namespaces (rkt port forwarding test)
+  gnupg                 # keys and signatures for the rkt signature tests (rkt trust)
 )
 
 missing=()

@@ -13,7 +13,8 @@
 //! archives, names and IDs in the store), [`store`] (the content-addressed store),
 //! [`pod`] (pod directories, their life cycle by directory and lock, listing and status),
 //! [`stage1`] (namespaces, mounts, the pod's init and each app's start), [`net`] (host and
-//! default networking), [`table`] (rkt's tab-aligned tables and times).
+//! default networking), [`table`] (rkt's tab-aligned tables and times), [`trust`] (trusted
+//! keys and ACI signatures).
 //!
 //! Invariants: an image is checked whole (digests, paths, manifest) before the store holds
 //! any of it; a pod's state is its directory and whether its lock is held (rkt's scheme),
@@ -30,6 +31,7 @@ pub mod source;
 pub mod stage1;
 pub mod store;
 pub mod table;
+pub mod trust;
 
 use std::path::Path;
 

@@ -4,10 +4,10 @@
 //!   registry) and converted; Docker images carry no signature, so this needs
 //!   `--insecure-options=image`, as in rkt.
 //! - A file: an ACI (plain, gzip or bzip2), a `docker save` archive, or an OCI image layout
-//!   (a tar archive or a directory). None of them is taken without `--insecure-options=image`
-//!   yet: Docker and OCI archives carry no signature, and checking an ACI's OpenPGP
-//!   signature (`<file>.asc` against keys added with `rkt trust`) is not built yet, so an
-//!   ACI is refused naming its missing or unverifiable signature.
+//!   (a tar archive or a directory). An ACI's OpenPGP signature (`<file>.asc`, or
+//!   `--signature`) is checked against the keys `rkt trust` added for its name ([`crate::trust`])
+//!   unless `--insecure-options=image`; Docker and OCI archives carry no signature, so they
+//!   need that option.
 //! - `sha512-…` or `name[:version]`: an image already in the store (there is no discovery:
 //!   these machines reach no image server but the cluster's registry).
 //!
@@ -30,6 +30,8 @@ pub struct Options {
     pub pull_policy: PullPolicy,
     /// `--signature`: the detached signature of the (single) ACI file.
     pub signature: Option<PathBuf>,
+    /// The configuration directories whose `trustedkeys` are trusted (system, local).
+    pub trust_configs: Vec<PathBuf>,
 }
 
 /// `--pull-policy`.
@@ -198,27 +200,26 @@ fn fetch_file(store: &Store, path: &Path, opts: &Options) -> Result<Record, Erro
         .take(aci::MAX_ACI + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
+    let original = (!opts.insecure_image).then(|| bytes.clone());
     let tar = aci::decompress(bytes, &what, aci::MAX_ACI)?;
     let names = top_level_files(&tar, &what)?;
     if names.iter().any(|n| n == "manifest") {
-        if !opts.insecure_image {
-            let asc = opts
-                .signature
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{what}.asc")));
-            if !asc.exists() {
-                return Err(Error::Unverified(format!(
-                    "error opening signature file: {}: no such file (sign the image, or use --insecure-options=image)",
-                    asc.display()
-                )));
-            }
-            return Err(Error::Unverified(format!(
-                "image {what}: signature {} cannot be verified: no key is trusted for it (rkt trust)",
-                asc.display()
-            )));
-        }
-        eprintln!("rkt: warning: image signature verification has been disabled");
         let aci = aci::read(tar, &what)?;
+        match original {
+            Some(file) => {
+                let asc = opts
+                    .signature
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("{what}.asc")));
+                let who =
+                    crate::trust::verify(&opts.trust_configs, &aci.manifest.name, &file, &asc)?;
+                eprintln!("rkt: signature verified:");
+                for w in who {
+                    eprintln!("  {w}");
+                }
+            }
+            None => eprintln!("rkt: warning: image signature verification has been disabled"),
+        }
         return store.add(&aci, None);
     }
     if !opts.insecure_image {

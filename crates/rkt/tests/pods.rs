@@ -800,3 +800,177 @@ fn a_port_reaches_the_app_and_its_rules_go_with_the_pod() {
     assert!(o.status.success());
     assert_eq!(rules(&ns), 0);
 }
+
+/// A GnuPG home of the test's own with one signing key of `algo`; (home, armored public key
+/// file).
+fn gpg_key(dir: &Path, name: &str, algo: &str) -> (PathBuf, PathBuf) {
+    let home = dir.join(format!("gnupg-{name}"));
+    std::fs::create_dir_all(&home).unwrap();
+    Command::new("chmod")
+        .arg("700")
+        .arg(&home)
+        .status()
+        .unwrap();
+    let gpg = |args: &[&str]| {
+        let o = Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    gpg(&[
+        "--quick-gen-key",
+        &format!("{name} <{name}@example.invalid>"),
+        algo,
+        "sign",
+        "never",
+    ]);
+    let public = dir.join(format!("{name}.asc"));
+    std::fs::write(&public, gpg(&["--armor", "--export"])).unwrap();
+    (home, public)
+}
+
+fn gpg_sign(home: &Path, file: &Path, sig: &Path) {
+    let o = Command::new("gpg")
+        .arg("--homedir")
+        .arg(home)
+        .args([
+            "--batch",
+            "--yes",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--armor",
+            "--detach-sign",
+            "--output",
+        ])
+        .arg(sig)
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn signed_acis_are_taken_only_with_a_trusted_key_and_an_intact_file() {
+    let r = Rkt::new();
+    let config = r.path().join("etc-rkt");
+    let local = format!("--local-config={}", config.display());
+    let system = format!("--system-config={}", r.path().join("usr-lib-rkt").display());
+    let bb = r.busybox();
+    r.ok(&["--insecure-options=image", "fetch", bb.to_str().unwrap()]);
+    let aci = r.path().join("busybox.aci");
+    r.ok(&["image", "export", "busybox", aci.to_str().unwrap()]);
+    r.ok(&["image", "rm", "busybox"]);
+    let (alice, alice_pub) = gpg_key(r.path(), "alice", "rsa2048");
+    let (_mallory_home, mallory_pub) = gpg_key(r.path(), "mallory", "ed25519");
+    let asc = r.path().join("busybox.aci.asc");
+    gpg_sign(&alice, &aci, &asc);
+    let aci_s = aci.to_str().unwrap();
+    // Signed, but no key trusted yet.
+    let e = r.fails(&[&local, &system, "fetch", aci_s]);
+    assert!(e.contains("no key is trusted"), "{e}");
+    // Mallory's key trusted for busybox: the signature is not hers.
+    r.ok(&[
+        &local,
+        "trust",
+        "--prefix=busybox",
+        "--skip-fingerprint-review",
+        mallory_pub.to_str().unwrap(),
+    ]);
+    let e = r.fails(&[&local, &system, "fetch", aci_s]);
+    assert!(e.contains("was not made by a key trusted"), "{e}");
+    // Alice trusted for another prefix only: still refused.
+    r.ok(&[
+        &local,
+        "trust",
+        "--prefix=example.com/other",
+        "--skip-fingerprint-review",
+        alice_pub.to_str().unwrap(),
+    ]);
+    assert!(r
+        .fails(&[&local, &system, "fetch", aci_s])
+        .contains("verification failed"));
+    assert_eq!(r.images_stored(), 0);
+    // Alice trusted for busybox: fetched, and rkt says whose signature it was.
+    let out = r.ok(&[
+        &local,
+        "trust",
+        "--prefix=busybox",
+        "--skip-fingerprint-review",
+        alice_pub.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("GPG key fingerprint is: ") && out.contains("alice <alice@example.invalid>"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Added key for prefix \"busybox\" at "),
+        "{out}"
+    );
+    let o = r.run(&[&local, &system, "fetch", aci_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("signature verified:\n  alice <alice@example.invalid>"),
+        "{err}"
+    );
+    assert_eq!(r.images_stored(), 1);
+    r.ok(&["image", "rm", "busybox"]);
+    // The same signature over a changed file: refused.
+    let mut bytes = std::fs::read(&aci).unwrap();
+    bytes.extend_from_slice(&[0u8; 1024]);
+    let changed = r.path().join("changed.aci");
+    std::fs::write(&changed, &bytes).unwrap();
+    let sig = format!("--signature={}", asc.display());
+    let e = r.fails(&[&local, &system, "fetch", &sig, changed.to_str().unwrap()]);
+    assert!(e.contains("verification failed"), "{e}");
+    // No signature at all; a signature file that is not one; a key file that is not one.
+    std::fs::remove_file(&asc).unwrap();
+    assert!(r
+        .fails(&[&local, &system, "fetch", aci_s])
+        .contains("busybox.aci.asc"));
+    std::fs::write(&asc, "not a signature").unwrap();
+    assert!(r
+        .fails(&[&local, &system, "fetch", aci_s])
+        .contains("not an OpenPGP signature"));
+    let e = r.fails(&[
+        &local,
+        "trust",
+        "--root",
+        "--skip-fingerprint-review",
+        bb.to_str().unwrap(),
+    ]);
+    assert!(e.contains("not an OpenPGP public key"), "{e}");
+    let e = r.fails(&[
+        &local,
+        "trust",
+        "--prefix=../etc",
+        "--skip-fingerprint-review",
+        alice_pub.to_str().unwrap(),
+    ]);
+    assert!(e.contains("--prefix"), "{e}");
+    assert_eq!(r.images_stored(), 0);
+    // Trusted as a root key: good for every image.
+    gpg_sign(&alice, &aci, &asc);
+    let other = tempfile::tempdir().unwrap();
+    let local2 = format!("--local-config={}", other.path().display());
+    r.ok(&[
+        &local2,
+        "trust",
+        "--root",
+        "--skip-fingerprint-review",
+        alice_pub.to_str().unwrap(),
+    ]);
+    r.ok(&[&local2, &system, "fetch", aci_s]);
+    assert_eq!(r.images_stored(), 1);
+}

@@ -133,6 +133,20 @@ enum Cmd {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Trust a key for image verification.
+    Trust {
+        /// Image name prefix the key is trusted for.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Trust the key for all images.
+        #[arg(long)]
+        root: bool,
+        /// Accept the key without asking.
+        #[arg(long = "skip-fingerprint-review")]
+        skip_fingerprint_review: bool,
+        /// Key files (no discovery: these machines reach no key server).
+        keys: Vec<PathBuf>,
+    },
     /// Print the version and exit.
     Version,
     #[command(name = "__stage1-init", hide = true)]
@@ -280,16 +294,18 @@ fn uuids_from(uuid_file: Option<&Path>, uuids: &[String]) -> anyhow::Result<Vec<
 #[allow(clippy::too_many_lines)] // one arm per command, each short
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let dir = cli.dir.clone();
+    let cli_configs = (cli.system_config.clone(), cli.local_config.clone());
     let insecure = insecure_image(&cli.insecure_options)?;
     match cli.cmd {
-        Cmd::Run { args } => run_pod(&dir, &args, insecure, None),
+        Cmd::Run { args } => run_pod(&dir, &cli_configs, &args, insecure, None),
         Cmd::Prepare { args, quiet: _ } => {
-            let uuid = prepare(&dir, &args, insecure)?.0;
+            let uuid = prepare(&dir, &cli_configs, &args, insecure)?.0;
             out(&format!("{uuid}\n"))?;
             Ok(0)
         }
         Cmd::RunPrepared { uuid, interactive } => run_pod(
             &dir,
+            &cli_configs,
             &[],
             insecure,
             Some((uuid, interactive.is_some_and(|v| v == "true"))),
@@ -392,6 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 insecure_image: insecure,
                 pull_policy: pull_policy.parse()?,
                 signature,
+                trust_configs: trust_configs(&cli_configs),
             };
             for i in &images {
                 let r = rkt::source::fetch(&store, i, &opts)
@@ -403,6 +420,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 };
                 out(&format!("{id}\n"))?;
             }
+            Ok(0)
+        }
+        Cmd::Trust {
+            prefix,
+            root,
+            skip_fingerprint_review,
+            keys,
+        } => {
+            trust(
+                &cli.local_config,
+                prefix.as_deref(),
+                root,
+                skip_fingerprint_review,
+                &keys,
+            )?;
             Ok(0)
         }
         Cmd::Version => {
@@ -434,6 +466,80 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+fn trust(
+    config: &Path,
+    prefix: Option<&str>,
+    root: bool,
+    skip_review: bool,
+    keys: &[PathBuf],
+) -> anyhow::Result<()> {
+    match (prefix, root) {
+        (Some(_), true) => bail!("--root and --prefix exclude each other"),
+        (None, false) => bail!("--root or --prefix=NAME is needed"),
+        _ => {}
+    }
+    if let Some(p) = prefix {
+        rkt::trust::check_prefix(p)?;
+    }
+    if keys.is_empty() {
+        bail!("give the key files: keys cannot be discovered from these machines");
+    }
+    for path in keys {
+        let key = rkt::trust::read_key(path)?;
+        let mut text = String::new();
+        match prefix {
+            Some(p) => text.push_str(&format!("Prefix: {p:?}\n")),
+            None => text.push_str("Root: \"true\"\n"),
+        }
+        text.push_str(&format!(
+            "Key: {:?}\nGPG key fingerprint is: {}\n",
+            path.display().to_string(),
+            rkt::trust::grouped(&key.fingerprint)
+        ));
+        for s in &key.subkey_fingerprints {
+            text.push_str(&format!(
+                "\tSubkey fingerprint: {}\n",
+                rkt::trust::grouped(s)
+            ));
+        }
+        for u in &key.user_ids {
+            text.push_str(&format!("\t{u}\n"));
+        }
+        out(&text)?;
+        let who = prefix.map_or_else(|| "all images".to_string(), |p| format!("prefix {p:?}"));
+        if skip_review {
+            out(&format!(
+                "Trusting {:?} for {who}, without fingerprint review.\n",
+                path.display().to_string()
+            ))?;
+        } else {
+            out("Are you sure you want to trust this key (yes/no)?\n")?;
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if answer.trim() != "yes" {
+                bail!("not trusting {}", path.display());
+            }
+            out(&format!(
+                "Trusting {:?} for {who} after fingerprint review.\n",
+                path.display().to_string()
+            ))?;
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let stored = rkt::trust::store_key(config, prefix, &key, &bytes)?;
+        match prefix {
+            Some(p) => out(&format!(
+                "Added key for prefix {p:?} at {:?}\n",
+                stored.display().to_string()
+            ))?,
+            None => out(&format!(
+                "Added root key at {:?}\n",
+                stored.display().to_string()
+            ))?,
+        }
+    }
+    Ok(())
+}
+
 fn json<T: serde::Serialize>(v: &T, pretty: bool) -> anyhow::Result<String> {
     Ok(if pretty {
         serde_json::to_string_pretty(v)?
@@ -442,8 +548,13 @@ fn json<T: serde::Serialize>(v: &T, pretty: bool) -> anyhow::Result<String> {
     })
 }
 
+fn trust_configs(c: &(PathBuf, PathBuf)) -> Vec<PathBuf> {
+    vec![c.0.clone(), c.1.clone()]
+}
+
 fn prepare(
     dir: &Path,
+    configs: &(PathBuf, PathBuf),
     args: &[String],
     insecure: bool,
 ) -> anyhow::Result<(String, Pod, rkt::pod::PodLock, Option<String>)> {
@@ -465,6 +576,7 @@ fn prepare(
             .transpose()?
             .unwrap_or_default(),
         signature: None,
+        trust_configs: trust_configs(configs),
     };
     let (m, o) = rkt::prepare::build(&store, &a, &opts)?;
     let (pod, lock) = pods.create()?;
@@ -482,6 +594,7 @@ fn prepare(
 
 fn run_pod(
     dir: &Path,
+    configs: &(PathBuf, PathBuf),
     args: &[String],
     insecure: bool,
     prepared: Option<(String, bool)>,
@@ -490,7 +603,7 @@ fn run_pod(
     let pods = Pods::open(dir)?;
     let (mut pod, lock) = match prepared {
         None => {
-            let (_, pod, lock, _) = prepare(dir, args, insecure)?;
+            let (_, pod, lock, _) = prepare(dir, configs, args, insecure)?;
             (pod, lock)
         }
         Some((uuid, interactive)) => {
