@@ -141,6 +141,15 @@ fn pods_run_in_machines_on_the_overlay_and_under_fleet() {
             .trim(),
         "0"
     );
+    // A pod on the default network on every machine, to be lost with its machine below.
+    for m in MACHINES {
+        let (code, out) = c.sh(
+            m,
+            &format!("sudo systemd-run --unit=bg.service rkt --insecure-options=image run {BUSYBOX} --exec=/bin/sleep -- 100000"),
+        );
+        assert_eq!(code, 0, "{out}");
+        c.sh_until(m, "sudo rkt list --no-legend", "default:ip4=", 30);
+    }
     // A fleet unit running rkt: scheduled, a pod under its unit, moved when its machine
     // is lost, stopped cleanly.
     std::fs::write(
@@ -212,11 +221,37 @@ fn pods_run_in_machines_on_the_overlay_and_under_fleet() {
         30,
     );
     let list = c.sh(new_host, "sudo rkt list --no-legend").1;
+    // The unit's pod (host network) exited; only the machine's bg pod runs.
+    assert!(list.contains("\texited\t"), "{list}");
     assert!(
-        list.contains("\texited\t") && !list.contains("\trunning\t"),
+        list.lines()
+            .filter(|l| l.contains("\trunning\t"))
+            .all(|l| l.contains("default:ip4=")),
         "{list}"
     );
     let (_, sleeping) = c.sh(new_host, "pgrep -f 'Hello [f]rom rkt' || true");
     assert_eq!(sleeping.trim(), "", "a pod process outlived its unit");
+    // The lost machine back: its pods read as exited (or already marked by rkt-gc.timer at
+    // boot), and gc leaves no pod, address, veth or mount of them.
+    c.ok(&["up", "--instances", "3"]);
+    let list = c.sh_until(victim, "sudo rkt list --no-legend", "exited", 60);
+    let why = c
+        .sh(
+            victim,
+            "sudo rkt list --full; systemctl list-units --all --no-pager | grep -i -e rkt -e bg -e hello; sudo journalctl -b --no-pager | grep -i -e rkt -e fleet | tail -30",
+        )
+        .1;
+    assert!(!list.contains("\trunning\t"), "{list}\n{why}");
+    let gc = c.sh(victim, "sudo rkt gc --grace-period=0s 2>/dev/null").1;
+    assert!(gc.contains("Garbage collecting pod"), "{gc}");
+    assert_eq!(c.sh(victim, "sudo rkt list --no-legend").1, "");
+    assert_eq!(c.sh(victim, "sudo ls /var/lib/rkt/networks/default").1, "");
+    assert!(!c.sh(victim, "ip -o link show").1.contains("veth"));
+    assert_eq!(
+        c.sh(victim, "grep -c /var/lib/rkt /proc/self/mountinfo")
+            .1
+            .trim(),
+        "0"
+    );
     c.destroy_and_check();
 }
