@@ -279,9 +279,12 @@ fn store_converted(
     _opts: &Options,
 ) -> Result<Record, Error> {
     let (image, reference) = image;
+    // `org.opencontainers.image.ref.name` is a full name (`busybox:1.0`) or, as skopeo
+    // writes it, a tag alone (the image is then named after the file or directory).
     let (repo, tag) = match reference.rsplit_once(':') {
         Some((r, t)) if !t.contains('/') && !r.is_empty() => (r.to_string(), t.to_string()),
-        _ if !reference.is_empty() => (reference.clone(), "latest".to_string()),
+        _ if reference.contains('/') => (reference.clone(), "latest".to_string()),
+        _ if !reference.is_empty() => (file_stem(path), reference.clone()),
         _ => (file_stem(path), "latest".to_string()),
     };
     let origin = Origin {

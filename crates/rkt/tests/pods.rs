@@ -974,3 +974,99 @@ fn signed_acis_are_taken_only_with_a_trusted_key_and_an_intact_file() {
     r.ok(&[&local2, &system, "fetch", aci_s]);
     assert_eq!(r.images_stored(), 1);
 }
+
+/// Writes busybox as an OCI image layout in `dir` (`ref_name` in the index).
+fn oci_layout(dir: &Path, ref_name: &str) {
+    let img = container_image::busybox::image(Path::new("/bin/busybox")).unwrap();
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = container_image::digest(bytes);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
+        d
+    };
+    let config = put(&img.config);
+    let layers: Vec<serde_json::Value> = img
+        .layers
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": put(&l.gzip),
+                "size": l.gzip.len(),
+            })
+        })
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": img.config.len()},
+        "layers": layers,
+    }))
+    .unwrap();
+    let m = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": m,
+                "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": ref_name},
+            }],
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn oci_layouts_as_directories_and_archives_run() {
+    let r = Rkt::new();
+    let dir = r.path().join("bb-oci");
+    oci_layout(&dir, "1.0");
+    let e = r.fails(&["fetch", dir.to_str().unwrap()]);
+    assert!(e.contains("--insecure-options=image"), "{e}");
+    r.ok(&["--insecure-options=image", "fetch", dir.to_str().unwrap()]);
+    assert!(r.ok(&["image", "list"]).contains("\tbb-oci:1.0\t"));
+    let tar = r.path().join("named.tar");
+    let named = r.path().join("named");
+    oci_layout(&named, "example.com/tools/bb:2");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&named)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let out = r.ok(&[
+        "--insecure-options=image",
+        "run",
+        "--net=host",
+        tar.to_str().unwrap(),
+        "--exec=/bin/echo",
+        "--",
+        "from an OCI archive",
+    ]);
+    assert_eq!(out, "from an OCI archive\n");
+    let list = r.ok(&["image", "list"]);
+    assert!(list.contains("\texample.com/tools/bb:2\t"), "{list}");
+    // A blob that is not what the index says: refused whole.
+    let blobs = named.join("blobs/sha256");
+    let victim = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&victim, bytes).unwrap();
+    let e = r.fails(&["--insecure-options=image", "fetch", named.to_str().unwrap()]);
+    assert!(e.contains("digest"), "{e}");
+    assert_eq!(r.images_stored(), 2);
+    assert_eq!(r.debris(), 0);
+}
