@@ -345,3 +345,123 @@ pub fn to_aci(image: &container_image::Image, origin: &Origin) -> Result<aci::Ac
     let id = aci::id_of(&tar);
     Ok(aci::Aci { tar, id, manifest })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    h.set_size(d.len() as u64);
+                    b.append_data(&mut h, path, d.as_bytes()).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_hide_what_lower_layers_have() {
+        let l1 = layer(&[
+            ("etc", None),
+            ("etc/keep", Some("1")),
+            ("etc/gone", Some("2")),
+            ("var", None),
+            ("var/cache", None),
+            ("var/cache/a", Some("3")),
+            ("var/cache/b", Some("4")),
+            ("opt", None),
+            ("opt/x", Some("5")),
+        ]);
+        let l2 = layer(&[
+            ("etc/.wh.gone", Some("")),
+            ("var/cache/.wh..wh..opq", Some("")),
+            ("var/cache/new", Some("6")),
+            (".wh.opt", Some("")),
+            ("etc/keep", Some("changed")),
+        ]);
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Entrypoint": ["sh"], "Cmd": ["-c", "true"], "User": "nobody:nogroup",
+                       "ExposedPorts": {"80/tcp": {}}, "Volumes": {"/data": {}}, "WorkingDir": "/srv"},
+            "rootfs": {"type": "layers", "diff_ids": [container_image::digest(&l1), container_image::digest(&l2)]},
+        });
+        let image = container_image::Image {
+            config: serde_json::to_vec(&config).unwrap(),
+            layers: vec![
+                container_image::Layer {
+                    gzip: container_image::gzip(&l1),
+                    diff_id: String::new(),
+                },
+                container_image::Layer {
+                    gzip: l2.clone(),
+                    diff_id: String::new(),
+                },
+            ],
+        };
+        let origin = Origin {
+            registry: "ferrite-registry:5000".into(),
+            repository: "tools/app".into(),
+            tag: "2".into(),
+            original: "ferrite-registry:5000/tools/app:2".into(),
+        };
+        let aci = to_aci(&image, &origin).unwrap();
+        assert_eq!(aci.manifest.name, "ferrite-registry-5000/tools/app");
+        assert_eq!(aci.manifest.label("version"), Some("2"));
+        let app = aci.manifest.app.clone().unwrap();
+        assert_eq!(app.exec, ["/bin/sh", "-c", "true"]);
+        assert_eq!(
+            (app.user.as_str(), app.group.as_str()),
+            ("nobody", "nogroup")
+        );
+        assert_eq!(app.ports[0].name, "80-tcp");
+        assert_eq!(app.mount_points[0].path, "/data");
+        assert_eq!(app.working_directory, "/srv");
+        let mut files = std::collections::BTreeMap::new();
+        let mut ar = tar::Archive::new(&aci.tar[..]);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().to_string();
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            files.insert(p, s);
+        }
+        let names: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "manifest",
+                "rootfs",
+                "rootfs/etc",
+                "rootfs/etc/keep",
+                "rootfs/var",
+                "rootfs/var/cache",
+                "rootfs/var/cache/new"
+            ]
+        );
+        assert_eq!(files["rootfs/etc/keep"], "changed");
+        // The same image converts to the same ACI (its ID is stable).
+        assert_eq!(to_aci(&image, &origin).unwrap().id, aci.id);
+        // A layer that is not what the config says is refused.
+        let mut bad = image.clone();
+        bad.layers.swap(0, 1);
+        let e = to_aci(&bad, &origin).unwrap_err().to_string();
+        assert!(e.contains("layer 0") && e.contains("digest"), "{e}");
+    }
+}

@@ -198,6 +198,11 @@ pub fn build(
         });
     }
     let net = a.net.clone().unwrap_or_else(|| "default".into());
+    if !matches!(net.as_str(), "host" | "none" | "default") {
+        return Err(Error::Usage(format!(
+            "--net={net}: this rkt has the networks host, none and default"
+        )));
+    }
     if !ports.is_empty() && net != "default" {
         return Err(Error::Usage(format!(
             "--port needs the pod's own network (--net=default), not --net={net}"

@@ -1070,3 +1070,74 @@ fn oci_layouts_as_directories_and_archives_run() {
     assert_eq!(r.images_stored(), 2);
     assert_eq!(r.debris(), 0);
 }
+
+#[test]
+fn prepared_pods_run_later_and_misuse_is_named() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    r.ok(&["--insecure-options=image", "fetch", bb.to_str().unwrap()]);
+    let uuid_file = r.path().join("uuid");
+    let uuid = r.ok(&[
+        "prepare",
+        "--net=host",
+        &format!("--uuid-file-save={}", uuid_file.display()),
+        "busybox",
+        "--name=first",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "exit 3",
+        "---",
+        "busybox",
+        "--name=second",
+        "--exec=/bin/true",
+    ]);
+    let uuid = uuid.trim().to_string();
+    assert_eq!(std::fs::read_to_string(&uuid_file).unwrap(), uuid);
+    assert!(r.ok(&["list", "--no-legend"]).contains("\tprepared\t"));
+    let m: serde_json::Value = serde_json::from_str(&r.ok(&["cat-manifest", &uuid])).unwrap();
+    assert_eq!(m["acKind"], "PodManifest");
+    assert_eq!(m["apps"][0]["name"], "first");
+    assert_eq!(m["apps"][1]["name"], "second");
+    let o = r.run(&["run-prepared", &uuid[..8]]);
+    assert_eq!(o.status.code(), Some(3), "the first app's status");
+    let st = r.ok(&[
+        "status",
+        "--wait=5s",
+        &format!("--uuid-file={}", uuid_file.display()),
+    ]);
+    assert!(st.contains("app-first=3\napp-second=0\n"), "{st}");
+    // A prepared pod runs once.
+    let e = r.fails(&["run-prepared", &uuid]);
+    assert!(e.contains("not prepared"), "{e}");
+    // rm: the pod and its directory are gone.
+    assert_eq!(r.ok(&["rm", &uuid]).trim(), format!("{uuid:?}"));
+    assert_eq!(r.ok(&["list", "--no-legend"]), "");
+    let e = r.fails(&["status", &uuid]);
+    assert!(e.contains("no pod"), "{e}");
+    // Misuse, named.
+    for (args, needle) in [
+        (
+            vec!["run", "busybox", "busybox"],
+            "two apps named \"busybox\"",
+        ),
+        (vec!["run", "nothere:1.0"], "nothere:1.0"),
+        (vec!["run", "sha512-0000"], "sha512-0000"),
+        (vec!["stop", "00000000"], "no pod"),
+        (vec!["enter", "00000000"], "no pod"),
+        (vec!["gc", "--grace-period=soon"], "not a duration"),
+        (vec!["run", "--net=weird", "busybox"], "--net=weird"),
+        (
+            vec!["--insecure-options=everything", "fetch", "busybox"],
+            "unknown option",
+        ),
+        (vec!["trust", "--root"], "key files"),
+        (vec!["image", "rm", "nothere"], "nothere"),
+    ] {
+        let e = r.fails(&args);
+        assert!(e.contains(needle), "{args:?}: {e}");
+    }
+    // Refused before any pod was made.
+    assert_eq!(r.ok(&["list", "--no-legend"]), "");
+    assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
+}

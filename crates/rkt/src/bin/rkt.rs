@@ -299,7 +299,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Run { args } => run_pod(&dir, &cli_configs, &args, insecure, None),
         Cmd::Prepare { args, quiet: _ } => {
-            let uuid = prepare(&dir, &cli_configs, &args, insecure)?.0;
+            let (uuid, mut pod, lock, _) = prepare(&dir, &cli_configs, &args, insecure)?;
+            // Prepared: moved while still locked, then left unlocked for run-prepared.
+            Pods::open(&dir)?.move_to(&mut pod, "prepared")?;
+            drop(lock);
             out(&format!("{uuid}\n"))?;
             Ok(0)
         }
