@@ -79,6 +79,56 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
     Some(root.join(cur.join("/")))
 }
 
+/// The host path of `path` inside the app root `root`, for something to be created or
+/// mounted there: every symlink on the way is followed as the app would see it (inside
+/// `root`), and a symlink that leads nowhere is removed (the root is the pod's own copy or
+/// overlay), so nothing made here lands outside `root`.
+///
+/// # Errors
+/// [`Error::Io`] when a dangling symlink cannot be removed.
+pub fn in_root(root: &Path, path: &str) -> Result<PathBuf, Error> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let mut cur = root.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        if *part == ".." {
+            if cur != root {
+                cur.pop();
+            }
+            continue;
+        }
+        let literal = cur.join(part);
+        match std::fs::symlink_metadata(&literal) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let rel = cur
+                    .strip_prefix(root)
+                    .map(|p| p.join(part))
+                    .unwrap_or_else(|_| PathBuf::from(part));
+                match resolve_in_root(root, &rel.to_string_lossy()) {
+                    Some(resolved) if resolved.starts_with(root) => cur = resolved,
+                    _ => {
+                        std::fs::remove_file(&literal).map_err(|e| Error::io(&literal, e))?;
+                        cur = literal;
+                    }
+                }
+            }
+            Ok(_) => cur = literal,
+            Err(_) => {
+                // Missing: what follows is made as plain directories and files.
+                for rest in &parts[i..] {
+                    if *rest != ".." {
+                        cur.push(rest);
+                    }
+                }
+                return Ok(cur);
+            }
+        }
+    }
+    Ok(cur)
+}
+
 /// Looks `name` up in a passwd- or group-style file of the app's root (numbers pass).
 fn lookup_id(root: &Path, file: &str, name: &str, app: &str) -> Result<u32, Error> {
     if let Ok(n) = name.parse::<u32>() {
@@ -275,7 +325,7 @@ fn mount_app(
             .map_err(|e| mount_err("the overlay root filesystem", &root, e))?;
     }
     // /dev: a fresh tmpfs with the host's harmless devices.
-    let dev = root.join("dev");
+    let dev = in_root(&root, "/dev")?;
     ensure_target(&dev, true)?;
     rustix::mount::mount(
         "tmpfs",
@@ -322,7 +372,7 @@ fn mount_app(
     )
     .map_err(|e| mount_err("/dev/shm", &shm, e))?;
     // /sys, read-only.
-    let sys = root.join("sys");
+    let sys = in_root(&root, "/sys")?;
     ensure_target(&sys, true)?;
     rustix::mount::mount(
         "sysfs",
@@ -336,10 +386,7 @@ fn mount_app(
     for (name, file) in [("hosts", "etc/hosts"), ("resolv.conf", "etc/resolv.conf")] {
         let src = pod.path.join("stage1").join(name);
         if src.exists() {
-            let t = root.join(file);
-            if std::fs::symlink_metadata(&t).is_ok_and(|m| m.file_type().is_symlink()) {
-                let _ = std::fs::remove_file(&t);
-            }
+            let t = in_root(&root, file)?;
             ensure_target(&t, false)?;
             rustix::mount::mount_bind(&src, &t).map_err(|e| mount_err(name, &t, e))?;
         }
@@ -354,7 +401,7 @@ fn mount_app(
         } else {
             pod.path.join("volumes").join(&v.name)
         };
-        let t = root.join(mnt.path.trim_start_matches('/'));
+        let t = in_root(&root, &mnt.path)?;
         ensure_target(&t, src.is_dir())?;
         let res = if v.recursive {
             rustix::mount::mount_bind_recursive(&src, &t)
@@ -595,7 +642,7 @@ pub fn init(pod_dir: &Path) -> Result<i32, Error> {
     let mut first_status: Option<i32> = None;
     for a in &m.apps {
         let root = app_root(pod_dir, &a.name);
-        let proc_dir = root.join("proc");
+        let proc_dir = in_root(&root, "/proc")?;
         ensure_target(&proc_dir, true)?;
         rustix::mount::mount(
             "proc",

@@ -1141,3 +1141,102 @@ fn prepared_pods_run_later_and_misuse_is_named() {
     assert_eq!(r.ok(&["list", "--no-legend"]), "");
     assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
 }
+
+/// An ACI of busybox whose rootfs also has `extra` entries (path, symlink target).
+fn aci_with_links(path: &Path, links: &[(&str, &str)], files: &[(&str, &[u8])]) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut add = |p: &str, kind: tar::EntryType, data: &[u8], target: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(data.len() as u64);
+        match target {
+            Some(t) => b.append_link(&mut h, p, t).unwrap(),
+            None => b.append_data(&mut h, p, data).unwrap(),
+        }
+    };
+    let m = br#"{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/links","app":{"exec":["/bin/sh","-c","true"],"user":"0","group":"0"}}"#;
+    add("manifest", tar::EntryType::Regular, m, None);
+    add("rootfs", tar::EntryType::Directory, b"", None);
+    add("rootfs/bin", tar::EntryType::Directory, b"", None);
+    add(
+        "rootfs/bin/busybox",
+        tar::EntryType::Regular,
+        &std::fs::read("/bin/busybox").unwrap(),
+        None,
+    );
+    for a in ["sh", "true", "cat", "echo"] {
+        add(
+            &format!("rootfs/bin/{a}"),
+            tar::EntryType::Symlink,
+            b"",
+            Some("busybox"),
+        );
+    }
+    for (p, t) in links {
+        add(
+            &format!("rootfs/{p}"),
+            tar::EntryType::Symlink,
+            b"",
+            Some(t),
+        );
+    }
+    for (p, d) in files {
+        add(&format!("rootfs/{p}"), tar::EntryType::Regular, d, None);
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn an_image_symlinks_cannot_reach_the_host() {
+    let r = Rkt::new();
+    let outside = r.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let o = outside.display().to_string();
+    // A file written through a symlink the same archive made.
+    let evil = r.path().join("through-link.aci");
+    aci_with_links(&evil, &[("link", &o)], &[("link/pwned", b"x")]);
+    let e = r.fails(&["--insecure-options=image", "fetch", evil.to_str().unwrap()]);
+    assert!(e.contains("example.com/links"), "{e}");
+    assert!(!outside.join("pwned").exists());
+    assert_eq!(r.images_stored(), 0);
+    // Mount targets that are symlinks out of the image: /etc, /etc/resolv.conf's directory,
+    // /dev, a volume's target. The pod's mounts land inside its own root, never on the host.
+    let hosts_dir = format!("{o}/etc");
+    let dev_dir = format!("{o}/dev");
+    let data_dir = format!("{o}/data");
+    let links = r.path().join("links.aci");
+    aci_with_links(
+        &links,
+        &[
+            ("etc", &hosts_dir),
+            ("dev", &dev_dir),
+            ("data", &data_dir),
+            ("sys", "../../../../../../sys-escape"),
+        ],
+        &[],
+    );
+    r.ok(&["--insecure-options=image", "fetch", links.to_str().unwrap()]);
+    let vol_src = r.path().join("vol");
+    std::fs::create_dir(&vol_src).unwrap();
+    std::fs::write(vol_src.join("f"), "volume").unwrap();
+    let out = r.ok(&[
+        "run",
+        "--net=host",
+        &format!("--volume=v,kind=host,source={}", vol_src.display()),
+        "example.com/links",
+        "--mount=volume=v,target=/data",
+        "--exec=/bin/sh",
+        "--",
+        "-c",
+        "cat /data/f; echo; cat /etc/hosts | head -1",
+    ]);
+    assert!(out.starts_with("volume\n127.0.0.1"), "{out}");
+    let left: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+    assert!(left.is_empty(), "the pod wrote outside its root: {left:?}");
+    assert!(!Path::new("/sys-escape").exists());
+    assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
+}
