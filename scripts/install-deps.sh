@@ -27,6 +27,7 @@ PACKAGES=(
   docker-registry       # each cluster's image registry (ferrite-registry:5000)
   curl                  # an HTTP client in network namespaces (rkt port forwarding test)
   gnupg                 # keys and signatures for the rkt signature tests (rkt trust)
+  time                  # /usr/bin/time: peak memory of rkt refusing a decompression bomb
 )
 
 missing=()

@@ -17,8 +17,8 @@ use crate::Error;
 
 /// The appc spec version images written here declare.
 pub const AC_VERSION: &str = "0.8.11";
-/// The largest uncompressed ACI accepted.
-pub const MAX_ACI: u64 = 4 << 30;
+/// The largest uncompressed ACI accepted (an image is held in memory while it is checked).
+pub const MAX_ACI: u64 = 2 << 30;
 
 /// A name/value pair, as appc writes labels, annotations and environment variables.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,26 +222,30 @@ pub fn id_of(bytes: &[u8]) -> String {
     format!("sha512-{hex}")
 }
 
-/// Uncompresses `bytes` if they are gzip or bzip2 (by their magic numbers).
+/// Uncompresses `bytes` if they are gzip or bzip2 (by their magic numbers). The size is
+/// counted first without keeping the data, so a small archive that inflates beyond `limit`
+/// (a decompression bomb) is refused without the memory it asks for.
 ///
 /// # Errors
 /// [`Error::Image`] for damaged compressed data, an xz archive, or more than `limit` bytes.
 pub fn decompress(bytes: Vec<u8>, what: &str, limit: u64) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    let res = if bytes.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(&bytes[..])
-            .take(limit + 1)
-            .read_to_end(&mut out)
-    } else if bytes.starts_with(b"BZh") {
-        bzip2::read::BzDecoder::new(&bytes[..])
-            .take(limit + 1)
-            .read_to_end(&mut out)
-    } else if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+    fn reader<'a>(bytes: &'a [u8]) -> Option<Box<dyn Read + 'a>> {
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            Some(Box::new(flate2::read::GzDecoder::new(bytes)))
+        } else if bytes.starts_with(b"BZh") {
+            Some(Box::new(bzip2::read::BzDecoder::new(bytes)))
+        } else {
+            None
+        }
+    }
+    if bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         return Err(Error::image(
             what,
             "xz-compressed: uncompress it first (unxz)",
         ));
-    } else {
+    }
+    let damaged = |e: std::io::Error| Error::image(what, format!("damaged compressed data: {e}"));
+    let Some(r) = reader(&bytes) else {
         if bytes.len() as u64 > limit {
             return Err(Error::image(
                 what,
@@ -250,12 +254,16 @@ pub fn decompress(bytes: Vec<u8>, what: &str, limit: u64) -> Result<Vec<u8>, Err
         }
         return Ok(bytes);
     };
-    res.map_err(|e| Error::image(what, format!("damaged compressed data: {e}")))?;
-    if out.len() as u64 > limit {
+    let size = std::io::copy(&mut r.take(limit + 1), &mut std::io::sink()).map_err(damaged)?;
+    if size > limit {
         return Err(Error::image(
             what,
             format!("larger than {} GiB uncompressed", limit >> 30),
         ));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    if let Some(r) = reader(&bytes) {
+        r.take(limit).read_to_end(&mut out).map_err(damaged)?;
     }
     Ok(out)
 }

@@ -1240,3 +1240,35 @@ fn an_image_symlinks_cannot_reach_the_host() {
     assert!(!Path::new("/sys-escape").exists());
     assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
 }
+
+#[test]
+fn a_decompression_bomb_is_refused_without_its_memory() {
+    let r = Rkt::new();
+    // 3 GiB of zeros in a few dozen MiB of gzip.
+    let bomb = r.path().join("bomb.aci");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 3G /dev/zero | gzip -1 > {}",
+            bomb.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 64 << 20);
+    let o = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("maxrss=%M")
+        .arg(RKT)
+        .arg(format!("--dir={}", r.path().join("rkt").display()))
+        .args(["--insecure-options=image", "fetch"])
+        .arg(&bomb)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("larger than 2 GiB uncompressed"), "{err}");
+    let kib: u64 = err.split("maxrss=").nth(1).unwrap().trim().parse().unwrap();
+    assert!(kib < 256 * 1024, "rkt held {kib} KiB for a refused bomb");
+    assert_eq!(r.images_stored(), 0);
+}
