@@ -243,9 +243,11 @@ pub fn to_aci(image: &container_image::Image, origin: &Origin) -> Result<aci::Ac
         ));
     }
     let mut tree = BTreeMap::new();
+    let mut total = 0u64;
     for (i, (layer, want)) in image.layers.iter().zip(&diff_ids).enumerate() {
         let lwhat = format!("{what}: layer {i}");
-        let tar = aci::decompress(layer.gzip.clone(), &lwhat, aci::MAX_ACI)?;
+        let tar = aci::decompress(layer.gzip.clone(), &lwhat, aci::MAX_ACI - total)?;
+        total += tar.len() as u64;
         let got = container_image::digest(&tar);
         if got != *want {
             return Err(Error::image(
