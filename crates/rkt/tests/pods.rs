@@ -215,6 +215,24 @@ fn a_pod_prints_its_output_exits_with_its_status_and_is_collected() {
             && st.contains("app-busybox=0\n"),
         "{st}"
     );
+    // --interactive: the app reads rkt's standard input.
+    let mut child = r
+        .cmd(&[
+            "--insecure-options=image",
+            "run",
+            "--interactive",
+            "--net=host",
+            bb,
+            "--exec=/bin/cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"typed in\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "typed in\n");
     // A failing app's status is the pod's.
     let o = r.run(&[
         "--insecure-options=image",
@@ -229,7 +247,7 @@ fn a_pod_prints_its_output_exits_with_its_status_and_is_collected() {
     assert_eq!(o.status.code(), Some(7));
     assert!(r.host_mounts().is_empty(), "{:?}", r.host_mounts());
     let gc = r.ok(&["gc", "--grace-period=0s"]);
-    assert_eq!(gc.matches("Garbage collecting pod").count(), 2, "{gc}");
+    assert_eq!(gc.matches("Garbage collecting pod").count(), 3, "{gc}");
     assert_eq!(r.ok(&["list", "--no-legend"]), "");
     assert!(r.host_mounts().is_empty());
 }
