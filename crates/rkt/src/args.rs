@@ -20,6 +20,9 @@ pub struct AppArgs {
     pub readonly_rootfs: bool,
     pub supplementary_gids: Vec<u32>,
     pub signature: Option<String>,
+    /// `--caps-retain` / `--caps-remove`: capability names.
+    pub caps_retain: Option<Vec<String>>,
+    pub caps_remove: Option<Vec<String>>,
 }
 
 /// The whole command line of `rkt run` / `rkt prepare`.
@@ -57,6 +60,8 @@ const APP_FLAGS: &[&str] = &[
     "signature",
     "user-label",
     "user-annotation",
+    "caps-retain",
+    "caps-remove",
 ];
 const BOOL_FLAGS: &[&str] = &[
     "interactive",
@@ -200,6 +205,8 @@ fn app_flag_value(app: &mut AppArgs, name: &str, value: String) -> Result<(), Er
                 .collect::<Result<_, _>>()?;
         }
         "signature" => app.signature = Some(value),
+        "caps-retain" => app.caps_retain = Some(crate::caps::parse_list(&value, name)?),
+        "caps-remove" => app.caps_remove = Some(crate::caps::parse_list(&value, name)?),
         // Labels and annotations for users: accepted, checked, not used.
         _ => {
             kv(name, &value)?;

@@ -8,7 +8,7 @@
 //! systemd unit, the pod is the unit's main process and its apps are in the unit's cgroup
 //! and write to its journal; `systemctl stop` stops it.
 //!
-//! Map: [`aci`] (appc image manifests and archives), [`convert`] (Docker and OCI images as
+//! Map: [`aci`] (appc image manifests and archives), [`caps`] (an app's capabilities), [`convert`] (Docker and OCI images as
 //! ACIs), [`source`] (what `rkt fetch` accepts: `docker://`, ACI, `docker save` and OCI
 //! archives, names and IDs in the store), [`store`] (the content-addressed store),
 //! [`pod`] (pod directories, their life cycle by directory and lock, listing and status),
@@ -23,6 +23,7 @@
 
 pub mod aci;
 pub mod args;
+pub mod caps;
 pub mod convert;
 pub mod net;
 pub mod pod;

@@ -105,6 +105,18 @@ fn runtime_app(
     if !app.supplementary_gids.is_empty() {
         ra.supplementary_gids.clone_from(&app.supplementary_gids);
     }
+    match (&app.caps_retain, &app.caps_remove) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Usage(format!(
+                "app {name}: --caps-retain and --caps-remove exclude each other"
+            )))
+        }
+        // The command line's set replaces whichever set the image has.
+        (Some(keep), None) => crate::caps::set_only(&mut ra, crate::caps::RETAIN, keep),
+        (None, Some(drop)) => crate::caps::set_only(&mut ra, crate::caps::REMOVE, drop),
+        (None, None) => {}
+    }
+    crate::caps::for_app(&ra, &name)?;
     if a.inherit_env {
         for (k, v) in std::env::vars() {
             set_env(&mut ra.environment, &k, &v, false);

@@ -12,7 +12,8 @@
 //!    with `rkt run` (parent-death signal), and the kernel then ends every process of the
 //!    pod: nothing of a pod outlives the process that ran it.
 //! 3. Each app starts as `rkt __stage1-app`, which changes root into the app's filesystem
-//!    and working directory and becomes the app (user, group, environment, arguments).
+//!    and working directory, cuts its capabilities to appc's set ([`crate::caps`]) and
+//!    becomes the app (groups, group, user, environment, arguments).
 //!
 //! No cgroup is made: the pod stays in the cgroup of whoever ran it (a systemd unit's).
 //! The runtime is this crate's own code on the kernel's interfaces (namespaces, overlayfs,
@@ -659,12 +660,17 @@ pub fn init(pod_dir: &Path) -> Result<i32, Error> {
         } else {
             a.app.working_directory.clone()
         };
+        let id = Identity {
+            uid,
+            gid,
+            groups: a.app.supplementary_gids.clone(),
+            caps: crate::caps::for_app(&a.app, &a.name)?.bits(),
+        };
         let mut cmd = host_command::command(&exe);
         cmd.arg("__stage1-app")
             .arg(&root)
             .arg(&wd)
-            .arg(uid.to_string())
-            .arg(gid.to_string())
+            .arg(id.to_arg())
             .arg("--")
             .args(&a.app.exec)
             .env_clear()
@@ -717,12 +723,60 @@ pub fn init(pod_dir: &Path) -> Result<i32, Error> {
     Ok(first_status.unwrap_or(0))
 }
 
-/// An app's start (`rkt __stage1-app ROOT WORKDIR UID GID -- EXEC...`): changes root and
-/// directory, then becomes the app. Returns only on failure.
+/// Who an app runs as and with what privileges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The capabilities it keeps (bits of `rustix::thread::CapabilitySet`).
+    pub caps: u64,
+}
+
+impl Identity {
+    /// As `__stage1-app` takes it: `UID:GID:GROUP,GROUP:CAPS` (CAPS in hex).
+    #[must_use]
+    pub fn to_arg(&self) -> String {
+        let groups: Vec<String> = self.groups.iter().map(u32::to_string).collect();
+        format!(
+            "{}:{}:{}:{:x}",
+            self.uid,
+            self.gid,
+            groups.join(","),
+            self.caps
+        )
+    }
+
+    /// Parses [`Identity::to_arg`]'s form.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for anything else.
+    pub fn from_arg(s: &str) -> Result<Self, Error> {
+        let bad = || Error::Usage(format!("identity {s:?}: expected UID:GID:GROUPS:CAPS"));
+        let f: Vec<&str> = s.split(':').collect();
+        if f.len() != 4 {
+            return Err(bad());
+        }
+        Ok(Identity {
+            uid: f[0].parse().map_err(|_| bad())?,
+            gid: f[1].parse().map_err(|_| bad())?,
+            groups: f[2]
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(|g| g.parse().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+            caps: u64::from_str_radix(f[3], 16).map_err(|_| bad())?,
+        })
+    }
+}
+
+/// An app's start (`rkt __stage1-app ROOT WORKDIR IDENTITY -- EXEC...`): changes root and
+/// directory, cuts its capabilities, takes its groups, group and user, then becomes the
+/// app. Returns only on failure.
 ///
 /// # Errors
 /// The step that failed, naming the app's executable.
-pub fn exec_app(root: &Path, wd: &str, uid: u32, gid: u32, argv: &[String]) -> Error {
+pub fn exec_app(root: &Path, wd: &str, id: &Identity, argv: &[String]) -> Error {
     use std::os::unix::process::CommandExt as _;
     let Some(prog) = argv.first() else {
         return Error::Usage("no executable".into());
@@ -733,11 +787,29 @@ pub fn exec_app(root: &Path, wd: &str, uid: u32, gid: u32, argv: &[String]) -> E
     if let Err(e) = std::env::set_current_dir(wd) {
         return Error::io(Path::new(wd), e);
     }
-    let err = host_command::command(prog)
-        .args(&argv[1..])
-        .uid(uid)
-        .gid(gid)
-        .exec();
+    let keep = rustix::thread::CapabilitySet::from_bits_retain(id.caps);
+    if let Err(e) = crate::caps::restrict_bounding(keep) {
+        return e;
+    }
+    let groups: Vec<rustix::process::Gid> = id
+        .groups
+        .iter()
+        .map(|g| rustix::process::Gid::from_raw(*g))
+        .collect();
+    // Thread-level calls: this process has one thread.
+    let who = rustix::thread::set_thread_groups(&groups)
+        .and_then(|()| rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(id.gid)))
+        .and_then(|()| rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(id.uid)));
+    if let Err(e) = who {
+        return Error::Usage(format!(
+            "becoming user {} group {} (groups {:?}): {e}",
+            id.uid, id.gid, id.groups
+        ));
+    }
+    if let Err(e) = crate::caps::restrict_sets(keep) {
+        return e;
+    }
+    let err = host_command::command(prog).args(&argv[1..]).exec();
     Error::io(Path::new(prog), err)
 }
 
@@ -783,8 +855,13 @@ pub fn enter(pod: &Pod, pid: u32, app: &str, cmd: &[String]) -> Result<i32, Erro
         .arg("__stage1-app")
         .arg(app_root(&pod.path, app))
         .arg("/")
-        .arg("0")
-        .arg("0")
+        .arg(
+            Identity {
+                caps: rustix::thread::CapabilitySet::all().bits(),
+                ..Identity::default()
+            }
+            .to_arg(),
+        )
         .arg("--")
         .args(&argv)
         .env_clear()

@@ -1290,3 +1290,84 @@ fn a_decompression_bomb_is_refused_without_its_memory() {
     assert!(kib < 256 * 1024, "rkt held {kib} KiB for a refused bomb");
     assert_eq!(r.images_stored(), 0);
 }
+
+/// The bounding set an app of busybox reports, with `flags` after the image.
+fn bounding(r: &Rkt, flags: &[&str], script: &str) -> String {
+    let mut args = vec!["run", "--net=host", "busybox"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--exec=/bin/sh", "--", "-c", script]);
+    r.ok(&args)
+}
+
+#[test]
+fn apps_get_appcs_capabilities_and_their_groups() {
+    let r = Rkt::new();
+    let bb = r.busybox();
+    r.ok(&["--insecure-options=image", "fetch", bb.to_str().unwrap()]);
+    let caps = |out: &str, key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:\t")))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    // appc's default set: 14 capabilities, not CAP_SYS_ADMIN (21) or CAP_NET_ADMIN (12).
+    let out = bounding(&r, &[], "cat /proc/self/status");
+    let bnd = caps(&out, "CapBnd");
+    assert_eq!(bnd.count_ones(), 14, "{bnd:x}");
+    assert_eq!(bnd & (1 << 21), 0);
+    assert_eq!(bnd & (1 << 12), 0);
+    assert_eq!(caps(&out, "CapEff"), bnd);
+    // So even root cannot, say, add an address.
+    let o = r.run(&[
+        "run",
+        "--net=host",
+        "busybox",
+        "--exec=/bin/ip",
+        "--",
+        "link",
+        "add",
+        "dummy9",
+        "type",
+        "dummy",
+    ]);
+    assert!(!o.status.success());
+    // A retain set replaces it; a remove set cuts from it.
+    let out = bounding(
+        &r,
+        &["--caps-retain=CAP_NET_ADMIN,sys_chroot"],
+        "cat /proc/self/status",
+    );
+    assert_eq!(caps(&out, "CapBnd"), (1 << 12) | (1 << 18));
+    let o = r.run(&[
+        "run",
+        "--net=host",
+        "busybox",
+        "--caps-remove=CAP_CHOWN",
+        "--exec=/bin/chown",
+        "--",
+        "nobody",
+        "/tmp",
+    ]);
+    assert!(!o.status.success(), "chown without CAP_CHOWN");
+    let e = r.fails(&["run", "busybox", "--caps-retain=CAP_NOPE"]);
+    assert!(e.contains("unknown capability \"CAP_NOPE\""), "{e}");
+    let e = r.fails(&[
+        "run",
+        "busybox",
+        "--caps-retain=CAP_KILL",
+        "--caps-remove=CAP_KILL",
+    ]);
+    assert!(e.contains("exclude each other"), "{e}");
+    // A user's app has none effective; its supplementary groups are its own.
+    let out = bounding(
+        &r,
+        &[
+            "--user=65534",
+            "--group=65534",
+            "--supplementary-gids=10,20",
+        ],
+        "cat /proc/self/status; id -G",
+    );
+    assert_eq!(caps(&out, "CapEff"), 0);
+    assert!(out.trim_end().ends_with("65534 10 20"), "{out}");
+}

@@ -155,8 +155,7 @@ enum Cmd {
     Stage1App {
         root: PathBuf,
         wd: String,
-        uid: u32,
-        gid: u32,
+        identity: String,
         #[arg(last = true)]
         argv: Vec<String>,
     },
@@ -455,11 +454,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Stage1App {
             root,
             wd,
-            uid,
-            gid,
+            identity,
             argv,
         } => {
-            let e = rkt::stage1::exec_app(&root, &wd, uid, gid, &argv);
+            let id = rkt::stage1::Identity::from_arg(&identity)?;
+            let e = rkt::stage1::exec_app(&root, &wd, &id, &argv);
             eprintln!(
                 "rkt: cannot run {}: {e}",
                 argv.first().map_or("", String::as_str)
