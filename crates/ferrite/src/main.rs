@@ -421,6 +421,12 @@ fn cmd_up(
             p
         }
     };
+    // The host's limits for this many machines, raised (or refused) before anything is made.
+    if settings.driver == machine_launcher::Driver::Nspawn {
+        for r in machine_launcher::limits::ensure(&RealHost, u64::from(settings.instances))? {
+            eprintln!("ferrite: {r} for {} machines", settings.instances);
+        }
+    }
     let image = build_image(channel)?;
     tracing::info!(image = %image.path.display(), cached = image.cached, seconds = image.seconds, "image ready");
     let exe = std::env::current_exe().context("finding the ferrite executable")?;
@@ -434,6 +440,7 @@ fn cmd_up(
             image: image.path,
             ferrite_exe: exe,
             boot_timeout: Duration::from_secs(120),
+            progress: Some(boot_progress),
         },
     )?;
     for m in &state.machines {
@@ -445,6 +452,14 @@ fn cmd_up(
         start.elapsed().as_secs_f64()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `up`'s progress on standard error, a line per machine booted.
+fn boot_progress(p: &machine_launcher::boot::Progress) {
+    eprintln!(
+        "booted {}/{} (slowest so far: {}, {:.1} s)",
+        p.booted, p.total, p.slowest, p.slowest_seconds
+    );
 }
 
 /// `ferrite image build`: the image (cached), written out as `format` if asked.
@@ -628,6 +643,7 @@ fn cmd_reload(cluster: &str, machine: &str) -> Result<ExitCode> {
             image: image.path,
             ferrite_exe: std::env::current_exe()?,
             boot_timeout: Duration::from_secs(120),
+            progress: None,
         },
     )?;
     out(format!("{machine}: reloaded"))?;

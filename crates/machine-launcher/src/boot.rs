@@ -35,6 +35,17 @@ pub struct UpOptions {
     pub ferrite_exe: PathBuf,
     /// How long to wait for each machine to boot.
     pub boot_timeout: Duration,
+    /// Told each time a machine has booted.
+    pub progress: Option<fn(&Progress)>,
+}
+
+/// How far `up` is: machines booted of all, and the slowest so far.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub booted: usize,
+    pub total: usize,
+    pub slowest: String,
+    pub slowest_seconds: f64,
 }
 
 /// Refuses settings and user-data that cannot work, before anything is created.
@@ -211,13 +222,101 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
             .collect()
     });
     let cluster = recorder.snapshot()?;
-    if let Some(e) = results.into_iter().find_map(Result::err) {
-        return Err(e);
+    let start = Instant::now();
+    let done = std::sync::Mutex::new((0usize, String::new(), 0f64));
+    let waited: Vec<Result<(), Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = cluster
+            .machines
+            .iter()
+            .zip(results)
+            .map(|(m, started)| {
+                let (cluster, done) = (&cluster, &done);
+                s.spawn(move || {
+                    started?;
+                    wait_booted(host, paths, cluster, m, opts.boot_timeout)?;
+                    let secs = start.elapsed().as_secs_f64();
+                    let mut d = done
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    d.0 += 1;
+                    if secs >= d.2 {
+                        d.1.clone_from(&m.name);
+                        d.2 = secs;
+                    }
+                    if let Some(report) = opts.progress {
+                        report(&Progress {
+                            booted: d.0,
+                            total: cluster.machines.len(),
+                            slowest: d.1.clone(),
+                            slowest_seconds: d.2,
+                        });
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Invalid("a boot thread panicked".into())))
+            })
+            .collect()
+    });
+    let errors: Vec<String> = waited
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    match errors.len() {
+        0 => Ok(cluster),
+        1 => Err(waited
+            .into_iter()
+            .find_map(Result::err)
+            .unwrap_or_else(|| Error::Invalid("a machine did not boot".into()))),
+        n => Err(Error::Boots {
+            failed: n,
+            total: cluster.machines.len(),
+            errors,
+        }),
     }
-    for m in &cluster.machines {
-        wait_booted(host, paths, &cluster, m, opts.boot_timeout)?;
+}
+
+/// The failure a machine's console reports: its last lines that say something failed
+/// (systemd's "Failed to …", a panic, "Too many open files" …), at most three.
+#[must_use]
+pub fn console_cause(console: &Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(console).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let markers = [
+        "Failed to",
+        "failed to",
+        "Too many",
+        "Freezing execution",
+        "Kernel panic",
+        "panic",
+        "Cannot",
+        "cannot",
+        "No space left",
+        "error:",
+        "Error:",
+    ];
+    let hits: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| markers.iter().any(|m| l.contains(m)))
+        .collect();
+    if hits.is_empty() {
+        return None;
     }
-    Ok(cluster)
+    let mut last: Vec<&str> = hits.iter().rev().take(3).copied().collect();
+    last.reverse();
+    Some(last.join(" | "))
 }
 
 pub(crate) fn machine_running(host: &dyn Host, m: &MachineState) -> bool {
@@ -699,18 +798,58 @@ fn wait_booted(
         Driver::Nspawn => limit,
         Driver::Qemu => limit.max(Duration::from_secs(300)),
     };
+    let console = cluster.machine_dir(paths, &m.name).join("console.log");
+    let mut died = false;
     let ok = wait_until(host, limit, || {
-        machine_running(host, m)
-            && exec_in(host, paths, cluster, m, &["systemctl", "is-system-running"])
-                .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"))
+        if !machine_running(host, m) {
+            // Stopped for good: no reason to wait out the limit.
+            died = true;
+            return true;
+        }
+        exec_in(host, paths, cluster, m, &["systemctl", "is-system-running"])
+            .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"))
     });
+    if died {
+        return Err(Error::BootDied {
+            machine: m.name.clone(),
+            cause: console_cause(&console),
+            console,
+        });
+    }
     if !ok {
         return Err(Error::BootTimeout {
             machine: m.name.clone(),
             seconds: limit.as_secs(),
-            console: cluster.machine_dir(paths, &m.name).join("console.log"),
+            cause: console_cause(&console),
+            console,
         });
     }
     tracing::info!(machine = %m.name, seconds = start.elapsed().as_secs_f64(), "booted");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // test files written plainly
+mod console_tests {
+    use super::console_cause;
+
+    #[test]
+    fn the_cause_of_a_failed_boot_comes_from_the_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        // What a machine's systemd printed when the host ran out of inotify instances.
+        std::fs::write(
+            &console,
+            "ferrite: booting USR-A\nsystemd 252.39-1~deb12u1 running in system mode\nDetected virtualization systemd-nspawn.\nFailed to create control group inotify object: Too many open files\nFailed to allocate manager object: Too many open files\n[!!!!!!] Failed to allocate manager object.\nExiting PID 1...\n",
+        )
+        .unwrap();
+        let cause = console_cause(&console).unwrap();
+        assert_eq!(
+            cause,
+            "Failed to create control group inotify object: Too many open files | Failed to allocate manager object: Too many open files | [!!!!!!] Failed to allocate manager object."
+        );
+        std::fs::write(&console, "ferrite: booting USR-A\nWelcome to Ferrite!\n").unwrap();
+        assert_eq!(console_cause(&console), None);
+        assert_eq!(console_cause(&dir.path().join("none")), None);
+    }
 }

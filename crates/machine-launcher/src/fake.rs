@@ -47,6 +47,8 @@ struct Inner {
     refused: Vec<PathBuf>,
     /// Unmounts fail (a busy mount).
     busy_mounts: bool,
+    sysctls: BTreeMap<String, u64>,
+    read_only_sysctls: Vec<String>,
 }
 
 /// The fake host.
@@ -86,6 +88,24 @@ impl FakeHost {
 
     /// A hybrid host like Debian 11's: v1 controllers, `systemd` and a controller-less
     /// `unified`; this process in `/payload/x` of the memory hierarchy.
+    /// Gives the fake kernel limit `key` the value `value`.
+    pub fn set_sysctl(&self, key: &str, value: u64) {
+        self.inner
+            .lock()
+            .unwrap()
+            .sysctls
+            .insert(key.to_string(), value);
+    }
+
+    /// Makes limit `key` read-only (as in a container).
+    pub fn set_sysctl_read_only(&self, key: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .read_only_sysctls
+            .push(key.to_string());
+    }
+
     pub fn legacy() -> Self {
         let h = Self::new("12:memory:/payload/x\n11:cpuset:/\n1:name=systemd:/\n0::/\n");
         for c in ["memory", "cpuset", "systemd", "unified"] {
@@ -482,6 +502,27 @@ impl Host for FakeHost {
             .unwrap_or_default();
         out.sort();
         out
+    }
+
+    fn sysctl_read(&self, key: &str) -> Option<u64> {
+        self.inner.lock().unwrap().sysctls.get(key).copied()
+    }
+
+    fn sysctl_writable(&self, key: &str) -> bool {
+        !self
+            .inner
+            .lock()
+            .unwrap()
+            .read_only_sysctls
+            .iter()
+            .any(|k| k == key)
+    }
+
+    fn sysctl_write(&self, key: &str, value: u64) -> Result<(), Error> {
+        let mut i = self.inner.lock().unwrap();
+        i.log.push(Op::Write(PathBuf::from(key), value.to_string()));
+        i.sysctls.insert(key.to_string(), value);
+        Ok(())
     }
 
     fn pause(&self) {}

@@ -91,10 +91,22 @@ pub trait Host: Sync {
     /// The cgroup directories directly below `dir`.
     fn cgroup_children(&self, dir: &Path) -> Vec<PathBuf>;
 
+    /// A kernel limit (`fs.inotify.max_user_instances`), if this kernel has it.
+    fn sysctl_read(&self, key: &str) -> Option<u64>;
+    /// Whether [`Host::sysctl_write`] can change `key`.
+    fn sysctl_writable(&self, key: &str) -> bool;
+    /// Sets a kernel limit.
+    fn sysctl_write(&self, key: &str, value: u64) -> Result<(), Error>;
+
     /// Waits a little before polling again.
     fn pause(&self) {
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `/proc/sys/…` of a sysctl name.
+fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
 }
 
 /// Waits until `done` holds, polling, for at most `limit`.
@@ -349,5 +361,32 @@ impl Host for RealHost {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    fn sysctl_read(&self, key: &str) -> Option<u64> {
+        std::fs::read_to_string(sysctl_path(key))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    fn sysctl_writable(&self, key: &str) -> bool {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(sysctl_path(key))
+            .is_ok()
+    }
+
+    fn sysctl_write(&self, key: &str, value: u64) -> Result<(), Error> {
+        use std::io::Write as _;
+        let p = sysctl_path(key);
+        // A /proc/sys file takes one write of one value, like a cgroup file.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(value.to_string().as_bytes()))
+            .map_err(io_err("writing", &p))
     }
 }

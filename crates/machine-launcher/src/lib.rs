@@ -44,6 +44,7 @@ pub mod discovery;
 #[cfg(test)]
 mod fake;
 pub mod host;
+pub mod limits;
 pub mod nspawn;
 mod provision;
 pub mod qemu;
@@ -143,7 +144,7 @@ pub enum Error {
         seconds: u64,
     },
     /// The machine did not finish booting in time.
-    #[error("machine {machine} did not finish booting within {seconds} s (console: {console})")]
+    #[error("machine {machine} did not finish booting within {seconds} s{} (console: {console})", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     BootTimeout {
         /// The machine.
         machine: String,
@@ -151,10 +152,34 @@ pub enum Error {
         seconds: u64,
         /// Its console log.
         console: PathBuf,
+        /// The failure its console reports, if it reports one.
+        cause: Option<String>,
+    },
+    /// The machine stopped while booting.
+    #[error("machine {machine} stopped while booting{} (console: {console})", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    BootDied {
+        /// The machine.
+        machine: String,
+        /// Its console log.
+        console: PathBuf,
+        /// The failure its console reports, if it reports one.
+        cause: Option<String>,
+    },
+    /// Some machines did not boot; the others run.
+    #[error("{failed} of {total} machines did not boot (the others run):\n  {}", errors.join("\n  "))]
+    Boots {
+        failed: usize,
+        total: usize,
+        errors: Vec<String>,
     },
     /// A setting that cannot work.
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// Host limits too low for the cluster, which cannot be raised from here.
+    #[error(
+        "this host's limits are too low for the cluster, and cannot be raised from here:\n  {0}"
+    )]
+    Limits(String),
     /// User-data the validator finds errors in (coreos-cloudinit would refuse it at boot).
     #[error("{path}: the user-data has errors:\n{report}")]
     InvalidUserData {
