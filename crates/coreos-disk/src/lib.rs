@@ -584,6 +584,26 @@ impl Disk {
 /// filesystem allows it. It runs in the calling process, so a caller that is killed takes
 /// the copy with it. Returns the bytes of data copied.
 pub fn copy_sparse(src: &Path, dst: &Path) -> Result<u64, Error> {
+    copy_sparse_except(src, dst, &[])
+}
+
+/// Whether `path` holds any data in bytes `start..end` (a range never written is a hole).
+pub fn has_data(path: &Path, start: u64, end: u64) -> Result<bool, Error> {
+    let io = |source: std::io::Error| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(start)) {
+        Ok(p) => Ok(p < end),
+        Err(rustix::io::Errno::NXIO) => Ok(false),
+        Err(e) => Err(io(e.into())),
+    }
+}
+
+/// [`copy_sparse`], leaving the byte ranges `skip` as holes in `dst` (a thin copy whose
+/// skipped parts are read from `src` instead, by whoever knows to).
+pub fn copy_sparse_except(src: &Path, dst: &Path, skip: &[(u64, u64)]) -> Result<u64, Error> {
     use rustix::fs::SeekFrom as Seek;
     let src_err = |source: std::io::Error| Error::Io {
         path: src.to_path_buf(),
@@ -612,11 +632,30 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> Result<u64, Error> {
             Err(e) => return Err(src_err(e.into())),
         };
         let end = rustix::fs::seek(&from, Seek::Hole(start)).map_err(|e| src_err(e.into()))?;
-        copy_range(&from, &to, start, end).map_err(|e| match e {
-            (true, e) => src_err(e),
-            (false, e) => dst_err(e),
-        })?;
-        copied += end - start;
+        // The extent minus the skipped ranges.
+        let mut pieces = vec![(start, end)];
+        for &(a, b) in skip {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(s, e)| {
+                    if b <= s || a >= e {
+                        vec![(s, e)]
+                    } else {
+                        [(s, a.max(s)), (b.min(e), e)]
+                            .into_iter()
+                            .filter(|(x, y)| x < y)
+                            .collect()
+                    }
+                })
+                .collect();
+        }
+        for (s, e) in pieces {
+            copy_range(&from, &to, s, e).map_err(|e| match e {
+                (true, e) => src_err(e),
+                (false, e) => dst_err(e),
+            })?;
+            copied += e - s;
+        }
         at = end;
     }
     to.sync_all().map_err(dst_err)?;
@@ -862,6 +901,34 @@ mod tests {
             copy_sparse(&d.path().join("nope"), &copy),
             Err(Error::Io { path, .. }) if path.ends_with("nope")
         ));
+    }
+
+    /// A thin copy leaves the skipped ranges as holes and copies the rest; `has_data` tells
+    /// a range never written from one that was.
+    #[test]
+    fn thin_copies_skip_ranges_and_holes_are_seen() {
+        use std::os::unix::fs::FileExt;
+        let (d, disk) = disk();
+        let f = OpenOptions::new().write(true).open(disk.path()).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&vec![1u8; 8 << 20], 8 << 20).unwrap();
+        drop(f);
+        let copy = d.path().join("thin.img");
+        // Skip the middle of the written extent.
+        let copied = copy_sparse_except(disk.path(), &copy, &[(10 << 20, 12 << 20)]).unwrap();
+        let data = std::fs::read(&copy).unwrap();
+        assert_eq!(data[(9 << 20)..(10 << 20)], vec![1u8; 1 << 20][..]);
+        assert_eq!(data[(10 << 20)..(12 << 20)], vec![0u8; 2 << 20][..]);
+        assert_eq!(data[(12 << 20)..(16 << 20)], vec![1u8; 4 << 20][..]);
+        assert!(copied <= (6 << 20) + (1 << 20), "{copied}");
+        assert!(!has_data(&copy, 10 << 20, 12 << 20).unwrap());
+        assert!(has_data(&copy, 9 << 20, 12 << 20).unwrap());
+        assert!(!has_data(&copy, 32 << 20, 64 << 20).unwrap());
+        // Written later, a skipped range has data.
+        let f = OpenOptions::new().write(true).open(&copy).unwrap();
+        f.write_all_at(b"update", 11 << 20).unwrap();
+        drop(f);
+        assert!(has_data(&copy, 10 << 20, 12 << 20).unwrap());
     }
 
     /// The filesystem's size and UUID as `mkfs.ext4` made them, read from its superblock.

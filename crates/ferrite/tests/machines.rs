@@ -365,6 +365,14 @@ fn book_cluster_of_three() {
         "ferrite up (3 machines): {:.1} s",
         start.elapsed().as_secs_f64()
     );
+    // Thin disks: each machine's disk holds its ROOT, not the image's USR (read from the
+    // image while the machine never wrote it).
+    for m in ["core-01", "core-02", "core-03"] {
+        let meta = std::fs::metadata(c.machine_dir(m).join("disk.img")).unwrap();
+        let used = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+        eprintln!("{m}: disk {} MiB allocated", used >> 20);
+        assert!(used < 100 << 20, "{m}'s disk takes {} MiB", used >> 20);
+    }
     // The channel is the image's: update.conf and os-release say beta.
     let (_, release) = c.sh(
         "core-02",

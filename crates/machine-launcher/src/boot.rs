@@ -431,7 +431,8 @@ fn machine_disk(
     let dir = cluster.machine_dir(paths, &m.name);
     std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     let disk_path = dir.join("disk.img");
-    ensure_disk(&cluster.image, &disk_path)?;
+    // A virtual machine reads its whole disk itself: only an nspawn machine's is thin.
+    ensure_disk(&cluster.image, &disk_path, m.driver == Driver::Nspawn)?;
     let disk = Disk::open(&disk_path);
     Ok((dir, disk_path, disk))
 }
@@ -453,11 +454,19 @@ pub(crate) fn prepare(
     }
     // GRUB's choice of /usr, on this machine's own disk.
     let usr = disk.gptprio_next()?;
-    let usr_uuid = disk.ext_uuid(&usr)?;
     // The image's own USR is shared by every machine that boots it, mounted from the
     // image file, which never changes; any other slot is this machine's alone, mounted from
     // its disk (which its updates write, so it must never back another machine's `/usr`).
+    // A thin disk's never-written slot is the image's by construction; a full copy's is
+    // when its filesystem is the image's.
     let image = Disk::open(&cluster.image);
+    let from_image =
+        crate::provision::usr_source(&cluster.image, &disk_path, &usr)? == cluster.image;
+    let usr_uuid = if from_image {
+        image.ext_uuid(&image.partition(&usr.label)?)?
+    } else {
+        disk.ext_uuid(&usr)?
+    };
     let pristine = image
         .partition(&usr.label)
         .ok()
@@ -609,6 +618,7 @@ pub(crate) fn start(
         cgroups: cgroups.clone(),
         exe: exe.to_path_buf(),
         args,
+        image: Some(cluster.image.clone()),
     };
     let spec_path = dir.join("nspawn.json");
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| Error::State {

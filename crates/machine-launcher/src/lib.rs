@@ -8,11 +8,15 @@
 //! - per machine, a network namespace joined to the bridge by a veth pair, its own address
 //!   `172.20.N.(100+i)` (coreos-vagrant's `172.17.8.(100+i)` scheme on a subnet clear of
 //!   Docker's `172.17.0.0/16`);
-//! - per machine, a disk image (a copy of the built image, sparse) whose ROOT partition is
-//!   loop-mounted as the machine's `/`, and the USR partition chosen by GRUB's
-//!   `gptprio.next` on that disk loop-mounted read-only and bound on `/usr` — the image's own
-//!   USR mounted once from the cached image for every machine booting it, so binaries'
-//!   pages are shared; a slot an update wrote, from the machine's own disk;
+//! - per machine, a disk image with the image's GPT whose ROOT partition is loop-mounted
+//!   as the machine's `/`, and the USR partition chosen by GRUB's `gptprio.next` on that
+//!   disk loop-mounted read-only and bound on `/usr`. An nspawn machine's disk is *thin*:
+//!   a sparse copy of the image without its USR partitions, which stay holes; a USR slot
+//!   the machine never wrote is the image's and is mounted from the cached image (once, for
+//!   every machine booting it, so binaries' pages are shared too), a slot an update wrote
+//!   from the machine's own disk. A machine costs its ROOT's tens of MiB, not the image's
+//!   hundreds (a QEMU machine reads its whole disk itself, so its disk is a full sparse
+//!   copy);
 //! - per machine, its cgroups (one per hierarchy on a cgroup v1 host, one on a v2-only host),
 //!   delegated to the machine so Docker can manage its own (see [`cgroup`]);
 //! - `systemd-nspawn --boot`, systemd as PID 1, under the machine's supervisor
@@ -34,6 +38,11 @@
 //! recorded PID (after checking its command line) or because they are in those cgroups;
 //! nothing is configured in the host's network namespace. Every host operation goes through
 //! [`Host`].
+//!
+//! Before anything is made, [`limits`] raises the host limits a cluster of the requested
+//! size needs (inotify, PIDs, neighbour tables) or refuses, naming each; `up` then boots the
+//! machines in parallel, reports each one booted with the slowest so far, and names the
+//! failure a machine's console reports when it stops or hangs while booting.
 //!
 //! Where to read: [`boot`] (`up`: prepare, then start each machine), [`teardown`], then
 //! [`cgroup`] for the two layouts.

@@ -47,6 +47,10 @@ pub struct Spec {
     pub exe: PathBuf,
     /// `systemd-nspawn`'s arguments.
     pub args: Vec<String>,
+    /// The image the machine's disk was made from: a USR partition its thin disk never
+    /// wrote is read from here.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
 }
 
 /// The `slots` file a boot leaves for update_engine: the disk image as the machine sees it
@@ -103,7 +107,7 @@ pub fn supervise(spec_path: &Path) -> Result<(), Error> {
             );
             return Ok(());
         }
-        let label = choose_slot(&host, &spec.dir).inspect_err(|e| {
+        let label = choose_slot(&host, &spec.dir, spec.image.as_deref()).inspect_err(|e| {
             say(&spec.dir, &format!("no USR partition can boot: {e}"));
         })?;
         say(&spec.dir, &format!("booting {label}"));
@@ -165,7 +169,7 @@ fn clear_boot(host: &dyn Host, layout: &Layout, dirs: &[PathBuf]) {
 /// GRUB's step between boots: `gptprio.next` on the machine's disk, that slot mounted
 /// privately and bound on the machine's `/usr`, the `slots` file rewritten; returns the
 /// slot's label.
-fn choose_slot(host: &dyn Host, dir: &Path) -> Result<String, Error> {
+fn choose_slot(host: &dyn Host, dir: &Path, image: Option<&Path>) -> Result<String, Error> {
     let root = dir.join("root");
     host.unmount(&root.join("usr"))?;
     let private = dir.join("usr");
@@ -173,7 +177,12 @@ fn choose_slot(host: &dyn Host, dir: &Path) -> Result<String, Error> {
     let disk_path = dir.join("disk.img");
     let disk = Disk::open(&disk_path);
     let usr = disk.gptprio_next()?;
-    host.mount_partition(&disk_path, usr.offset(), usr.bytes(), &private, true)?;
+    // A slot the thin disk never wrote is the image's (same place in both).
+    let source = match image {
+        Some(img) => crate::provision::usr_source(img, &disk_path, &usr)?,
+        None => disk_path.clone(),
+    };
+    host.mount_partition(&source, usr.offset(), usr.bytes(), &private, true)?;
     write_slots(dir, &usr.label)?;
     host.bind_ro(&private, &root.join("usr"))?;
     Ok(usr.label)

@@ -11,14 +11,42 @@ use crate::{io_err, Error, CLUSTER_KEY, CORE_ID};
 
 /// Copies the image to a machine's disk (sparse) if it has none, in this process (a copy
 /// by a child process would outlive a launcher killed part-way and write on after
-/// `destroy`).
-pub(crate) fn ensure_disk(image: &Path, disk: &Path) -> Result<(), Error> {
+/// `destroy`). A `thin` disk (nspawn machines) leaves its USR partitions as holes: a USR
+/// partition never written is the image's, read from the image file (see
+/// [`usr_source`]), so a machine costs its ROOT's megabytes, not the image's hundreds,
+/// until an update writes a slot of its own.
+pub(crate) fn ensure_disk(image: &Path, disk: &Path, thin: bool) -> Result<(), Error> {
     if disk.is_file() {
         return Ok(());
     }
     let tmp = disk.with_extension("img.tmp");
-    coreos_disk::copy_sparse(image, &tmp)?;
+    let skip: Vec<(u64, u64)> = if thin {
+        coreos_disk::Disk::open(image)
+            .partitions()?
+            .iter()
+            .filter(|p| p.label.starts_with("USR-"))
+            .map(|p| (p.offset(), p.offset() + p.bytes()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    coreos_disk::copy_sparse_except(image, &tmp, &skip)?;
     std::fs::rename(&tmp, disk).map_err(io_err("renaming", disk))
+}
+
+/// Where a machine's USR partition `p` is read from: the image file while the machine's
+/// own disk never wrote that partition (a thin disk's hole), else the machine's disk.
+pub(crate) fn usr_source(
+    image: &Path,
+    disk: &Path,
+    p: &coreos_disk::Partition,
+) -> Result<std::path::PathBuf, Error> {
+    let written = coreos_disk::has_data(disk, p.offset(), p.offset() + p.bytes())?;
+    Ok(if written {
+        disk.to_path_buf()
+    } else {
+        image.to_path_buf()
+    })
 }
 
 /// The cluster's SSH key pair, `<cluster>/ssh/id_ed25519`: made once, with `ssh-keygen`.
