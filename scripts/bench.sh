@@ -5,7 +5,8 @@
 # path, the image written out as raw and qcow2); updates (payload write throughput against a
 # plain write, update_engine's and locksmithd's memory, publish to every machine updated);
 # flannel (container-to-container TCP over vxlan against the underlay, time to subnet.env);
-# rkt (start to exit of a pod against docker run, a running pod's memory against Docker's).
+# rkt (start to exit of a pod against docker run, a running pod's memory against Docker's);
+# scale (10, 50 and 100 machines against as many bare nspawn boots).
 # Needs root. Takes a few minutes (the cold image build runs debootstrap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,4 @@ cargo bench --locked -p ferrite --bench qemu
 cargo bench --locked -p ferrite --bench updates
 cargo bench --locked -p ferrite --bench flannel
 cargo bench --locked -p ferrite --bench rkt
+cargo bench --locked -p ferrite --bench scale

@@ -259,6 +259,12 @@ fn main() {
     drop(warm);
     for n in sizes() {
         println!("== {n} machines");
+        // The baseline boots as many machines: the same host limits as the cluster.
+        for r in
+            machine_launcher::limits::ensure(&machine_launcher::RealHost, u64::from(n)).unwrap()
+        {
+            println!("  {r}");
+        }
         match baseline(&default_cache(), n) {
             Some(b) => println!(
                 "  baseline: {n} bare systemd-nspawn --boot of the Debian tree, all running after {}",

@@ -430,6 +430,7 @@ fn cmd_up(
     let image = build_image(channel)?;
     tracing::info!(image = %image.path.display(), cached = image.cached, seconds = image.seconds, "image ready");
     let exe = std::env::current_exe().context("finding the ferrite executable")?;
+    let instances_for_timeout = settings.instances;
     let state = machine_launcher::up(
         &RealHost,
         &paths,
@@ -439,7 +440,8 @@ fn cmd_up(
             user_data,
             image: image.path,
             ferrite_exe: exe,
-            boot_timeout: Duration::from_secs(120),
+            // Machines boot at once and share the host's CPUs: a bigger cluster takes longer.
+            boot_timeout: Duration::from_secs(120 + u64::from(instances_for_timeout)),
             progress: Some(boot_progress),
         },
     )?;

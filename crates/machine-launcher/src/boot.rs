@@ -62,9 +62,10 @@ fn check(opts: &UpOptions) -> Result<String, Error> {
             opts.settings.prefix
         )));
     }
-    if opts.settings.instances == 0 || opts.settings.instances > 99 {
+    // Addresses are 172.20.N.(100 + i), within the cluster's /24.
+    if opts.settings.instances == 0 || opts.settings.instances > MAX_INSTANCES {
         return Err(Error::Invalid(format!(
-            "{} instances (1 to 99)",
+            "{} instances (1 to {MAX_INSTANCES})",
             opts.settings.instances
         )));
     }
@@ -150,6 +151,12 @@ fn store_user_data(
     Ok(ud_path)
 }
 
+/// The most machines a cluster has (their addresses end at `.250`).
+pub const MAX_INSTANCES: u32 = 150;
+
+/// The etcd cluster size a discovery token asks for (discovery.etcd.io's default).
+pub const DISCOVERY_SIZE: u32 = 3;
+
 /// `ferrite up`: creates the cluster (or the machines it lacks) and boots every machine
 /// that is not running. Returns the cluster's state.
 pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterState, Error> {
@@ -184,11 +191,14 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
     // Discovery: a fresh token on the cluster's own service.
     let mut effective = user_data.clone();
     if user_data.contains("discovery.etcd.io/") {
+        // discovery.etcd.io's size (the book's tokens were made with its default, 3): the
+        // first machines form etcd's cluster, every further one runs etcd as a proxy. A
+        // member per machine would make a hundred machines a hundred-member raft group.
         let url = ensure_discovery(
             host,
             paths,
             &mut cluster,
-            opts.settings.instances,
+            opts.settings.instances.min(DISCOVERY_SIZE),
             &opts.ferrite_exe,
         )?;
         if let Some(replaced) = replace_discovery(&user_data, &url) {
@@ -281,6 +291,51 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
     }
 }
 
+/// Whether the console's latest boot is late enough to ask the machine: systemd reached
+/// `multi-user.target`, or the console's getty is up (systemd stops printing its status
+/// lines once a getty has the console, so the target's line may never come).
+fn console_late_in_boot(console: &Path) -> bool {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(console) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    // The latest boot's part: after the supervisor's last word.
+    let last = text.rsplit("ferrite: booting").next().unwrap_or(&text);
+    last.contains("Multi-User System")
+        || last.contains(" login: ")
+        || last.ends_with(" login:")
+        || last.contains("Console Getty")
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The failure a machine's console reports: its last lines that say something failed
 /// (systemd's "Failed to …", a panic, "Too many open files" …), at most three.
 #[must_use]
@@ -293,19 +348,22 @@ pub fn console_cause(console: &Path) -> Option<String> {
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
+    // What systemd and the kernel print when a boot cannot go on (not the "Failed to open"
+    // noise of units a machine does not have).
     let markers = [
-        "Failed to",
-        "failed to",
-        "Too many",
+        "[!!!!!!]",
+        "Failed to allocate",
+        "Failed to create control group",
+        "Failed to start",
+        "Failed to mount",
+        "Too many open files",
         "Freezing execution",
         "Kernel panic",
-        "panic",
-        "Cannot",
-        "cannot",
         "No space left",
-        "error:",
-        "Error:",
+        "Cannot allocate memory",
+        "ferrite: no USR partition",
     ];
+    let text = strip_ansi(&text);
     let hits: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -810,11 +868,36 @@ fn wait_booted(
     };
     let console = cluster.machine_dir(paths, &m.name).join("console.log");
     let mut died = false;
+    // Since when the machine's supervisor has been seen gone (its exec chain is briefly not
+    // yet itself when it starts, so one look is not enough).
+    let mut gone_since: Option<Instant> = None;
     let ok = wait_until(host, limit, || {
         if !machine_running(host, m) {
-            // Stopped for good: no reason to wait out the limit.
-            died = true;
-            return true;
+            let since = *gone_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                // Stopped for good: no reason to wait out the limit.
+                died = true;
+                return true;
+            }
+            return false;
+        }
+        gone_since = None;
+        // Asking the machine costs an nsenter and a systemctl: with many machines booting
+        // at once, polling each that way would eat the CPU they boot with. An nspawn
+        // machine's console says first when systemd reached multi-user; only then is it
+        // asked.
+        if m.driver == Driver::Nspawn {
+            if !console_late_in_boot(&console) {
+                std::thread::sleep(Duration::from_millis(150));
+                return false;
+            }
+            let ready = exec_in(host, paths, cluster, m, &["systemctl", "is-system-running"])
+                .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"));
+            if !ready {
+                // Asked at most about once a second from here on.
+                std::thread::sleep(Duration::from_millis(900));
+            }
+            return ready;
         }
         exec_in(host, paths, cluster, m, &["systemctl", "is-system-running"])
             .is_ok_and(|(_, out, _)| matches!(out.trim(), "running" | "degraded"))
@@ -860,6 +943,16 @@ mod console_tests {
         );
         std::fs::write(&console, "ferrite: booting USR-A\nWelcome to Ferrite!\n").unwrap();
         assert_eq!(console_cause(&console), None);
+        // Colours gone, and a missing unit's "Failed to open" is not a cause.
+        std::fs::write(
+            &console,
+            "\u{1b}[0;1;39mdracut-cmdline.service: Failed to open /lib/systemd/system/dracut-cmdline.service: No such file or directory\u{1b}[0m\n[\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39metcd2.service\u{1b}[0m - etcd2.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            console_cause(&console).unwrap(),
+            "[FAILED] Failed to start etcd2.service - etcd2."
+        );
         assert_eq!(console_cause(&dir.path().join("none")), None);
     }
 }

@@ -18,9 +18,10 @@ use crate::Error;
 #[derive(Debug, Clone, Copy)]
 pub struct Need {
     pub key: &'static str,
-    /// Base value plus per-machine share.
+    /// Base value plus per-machine share plus a share per pair of machines.
     pub base: u64,
     pub per_machine: u64,
+    pub per_pair: u64,
     /// Why it matters, for the message.
     pub why: &'static str,
 }
@@ -29,7 +30,7 @@ impl Need {
     /// The least value for `machines` machines.
     #[must_use]
     pub fn value(&self, machines: u64) -> u64 {
-        self.base + self.per_machine * machines
+        self.base + self.per_machine * machines + self.per_pair * machines * machines
     }
 }
 
@@ -42,37 +43,54 @@ pub const NEEDS: &[Need] = &[
         key: "fs.inotify.max_user_instances",
         base: 64,
         per_machine: 8,
+        per_pair: 0,
         why: "each machine's systemd, journald and udev watch files",
     },
     Need {
         key: "fs.inotify.max_user_watches",
         base: 16_384,
         per_machine: 2_048,
+        per_pair: 0,
         why: "the inotify watches those instances hold",
     },
     Need {
         key: "kernel.pid_max",
         base: 4_096,
         per_machine: 256,
+        per_pair: 0,
         why: "every machine's processes and threads are the host's",
     },
     Need {
         key: "kernel.threads-max",
         base: 4_096,
         per_machine: 256,
+        per_pair: 0,
         why: "every machine's threads are the host's",
+    },
+    // The kernel's ARP table is one for all network namespaces: every machine keeps an
+    // entry for every machine it talks to (etcd and fleet reach all of them), so a cluster
+    // fills it with about N² entries. Past gc_thresh3 the kernel drops packets
+    // ("No buffer space available") and machines lose each other.
+    Need {
+        key: "net.ipv4.neigh.default.gc_thresh1",
+        base: 28,
+        per_machine: 0,
+        per_pair: 1,
+        why: "the kernel's one ARP table holds an entry per pair of machines",
     },
     Need {
         key: "net.ipv4.neigh.default.gc_thresh2",
-        base: 128,
-        per_machine: 1,
-        why: "the cluster's switch keeps an address entry per machine",
+        base: 112,
+        per_machine: 0,
+        per_pair: 4,
+        why: "the kernel's one ARP table holds an entry per pair of machines",
     },
     Need {
         key: "net.ipv4.neigh.default.gc_thresh3",
-        base: 256,
-        per_machine: 2,
-        why: "the cluster's switch keeps an address entry per machine",
+        base: 224,
+        per_machine: 0,
+        per_pair: 8,
+        why: "the kernel's one ARP table holds an entry per pair of machines",
     },
 ];
 
@@ -171,6 +189,7 @@ mod tests {
             ("fs.inotify.max_user_watches", 192_540),
             ("kernel.pid_max", 32_768),
             ("kernel.threads-max", 192_735),
+            ("net.ipv4.neigh.default.gc_thresh1", 128),
             ("net.ipv4.neigh.default.gc_thresh2", 512),
             ("net.ipv4.neigh.default.gc_thresh3", 1_024),
         ] {
@@ -183,7 +202,7 @@ mod tests {
     fn limits_that_cannot_be_raised_are_named_and_none_is_changed() {
         let host = FakeHost::legacy();
         host.set_sysctl("fs.inotify.max_user_instances", 128);
-        host.set_sysctl("net.ipv4.neigh.default.gc_thresh3", 512);
+        host.set_sysctl("net.ipv4.neigh.default.gc_thresh3", 1_024);
         host.set_sysctl_read_only("net.ipv4.neigh.default.gc_thresh3");
         let e = ensure(&host, 200).unwrap_err().to_string();
         assert!(
@@ -191,7 +210,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("sudo sysctl -w net.ipv4.neigh.default.gc_thresh3=656"),
+            e.contains("sudo sysctl -w net.ipv4.neigh.default.gc_thresh3=320224"),
             "{e}"
         );
         assert_eq!(host.sysctl_read("fs.inotify.max_user_instances"), Some(128));
