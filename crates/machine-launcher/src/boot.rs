@@ -295,27 +295,26 @@ pub fn up(host: &dyn Host, paths: &Paths, opts: &UpOptions) -> Result<ClusterSta
 /// `multi-user.target`, or the console's getty is up (systemd stops printing its status
 /// lines once a getty has the console, so the target's line may never come).
 fn console_late_in_boot(console: &Path) -> bool {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(console) else {
+    let Some(text) = console_tail(console, 256 * 1024) else {
         return false;
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if f.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)))
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_err() {
-        return false;
-    }
-    let text = String::from_utf8_lossy(&buf);
     // The latest boot's part: after the supervisor's last word.
     let last = text.rsplit("ferrite: booting").next().unwrap_or(&text);
     last.contains("Multi-User System")
         || last.contains(" login: ")
         || last.ends_with(" login:")
         || last.contains("Console Getty")
+}
+
+/// The last `bytes` of a machine's console log, as text.
+fn console_tail(console: &Path, bytes: u64) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(console).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(bytes))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// `text` without terminal colour sequences (`ESC [ … m`).
@@ -340,14 +339,7 @@ fn strip_ansi(text: &str) -> String {
 /// (systemd's "Failed to …", a panic, "Too many open files" …), at most three.
 #[must_use]
 pub fn console_cause(console: &Path) -> Option<String> {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut f = std::fs::File::open(console).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)))
-        .ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
+    let text = console_tail(console, 64 * 1024)?;
     // What systemd and the kernel print when a boot cannot go on (not the "Failed to open"
     // noise of units a machine does not have).
     let markers = [

@@ -234,9 +234,15 @@ pub fn check(store: &Store, m: &PodManifest) -> Result<(), Error> {
 /// # Errors
 /// [`Error::Io`], or a failed copy of an image tree (`--no-overlay`).
 pub fn write_pod(store: &Store, pod: &Pod, m: &PodManifest, o: &RunOptions) -> Result<(), Error> {
-    let json = |v: &dyn erased::Json| v.to_json();
-    pod::write_file(&pod.path.join("pod"), &json(m))?;
-    pod::write_file(&pod.path.join("options.json"), &json(o))?;
+    // Plain data of strings and numbers: serializing cannot fail.
+    pod::write_file(
+        &pod.path.join("pod"),
+        &serde_json::to_vec_pretty(m).unwrap_or_default(),
+    )?;
+    pod::write_file(
+        &pod.path.join("options.json"),
+        &serde_json::to_vec_pretty(o).unwrap_or_default(),
+    )?;
     for a in &m.apps {
         let root = app_root(&pod.path, &a.name);
         let dirs = [
@@ -266,17 +272,6 @@ pub fn write_pod(store: &Store, pod: &Pod, m: &PodManifest, o: &RunOptions) -> R
         }
     }
     Ok(())
-}
-
-mod erased {
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec_pretty(self).unwrap_or_default()
-        }
-    }
 }
 
 fn mount_err(what: &str, target: &Path, e: rustix::io::Errno) -> Error {
