@@ -122,24 +122,8 @@ fn baseline_boot(cache: &Path) -> Option<Duration> {
     let pid = child.id();
     let mut booted = None;
     for _ in 0..600 {
-        let init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next().map(str::to_string));
-        if let Some(init) = init {
-            let o = Command::new("nsenter")
-                .args([
-                    "-t",
-                    &init,
-                    "-m",
-                    "-p",
-                    "--",
-                    "systemctl",
-                    "is-system-running",
-                ])
-                .output()
-                .ok()?;
-            let s = String::from_utf8_lossy(&o.stdout);
-            if matches!(s.trim(), "running" | "degraded") {
+        if let Some(init) = common::nspawn_init(pid) {
+            if common::nspawn_booted(&init) {
                 booted = Some(start.elapsed());
                 let _ = Command::new("kill").args(["-RTMIN+4", &init]).status();
                 break;

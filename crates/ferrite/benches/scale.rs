@@ -198,24 +198,8 @@ fn baseline(cache: &Path, n: u32) -> Option<Duration> {
                 continue;
             }
             let pid = child.id();
-            let init = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-                .ok()
-                .and_then(|c| c.split_whitespace().next().map(str::to_string));
-            if let Some(init) = init {
-                let o = Command::new("nsenter")
-                    .args([
-                        "-t",
-                        &init,
-                        "-m",
-                        "-p",
-                        "--",
-                        "systemctl",
-                        "is-system-running",
-                    ])
-                    .output()
-                    .ok();
-                let s = o.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-                if matches!(s.as_deref(), Some("running" | "degraded")) {
+            if let Some(init) = common::nspawn_init(pid) {
+                if common::nspawn_booted(&init) {
                     running[i] = true;
                 }
             }
@@ -226,10 +210,7 @@ fn baseline(cache: &Path, n: u32) -> Option<Duration> {
     let all = running.iter().all(|r| *r);
     for (child, _) in &kids {
         let pid = child.id();
-        if let Some(init) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next().map(str::to_string))
-        {
+        if let Some(init) = common::nspawn_init(pid) {
             let _ = Command::new("kill").args(["-RTMIN+4", &init]).status();
         }
     }

@@ -126,6 +126,38 @@ impl Env {
     }
 }
 
+/// The init (PID 1) of the machine a bare `systemd-nspawn` with PID `nspawn` runs, once
+/// it has one.
+#[allow(dead_code)] // not every benchmark boots bare nspawn machines
+pub fn nspawn_init(nspawn: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().map(str::to_string))
+}
+
+/// Whether the bare nspawn machine whose init is `init` says it is up
+/// (`systemctl is-system-running`: running or degraded).
+#[allow(dead_code)] // not every benchmark boots bare nspawn machines
+pub fn nspawn_booted(init: &str) -> bool {
+    Command::new("nsenter")
+        .args([
+            "-t",
+            init,
+            "-m",
+            "-p",
+            "--",
+            "systemctl",
+            "is-system-running",
+        ])
+        .output()
+        .is_ok_and(|o| {
+            matches!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                "running" | "degraded"
+            )
+        })
+}
+
 /// Destroys every cluster left under the state directory.
 impl Drop for Env {
     fn drop(&mut self) {
